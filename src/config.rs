@@ -1,0 +1,173 @@
+//! Command line and environment configuration: one struct, `ServeConfig`, that every
+//! other module reads. Each flag has an `INFERD_*` environment fallback so the same
+//! binary is configured the same way on a laptop, in compose and in Kubernetes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// The default location `make run` / `scripts/install-ort.sh` installs ONNX Runtime to.
+pub const LOCAL_ORT_LIB: &str = ".ort/lib/libonnxruntime.so.1.31.1";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "inferd",
+    version,
+    about = "Model-inference server for ONNX models"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `inferd` with no subcommand behaves as `inferd serve`.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the models in the models directory over HTTP (the default).
+    Serve(ServeConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "INFERD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory holding `<model>/<version>/{model.onnx,model.toml}`.
+    #[arg(long, env = "INFERD_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+
+    /// Inferences allowed to run at once, across all models. Default: physical cores.
+    #[arg(long, env = "INFERD_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+
+    /// Requests allowed to wait for a free inference slot; past this, 429.
+    #[arg(long, env = "INFERD_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
+
+    /// Deadline for one request, covering queue wait and inference; past it, 504.
+    #[arg(long, env = "INFERD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest request body accepted; past it, 413.
+    #[arg(long, env = "INFERD_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most instances in one request; past it, 422.
+    #[arg(long, env = "INFERD_MAX_INSTANCES", default_value_t = 64)]
+    pub max_instances: usize,
+
+    /// ONNX Runtime intra-op threads per session. Concurrency comes from running
+    /// several sessions at once, so 1 is right unless requests are few and large.
+    #[arg(long, env = "INFERD_ORT_THREADS", default_value_t = 1)]
+    pub ort_threads: usize,
+
+    /// Execution device. `cuda` needs a build with `--features cuda` and the
+    /// `onnxruntime-gpu` library.
+    #[arg(long, env = "INFERD_DEVICE", value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+
+    /// Log line format.
+    #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before exit.
+    #[arg(long, env = "INFERD_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Warm-up inferences per session before the server reports ready.
+    #[arg(long, env = "INFERD_WARMUP_RUNS", default_value_t = 2)]
+    pub warmup_runs: usize,
+
+    /// Path of `libonnxruntime.so`. Default: the project-local install made by `make run`.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    pub fn concurrency(&self) -> usize {
+        self.max_concurrency
+            .unwrap_or_else(num_cpus::get_physical)
+            .max(1)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Checks the limits that clap's types do not.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max-queue", self.max_queue as u64),
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("max-body-bytes", self.max_body_bytes as u64),
+            ("max-instances", self.max_instances as u64),
+            ("ort-threads", self.ort_threads as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
+        }
+        if self.max_concurrency == Some(0) {
+            return Err("--max-concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as one JSON object for the start-up log line.
+    /// Nothing here is secret yet; later fields (URLs with passwords, API keys)
+    /// must be redacted in this function.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["max_concurrency"] = self.concurrency().into();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let cli = Cli::try_parse_from(["inferd"]).expect("defaults parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.max_queue, 512);
+        assert!(cli.serve.validate().is_ok());
+        assert!(cli.serve.concurrency() >= 1);
+    }
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        let cli = Cli::try_parse_from(["inferd", "serve", "--max-instances", "0"]).expect("parse");
+        let Some(Command::Serve(cfg)) = cli.command else {
+            panic!("serve subcommand expected")
+        };
+        assert!(cfg.validate().unwrap_err().contains("max-instances"));
+    }
+}

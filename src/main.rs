@@ -1,0 +1,30 @@
+use clap::Parser;
+
+use inferd::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Some(Command::Serve(c)) => c,
+        None => cli.serve,
+    };
+    inferd::telemetry::init(config.log_format);
+    tracing::info!(config = %config.redacted(), "starting inferd {}", env!("CARGO_PKG_VERSION"));
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", config.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("listening on {}", config.listen);
+    match inferd::run(config, listener, inferd::server::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("inferd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

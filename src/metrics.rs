@@ -1,0 +1,129 @@
+//! Prometheus metrics, all named `inferd_*` in base units (seconds, bytes).
+//!
+//! One `Metrics` value per server holds its own registry, so several servers in
+//! one process (the integration tests) do not share counters.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// 50 us to 10 s: ONNX calls on these models take tens of microseconds; queueing
+/// under overload takes seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub queue_wait: HistogramVec,
+    pub inference_duration: HistogramVec,
+    pub instances: HistogramVec,
+    pub in_flight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub rejections: IntCounterVec,
+    pub model_info: IntGaugeVec,
+    pub ready: IntGauge,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static histogram definition is valid")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let lat = || LATENCY_BUCKETS.to_vec();
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "inferd_requests_total",
+                    "Prediction requests by model, version and HTTP status",
+                ),
+                &["model", "version", "status"],
+            )
+            .expect("valid"),
+            request_duration: histogram(
+                "inferd_request_duration_seconds",
+                "Time from request arrival to response, prediction routes",
+                &["model"],
+                lat(),
+            ),
+            queue_wait: histogram(
+                "inferd_queue_wait_seconds",
+                "Time a request waited for an inference slot",
+                &["model"],
+                lat(),
+            ),
+            inference_duration: histogram(
+                "inferd_inference_duration_seconds",
+                "Time of one ONNX Runtime call (one batch)",
+                &["model", "version"],
+                lat(),
+            ),
+            instances: histogram(
+                "inferd_request_instances",
+                "Instances per accepted prediction request",
+                &["model"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            in_flight: IntGauge::new("inferd_inferences_in_flight", "Inferences running now")
+                .expect("valid"),
+            queue_depth: IntGauge::new(
+                "inferd_queue_depth",
+                "Requests waiting for an inference slot",
+            )
+            .expect("valid"),
+            rejections: IntCounterVec::new(
+                Opts::new("inferd_rejections_total", "Requests refused, by reason"),
+                &["reason"],
+            )
+            .expect("valid"),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    "inferd_model_info",
+                    "Loaded models (value 1), with task and graph hash",
+                ),
+                &["model", "version", "task", "sha256"],
+            )
+            .expect("valid"),
+            ready: IntGauge::new("inferd_ready", "1 when every model is loaded and warmed up")
+                .expect("valid"),
+            registry,
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.request_duration.clone()),
+            Box::new(m.queue_wait.clone()),
+            Box::new(m.inference_duration.clone()),
+            Box::new(m.instances.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.rejections.clone()),
+            Box::new(m.model_info.clone()),
+            Box::new(m.ready.clone()),
+        ] {
+            r.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
