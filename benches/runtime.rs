@@ -1,1 +1,70 @@
-fn main() {}
+//! Raw in-process ONNX Runtime time per call for the shipped models, through the
+//! same `Backend` the server uses (no HTTP, no JSON, no admission): the floor
+//! that serving overhead is measured against.
+//!
+//! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench runtime`
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use inferd::config::Device;
+use inferd::repository::Repository;
+use inferd::runtime::{self, InputBatch, SessionOptions};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden(model: &str) -> Vec<Value> {
+    let p = root().join("models").join(model).join("1/golden.json");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("json");
+    v["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["input"].clone())
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let dylib = runtime::resolve_dylib(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .expect("ONNX Runtime library");
+    runtime::init(&dylib).expect("ORT init");
+    let opts = SessionOptions {
+        intra_threads: 1,
+        device: Device::Cpu,
+        pool_size: 1,
+    };
+    let repo = Repository::load(&root().join("models"), &opts).expect("models load");
+
+    for (name, cases) in [
+        ("text-classifier", golden("text-classifier")),
+        ("lstm-forecaster", golden("lstm-forecaster")),
+    ] {
+        let model = repo.get(name, None).ok().expect("model");
+        let mut group = c.benchmark_group(format!("ort/{name}"));
+        for batch in [1usize, 8, 32] {
+            let instances: Vec<Value> = cases.iter().cycle().take(batch).cloned().collect();
+            let input: InputBatch = model.task.decode(&instances).expect("decode");
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new("batch", batch), &input, |b, input| {
+                b.iter(|| model.backend.infer(input).expect("infer"))
+            });
+        }
+        // Decoding JSON instances into tensors is part of serving cost, not ORT's.
+        let one = vec![cases[0].clone()];
+        group.bench_function("decode/1", |b| {
+            b.iter(|| model.task.decode(&one).expect("decode"))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

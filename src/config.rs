@@ -95,6 +95,12 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
 
+    /// After SIGTERM/SIGINT, how long to keep the listener open answering 503
+    /// (`/readyz` and new predictions) before closing it, so that load balancers
+    /// and Kubernetes endpoints see the change before connections are refused.
+    #[arg(long, env = "INFERD_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+
     /// Warm-up inferences per session before the server reports ready.
     #[arg(long, env = "INFERD_WARMUP_RUNS", default_value_t = 2)]
     pub warmup_runs: usize,
@@ -117,6 +123,10 @@ impl ServeConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
 
     /// Checks the limits that clap's types do not.

@@ -4,8 +4,9 @@
 //! `run` binds nothing itself: it takes a listener (tests pass one on port 0) and
 //! a shutdown future. It starts answering `/healthz` at once, reports ready only
 //! after every model has loaded and run its warm-up, and on shutdown turns
-//! not-ready, refuses new work, lets in-flight requests finish within the grace
-//! period, and returns.
+//! not-ready, refuses new work (503 during the optional drain delay, then by
+//! closing the listener), lets in-flight requests finish within the grace period,
+//! and returns.
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +95,7 @@ pub async fn run(
     let signal = {
         let state = state.clone();
         let draining = draining.clone();
+        let delay = config.drain_delay();
         async move {
             shutdown.await;
             state.draining.store(true, Ordering::Release);
@@ -101,6 +103,8 @@ pub async fn run(
             state.metrics.ready.set(0);
             tracing::info!("shutdown requested: draining in-flight requests");
             draining.cancel();
+            // Returning starts axum's graceful shutdown, which closes the listener.
+            tokio::time::sleep(delay).await;
         }
     };
     let mut server = tokio::spawn(
@@ -143,7 +147,7 @@ pub async fn run(
     tokio::select! {
         res = &mut server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
         _ = draining.cancelled() => {
-            let grace = config.shutdown_grace();
+            let grace = config.drain_delay() + config.shutdown_grace();
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(res) => {
                     tracing::info!("drained; exiting");

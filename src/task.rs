@@ -359,7 +359,7 @@ mod tests {
     fn forecast_errors_name_the_field() {
         let t = forecast();
         let ok = json!([[1, 2], [3, 4], [5, 6]]);
-        assert!(t.decode(&[ok.clone()]).is_ok());
+        assert!(t.decode(std::slice::from_ref(&ok)).is_ok());
         let e = t
             .decode(&[ok.clone(), json!([[1, 2], [3, 4]])])
             .unwrap_err();
@@ -403,7 +403,7 @@ mod tests {
             data: vec![0.25, 0.75],
         };
         assert_eq!(
-            serde_json::to_value(&t.encode(&out)).unwrap(),
+            serde_json::to_value(t.encode(&out)).unwrap(),
             json!([{"label": "spam", "scores": {"ham": 0.25, "spam": 0.75}}])
         );
     }
