@@ -47,6 +47,33 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Redis when `--redis-url` is set, else in-process.
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredLogMode {
+    /// PostgreSQL when `--database-url` is set, else the JSON-lines file.
+    Auto,
+    Postgres,
+    Jsonl,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogInputs {
+    /// The instance as sent, plus its hash.
+    Full,
+    /// Only the SHA-256 of the instance (inputs may be sensitive).
+    Hash,
+}
+
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -105,6 +132,84 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_WARMUP_RUNS", default_value_t = 2)]
     pub warmup_runs: usize,
 
+    /// Result cache: `on` (Redis if `--redis-url`, else in-process) or `off`.
+    /// Models whose manifest says `[cache] enabled = false` are never cached.
+    #[arg(long, env = "INFERD_CACHE", value_enum, default_value_t = CacheMode::On)]
+    pub cache: CacheMode,
+
+    /// Redis URL for the shared cache, e.g. `redis://127.0.0.1:6379/0`.
+    #[arg(long, env = "INFERD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Time to live of cache entries.
+    #[arg(long, env = "INFERD_CACHE_TTL_SECS", default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+
+    /// Size bound of the in-process cache.
+    #[arg(long, env = "INFERD_CACHE_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub cache_max_bytes: u64,
+
+    /// Timeout of each Redis call; past it the request is served from the model.
+    #[arg(long, env = "INFERD_CACHE_TIMEOUT_MS", default_value_t = 20)]
+    pub cache_timeout_ms: u64,
+
+    /// How long the circuit breaker skips Redis after repeated failures (doubles
+    /// on each failed trial, up to 16x).
+    #[arg(long, env = "INFERD_CACHE_BREAKER_MS", default_value_t = 1000)]
+    pub cache_breaker_ms: u64,
+
+    /// Prediction log sink.
+    #[arg(long, env = "INFERD_PREDLOG", value_enum, default_value_t = PredLogMode::Auto)]
+    pub predlog: PredLogMode,
+
+    /// PostgreSQL URL for the prediction log, e.g. `postgres://user:pass@host/db`.
+    #[arg(long, env = "INFERD_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// The JSON-lines log file (when the sink is the file).
+    #[arg(
+        long,
+        env = "INFERD_PREDLOG_PATH",
+        default_value = "./data/predictions.jsonl"
+    )]
+    pub predlog_path: PathBuf,
+
+    /// Size at which the JSON-lines file is rotated.
+    #[arg(long, env = "INFERD_PREDLOG_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub predlog_max_bytes: u64,
+
+    /// Rotated JSON-lines files kept.
+    #[arg(long, env = "INFERD_PREDLOG_KEEP", default_value_t = 5)]
+    pub predlog_keep: usize,
+
+    /// Where records go while PostgreSQL is unreachable and the buffer is full.
+    #[arg(
+        long,
+        env = "INFERD_PREDLOG_SPILL_PATH",
+        default_value = "./data/predlog-spill.jsonl"
+    )]
+    pub predlog_spill_path: PathBuf,
+
+    /// Log the instance itself (`full`) or only its SHA-256 (`hash`).
+    #[arg(long, env = "INFERD_PREDLOG_INPUTS", value_enum, default_value_t = LogInputs::Full)]
+    pub predlog_inputs: LogInputs,
+
+    /// Records per database write.
+    #[arg(long, env = "INFERD_PREDLOG_BATCH_ROWS", default_value_t = 500)]
+    pub predlog_batch_rows: usize,
+
+    /// Longest a record waits before its batch is written.
+    #[arg(long, env = "INFERD_PREDLOG_FLUSH_MS", default_value_t = 200)]
+    pub predlog_flush_ms: u64,
+
+    /// Records the writer holds in memory while the sink fails; the overflow spills.
+    #[arg(long, env = "INFERD_PREDLOG_BUFFER_ROWS", default_value_t = 100_000)]
+    pub predlog_buffer_rows: usize,
+
+    /// Capacity of the channel between requests and the writer.
+    #[arg(long, env = "INFERD_PREDLOG_CHANNEL", default_value_t = 65_536)]
+    pub predlog_channel: usize,
+
     /// Path of `libonnxruntime.so`. Default: the project-local install made by `make run`.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -137,11 +242,18 @@ impl ServeConfig {
             ("max-body-bytes", self.max_body_bytes as u64),
             ("max-instances", self.max_instances as u64),
             ("ort-threads", self.ort_threads as u64),
+            ("cache-timeout-ms", self.cache_timeout_ms),
+            ("cache-ttl-secs", self.cache_ttl_secs),
+            ("predlog-batch-rows", self.predlog_batch_rows as u64),
+            ("predlog-channel", self.predlog_channel as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("--{name} must be at least 1"));
             }
+        }
+        if self.predlog == PredLogMode::Postgres && self.database_url.is_none() {
+            return Err("--predlog postgres needs --database-url (INFERD_DATABASE_URL)".into());
         }
         if self.max_concurrency == Some(0) {
             return Err("--max-concurrency must be at least 1".into());
@@ -149,19 +261,52 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The effective configuration as one JSON object for the start-up log line.
-    /// Nothing here is secret yet; later fields (URLs with passwords, API keys)
-    /// must be redacted in this function.
+    /// The effective configuration as one JSON object for the start-up log line,
+    /// with passwords in URLs replaced.
     pub fn redacted(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         v["max_concurrency"] = self.concurrency().into();
+        v["redis_url"] = self.redis_url.as_deref().map(redact_url).into();
+        v["database_url"] = self.database_url.as_deref().map(redact_url).into();
         v
+    }
+}
+
+/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    if userinfo.contains(':') {
+        format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+    } else {
+        url.to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:p4ss@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(redact_url("redis://:pw@r:6379/0"), "redis://:***@r:6379/0");
+        assert_eq!(redact_url("redis://r:6379"), "redis://r:6379");
+        let cli =
+            Cli::try_parse_from(["inferd", "--database-url", "postgres://a:secret@h/d"]).unwrap();
+        assert!(!cli.serve.redacted().to_string().contains("secret"));
+    }
 
     #[test]
     fn defaults_parse_and_validate() {

@@ -4,8 +4,8 @@
 //! one process (the integration tests) do not share counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// 50 us to 10 s: ONNX calls on these models take tens of microseconds; queueing
@@ -27,6 +27,20 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub model_info: IntGaugeVec,
     pub ready: IntGauge,
+    pub model_instances: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_errors: IntCounterVec,
+    pub cache_coalesced: IntCounter,
+    pub cache_latency: HistogramVec,
+    pub cache_breaker_open: IntGauge,
+    pub predlog_queue: IntGauge,
+    pub predlog_buffered: IntGauge,
+    pub predlog_written: IntCounterVec,
+    pub predlog_retries: IntCounter,
+    pub predlog_spilled: IntCounter,
+    pub predlog_replayed: IntCounter,
+    pub predlog_dropped: IntCounterVec,
+    pub predlog_write_duration: HistogramVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -93,6 +107,93 @@ impl Metrics {
             .expect("valid"),
             ready: IntGauge::new("inferd_ready", "1 when every model is loaded and warmed up")
                 .expect("valid"),
+            model_instances: IntCounterVec::new(
+                Opts::new(
+                    "inferd_model_instances_total",
+                    "Instances computed by the model (cache hits excluded)",
+                ),
+                &["model", "version"],
+            )
+            .expect("valid"),
+            cache_requests: IntCounterVec::new(
+                Opts::new(
+                    "inferd_cache_requests_total",
+                    "Cache lookups per instance, by result",
+                ),
+                &["result"],
+            )
+            .expect("valid"),
+            cache_errors: IntCounterVec::new(
+                Opts::new(
+                    "inferd_cache_errors_total",
+                    "Cache calls that failed open, by operation and kind",
+                ),
+                &["op", "kind"],
+            )
+            .expect("valid"),
+            cache_coalesced: IntCounter::new(
+                "inferd_cache_coalesced_total",
+                "Instances served from another request's in-flight computation",
+            )
+            .expect("valid"),
+            cache_latency: histogram(
+                "inferd_cache_latency_seconds",
+                "Time of one cache call (a whole request's keys)",
+                &["op", "backend"],
+                lat(),
+            ),
+            cache_breaker_open: IntGauge::new(
+                "inferd_cache_breaker_open",
+                "1 while the Redis circuit breaker is open",
+            )
+            .expect("valid"),
+            predlog_queue: IntGauge::new(
+                "inferd_predlog_queue_depth",
+                "Log records waiting in the channel",
+            )
+            .expect("valid"),
+            predlog_buffered: IntGauge::new(
+                "inferd_predlog_buffered_records",
+                "Log records held by the writer (not yet written)",
+            )
+            .expect("valid"),
+            predlog_written: IntCounterVec::new(
+                Opts::new(
+                    "inferd_predlog_written_total",
+                    "Log records written, by sink",
+                ),
+                &["sink"],
+            )
+            .expect("valid"),
+            predlog_retries: IntCounter::new(
+                "inferd_predlog_retries_total",
+                "Failed log writes that will be retried",
+            )
+            .expect("valid"),
+            predlog_spilled: IntCounter::new(
+                "inferd_predlog_spilled_total",
+                "Log records spilled to the local file",
+            )
+            .expect("valid"),
+            predlog_replayed: IntCounter::new(
+                "inferd_predlog_replayed_total",
+                "Spilled log records written to the database later",
+            )
+            .expect("valid"),
+            predlog_dropped: IntCounterVec::new(
+                Opts::new(
+                    "inferd_predlog_dropped_total",
+                    "Log records lost, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid"),
+            predlog_write_duration: histogram(
+                "inferd_predlog_write_duration_seconds",
+                "Time of one batch write",
+                &["sink"],
+                lat(),
+            ),
             registry,
         };
         let r = &m.registry;
@@ -107,6 +208,20 @@ impl Metrics {
             Box::new(m.rejections.clone()),
             Box::new(m.model_info.clone()),
             Box::new(m.ready.clone()),
+            Box::new(m.model_instances.clone()),
+            Box::new(m.cache_requests.clone()),
+            Box::new(m.cache_errors.clone()),
+            Box::new(m.cache_coalesced.clone()),
+            Box::new(m.cache_latency.clone()),
+            Box::new(m.cache_breaker_open.clone()),
+            Box::new(m.predlog_queue.clone()),
+            Box::new(m.predlog_buffered.clone()),
+            Box::new(m.predlog_written.clone()),
+            Box::new(m.predlog_retries.clone()),
+            Box::new(m.predlog_spilled.clone()),
+            Box::new(m.predlog_replayed.clone()),
+            Box::new(m.predlog_dropped.clone()),
+            Box::new(m.predlog_write_duration.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }

@@ -42,6 +42,31 @@ impl InputBatch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The instances at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> InputBatch {
+        match self {
+            InputBatch::Text(t) => InputBatch::Text(idx.iter().map(|&i| t[i].clone()).collect()),
+            InputBatch::Windows {
+                data,
+                steps,
+                features,
+                ..
+            } => {
+                let n = steps * features;
+                let mut out = Vec::with_capacity(idx.len() * n);
+                for &i in idx {
+                    out.extend_from_slice(&data[i * n..(i + 1) * n]);
+                }
+                InputBatch::Windows {
+                    data: out,
+                    batch: idx.len(),
+                    steps: *steps,
+                    features: *features,
+                }
+            }
+        }
+    }
 }
 
 /// A `[rows, cols]` float matrix, row-major: one row per instance.

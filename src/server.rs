@@ -16,32 +16,89 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::config::ServeConfig;
+use crate::cache::{Cache, RedisSettings};
+use crate::config::{CacheMode, PredLogMode, ServeConfig};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::predlog::{PredLog, SinkConfig, WriterConfig};
 use crate::repository::Repository;
 use crate::runtime::{self, SessionOptions};
 
 pub struct AppState {
     pub config: ServeConfig,
     pub metrics: Arc<Metrics>,
-    pub admission: Admission,
+    pub pipeline: Pipeline,
+    pub predlog: PredLog,
     repo: OnceLock<Arc<Repository>>,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
 }
 
+fn build_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Arc<Cache>>> {
+    let ttl = std::time::Duration::from_secs(config.cache_ttl_secs);
+    Ok(match (config.cache, &config.redis_url) {
+        (CacheMode::Off, _) => None,
+        (CacheMode::On, Some(url)) => Some(Arc::new(Cache::redis(
+            RedisSettings {
+                url: url.clone(),
+                timeout: std::time::Duration::from_millis(config.cache_timeout_ms),
+                breaker_backoff: std::time::Duration::from_millis(config.cache_breaker_ms),
+            },
+            ttl,
+            metrics.clone(),
+        )?)),
+        (CacheMode::On, None) => Some(Arc::new(Cache::memory(
+            config.cache_max_bytes,
+            ttl,
+            metrics.clone(),
+        ))),
+    })
+}
+
+fn predlog_config(config: &ServeConfig) -> WriterConfig {
+    let jsonl = || SinkConfig::Jsonl {
+        path: config.predlog_path.clone(),
+        max_bytes: config.predlog_max_bytes,
+        keep: config.predlog_keep,
+    };
+    let sink = match (config.predlog, &config.database_url) {
+        (PredLogMode::Off, _) => SinkConfig::Off,
+        (PredLogMode::Jsonl, _) | (PredLogMode::Auto, None) => jsonl(),
+        (PredLogMode::Postgres | PredLogMode::Auto, Some(url)) => SinkConfig::Postgres {
+            url: url.clone(),
+            spill_path: config.predlog_spill_path.clone(),
+        },
+        (PredLogMode::Postgres, None) => SinkConfig::Off, // rejected by validate()
+    };
+    WriterConfig {
+        sink,
+        channel_capacity: config.predlog_channel,
+        batch_rows: config.predlog_batch_rows,
+        flush_interval: std::time::Duration::from_millis(config.predlog_flush_ms),
+        buffer_rows: config.predlog_buffer_rows,
+    }
+}
+
 impl AppState {
-    pub fn new(config: ServeConfig) -> Self {
+    /// Builds the shared state. Needs a tokio runtime (the log writer starts here).
+    pub fn new(config: ServeConfig) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let admission = Admission::new(config.concurrency(), config.max_queue, metrics.clone());
-        AppState {
+        let cache = build_cache(&config, &metrics)?;
+        if let Some(c) = &cache {
+            tracing::info!(backend = c.backend_name(), "result cache on");
+        }
+        let pipeline = Pipeline::new(admission, cache, metrics.clone(), config.request_timeout_ms);
+        let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
+        Ok(AppState {
             config,
             metrics,
-            admission,
+            pipeline,
+            predlog,
             repo: OnceLock::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The loaded models, once warm-up is done.
@@ -88,7 +145,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let state = Arc::new(AppState::new(config.clone()));
+    let state = Arc::new(AppState::new(config.clone())?);
     let app = crate::api::router(state.clone());
     let draining = CancellationToken::new();
 
@@ -144,11 +201,22 @@ pub async fn run(
         }
     }
 
+    let served = serve_until_drained(&config, &mut server, &draining).await;
+    // Nothing new can arrive now: write out (or spill) every log record.
+    state.predlog.shutdown(config.shutdown_grace()).await;
+    served
+}
+
+async fn serve_until_drained(
+    config: &ServeConfig,
+    server: &mut tokio::task::JoinHandle<std::io::Result<()>>,
+    draining: &CancellationToken,
+) -> anyhow::Result<()> {
     tokio::select! {
-        res = &mut server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
+        res = &mut *server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
         _ = draining.cancelled() => {
             let grace = config.drain_delay() + config.shutdown_grace();
-            match tokio::time::timeout(grace, &mut server).await {
+            match tokio::time::timeout(grace, &mut *server).await {
                 Ok(res) => {
                     tracing::info!("drained; exiting");
                     res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::repository::Manifest;
@@ -43,7 +43,7 @@ fn invalid(field: String, message: impl Into<String>) -> InvalidInput {
 }
 
 /// One prediction. Untagged: the shape differs by task, as the API documents.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Prediction {
     Label {

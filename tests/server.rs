@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, golden, long_texts, TestServer};
+use common::{config, golden, long_texts, uncached, TestServer};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +453,7 @@ async fn not_ready_until_warmed_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_with_429_and_never_5xx() {
-    let mut cfg = config();
+    let mut cfg = uncached();
     cfg.max_concurrency = Some(1);
     cfg.max_queue = 2;
     let s = TestServer::start(cfg).await;
@@ -498,7 +498,7 @@ async fn overload_sheds_with_429_and_never_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_returns_504() {
-    let mut cfg = config();
+    let mut cfg = uncached();
     cfg.max_concurrency = Some(1);
     cfg.request_timeout_ms = 3;
     let s = TestServer::start(cfg).await;
@@ -518,7 +518,7 @@ async fn deadline_returns_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let mut cfg = config();
+    let mut cfg = uncached();
     cfg.max_concurrency = Some(1);
     let mut s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
@@ -563,19 +563,26 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_server_turns_unready_and_refuses_new_work() {
-    let mut cfg = config();
+    let mut cfg = uncached();
     cfg.max_concurrency = Some(1);
     cfg.drain_delay_ms = 600;
     let mut s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
-    let in_flight = {
-        let (c, u, b) = (s.client.clone(), s.url("/predict"), body.clone());
-        tokio::spawn(async move {
-            let r = c.post(&u).json(&b).send().await.unwrap();
-            r.status().as_u16()
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, u, b) = (s.client.clone(), s.url("/predict"), body.clone());
+            tokio::spawn(async move { c.post(&u).json(&b).send().await.unwrap().status().as_u16() })
         })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
+        .collect();
+    // Accepted means inside the server: one running, the others queued.
+    let t = Instant::now();
+    while !s.get("/metrics").await.1.contains("inferd_queue_depth 2") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "requests never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     s.trigger_shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (st, body_text) = s.get("/readyz").await;
@@ -595,13 +602,15 @@ async fn draining_server_turns_unready_and_refuses_new_work() {
     assert!(h.contains_key("retry-after"));
     let (st, _) = s.get("/healthz").await;
     assert_eq!(st, 200, "still alive while draining");
-    assert_eq!(in_flight.await.unwrap(), 200, "accepted work finishes");
+    for r in in_flight {
+        assert_eq!(r.await.unwrap(), 200, "accepted work finishes");
+    }
     s.handle.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_stays_fast_while_inference_is_saturated() {
-    let mut cfg = config();
+    let mut cfg = uncached();
     cfg.max_concurrency = Some(2);
     let s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});

@@ -1,8 +1,8 @@
 //! HTTP routes: prediction, model listing, health, readiness and metrics.
 //!
 //! Handlers stay thin: they resolve the model, let `Task` validate the instances,
-//! pass admission, run the backend on a blocking thread under the request's
-//! deadline, and let `Task` encode the result. Failures are `ApiError`s.
+//! hand the batch to the shared `Pipeline` (cache, single-flight, admission,
+//! inference), answer, and log. Failures are `ApiError`s.
 
 pub mod error;
 pub mod extract;
@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use uuid::Uuid;
 
-use crate::admission::AdmissionError;
+use crate::config::LogInputs;
+use crate::pipeline::{Predicted, Timings};
+use crate::predlog::Record;
 use crate::repository::{Lookup, Model};
 use crate::server::AppState;
 use crate::task::Prediction;
@@ -88,11 +93,37 @@ pub struct PredictRequest {
 pub struct PredictResponse<'a> {
     pub model: &'a str,
     pub version: &'a str,
-    pub predictions: Vec<Prediction>,
+    pub predictions: &'a [Prediction],
+    /// Per instance: whether the prediction came from the cache.
+    pub cached: &'a [bool],
+}
+
+/// Who asked, for the prediction log: the proxy's `x-forwarded-for` (first hop)
+/// or `x-real-ip` when present, else the peer address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+impl Caller {
+    fn from_parts(headers: &HeaderMap, peer: Option<SocketAddr>) -> Self {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = h("x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .or_else(|| h("x-real-ip"))
+            .map(|s| s.trim().to_string());
+        Caller {
+            request_id: h("x-request-id").unwrap_or_default().to_string(),
+            client: forwarded.or_else(|| peer.map(|p| p.to_string())),
+        }
+    }
 }
 
 async fn predict_any(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
     let target = body
@@ -100,45 +131,102 @@ async fn predict_any(
         .ok()
         .map(|JsonBody(b)| (b.model.clone(), b.version.clone()));
     let (name, version) = target.unwrap_or_default();
-    predict(st, name, version, body).await
+    predict(
+        st,
+        Caller::from_parts(&headers, Some(peer)),
+        name,
+        version,
+        body,
+    )
+    .await
 }
 
 async fn predict_named(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
     let version = body.as_ref().ok().and_then(|JsonBody(b)| b.version.clone());
-    predict(st, Some(name), version, body).await
+    predict(
+        st,
+        Caller::from_parts(&headers, Some(peer)),
+        Some(name),
+        version,
+        body,
+    )
+    .await
 }
 
 async fn predict_versioned(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
-    predict(st, Some(name), Some(version), body).await
+    predict(
+        st,
+        Caller::from_parts(&headers, Some(peer)),
+        Some(name),
+        Some(version),
+        body,
+    )
+    .await
 }
 
-/// Runs one prediction request and records its metrics, whatever the outcome.
+/// Runs one prediction request; records metrics and the prediction log, whatever
+/// the outcome.
 async fn predict(
     st: Arc<AppState>,
+    caller: Caller,
     name: Option<String>,
     version: Option<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
     let start = Instant::now();
-    let mut timings = Timings::default();
-    let result = predict_inner(&st, name, version, body, start, &mut timings).await;
-    let (model_label, version_label) = timings.labels.clone().unwrap_or(("".into(), "".into()));
+    let mut ctx = RequestCtx::default();
+    let result = predict_inner(&st, name, version, body, start, &mut ctx).await;
+    let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
+    let latency = start.elapsed();
     let mut resp = match result {
-        Ok(resp) => resp,
+        Ok((model, done)) => {
+            let resp = Json(PredictResponse {
+                model: &model.manifest.name,
+                version: &model.manifest.version,
+                predictions: &done.predictions,
+                cached: &done.cached,
+            })
+            .into_response();
+            if st.predlog.enabled() {
+                log_success(&st, &caller, &model, &done, ctx.instances.take(), latency);
+            }
+            resp
+        }
         Err(e) => {
             if let Some(reason) = e.rejection_reason() {
                 st.metrics.rejections.with_label_values(&[reason]).inc();
             }
             if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(error = %e, model = %model_label, "prediction failed");
+            }
+            if st.predlog.enabled() {
+                st.predlog.log(Record {
+                    id: Uuid::new_v4(),
+                    ts: chrono::Utc::now(),
+                    request_id: caller.request_id.clone(),
+                    model: model_label.clone(),
+                    version: version_label.clone(),
+                    status: e.status().as_u16(),
+                    instance: None,
+                    instance_sha256: None,
+                    prediction: None,
+                    cached: false,
+                    latency_ms: latency.as_secs_f32() * 1e3,
+                    client: caller.client.clone(),
+                    error: Some(e.to_string()),
+                });
             }
             e.into_response()
         }
@@ -151,30 +239,60 @@ async fn predict(
     st.metrics
         .request_duration
         .with_label_values(&[&model_label])
-        .observe(start.elapsed().as_secs_f64());
+        .observe(latency.as_secs_f64());
+    let t = ctx.timings;
     let h = resp.headers_mut();
-    h.insert(HeaderName::from_static("x-queue-time"), ms(timings.queue));
-    h.insert(
-        HeaderName::from_static("x-inference-time"),
-        ms(timings.inference),
-    );
+    h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
+    h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
     if let Ok(v) = HeaderValue::from_str(&format!(
         "queue;dur={:.3}, inference;dur={:.3}",
-        timings.queue.as_secs_f64() * 1e3,
-        timings.inference.as_secs_f64() * 1e3
+        t.queue.as_secs_f64() * 1e3,
+        t.inference.as_secs_f64() * 1e3
     )) {
         h.insert(HeaderName::from_static("server-timing"), v);
     }
     resp
 }
 
+fn log_success(
+    st: &AppState,
+    caller: &Caller,
+    model: &Model,
+    done: &Predicted,
+    instances: Option<Vec<Value>>,
+    latency: Duration,
+) {
+    let full = st.config.predlog_inputs == LogInputs::Full;
+    let ts = chrono::Utc::now();
+    let mut instances = instances.unwrap_or_default().into_iter();
+    for ((p, cached), key) in done.predictions.iter().zip(&done.cached).zip(&done.keys) {
+        let instance = instances.next();
+        st.predlog.log(Record {
+            id: Uuid::new_v4(),
+            ts,
+            request_id: caller.request_id.clone(),
+            model: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+            status: 200,
+            instance: if full { instance } else { None },
+            instance_sha256: Some(hex::encode(key)),
+            prediction: serde_json::to_value(p).ok(),
+            cached: *cached,
+            latency_ms: latency.as_secs_f32() * 1e3,
+            client: caller.client.clone(),
+            error: None,
+        });
+    }
+}
+
 #[derive(Default)]
-struct Timings {
-    queue: Duration,
-    inference: Duration,
+struct RequestCtx {
+    timings: Timings,
     /// (model, version) once resolved to a loaded model: metric labels stay bounded
     /// to real models, whatever names clients send.
     labels: Option<(String, String)>,
+    /// The instances as sent, kept for the prediction log.
+    instances: Option<Vec<Value>>,
 }
 
 async fn predict_inner(
@@ -183,8 +301,8 @@ async fn predict_inner(
     version: Option<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
     start: Instant,
-    timings: &mut Timings,
-) -> Result<Response, ApiError> {
+    ctx: &mut RequestCtx,
+) -> Result<(Arc<Model>, Predicted), ApiError> {
     if st.draining.load(Ordering::Acquire) {
         return Err(ApiError::Draining);
     }
@@ -207,7 +325,7 @@ async fn predict_inner(
             return Err(ApiError::VersionNotFound(name, version.unwrap_or_default()))
         }
     };
-    timings.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
+    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
     let instances = req.instances.ok_or_else(|| {
         ApiError::invalid("instances", "required: an array of instances to predict")
     })?;
@@ -231,57 +349,19 @@ async fn predict_inner(
         .task
         .decode(&instances)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    drop(instances);
+    if st.predlog.enabled() && st.config.predlog_inputs == LogInputs::Full {
+        ctx.instances = Some(instances);
+    }
     st.metrics
         .instances
         .with_label_values(&[&model.manifest.name])
         .observe(batch.len() as f64);
-
     let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
-    let timeout_ms = st.config.request_timeout_ms;
-    let wait_start = Instant::now();
-    let permit = st.admission.acquire(deadline).await.map_err(|e| match e {
-        AdmissionError::QueueFull(n) => ApiError::QueueFull(n),
-        AdmissionError::Deadline => ApiError::DeadlineExceeded(timeout_ms),
-    });
-    timings.queue = wait_start.elapsed();
-    st.metrics
-        .queue_wait
-        .with_label_values(&[&model.manifest.name])
-        .observe(timings.queue.as_secs_f64());
-    let permit = permit?;
-
-    // The blocking task owns the permit: if the deadline passes or the client goes
-    // away, the slot stays taken until ONNX Runtime has really finished.
-    let m = model.clone();
-    let metrics = st.metrics.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        metrics.in_flight.inc();
-        let t = Instant::now();
-        let out = m.backend.infer(&batch);
-        let took = t.elapsed();
-        metrics.in_flight.dec();
-        metrics
-            .inference_duration
-            .with_label_values(&[&m.manifest.name, &m.manifest.version])
-            .observe(took.as_secs_f64());
-        (out, took)
-    });
-    let (out, took) = match tokio::time::timeout_at(deadline, job).await {
-        Err(_) => return Err(ApiError::DeadlineExceeded(timeout_ms)),
-        Ok(Err(join)) => return Err(ApiError::Inference(format!("worker failed: {join}"))),
-        Ok(Ok(r)) => r,
-    };
-    timings.inference = took;
-    let out = out.map_err(|e| ApiError::Inference(e.to_string()))?;
-    let predictions = model.task.encode(&out);
-    Ok(Json(PredictResponse {
-        model: &model.manifest.name,
-        version: &model.manifest.version,
-        predictions,
-    })
-    .into_response())
+    let done = st
+        .pipeline
+        .predict(&model, batch, deadline, &mut ctx.timings)
+        .await?;
+    Ok((model, done))
 }
 
 fn describe(model: &Model, ready: bool) -> Value {

@@ -22,6 +22,7 @@ pub fn config() -> ServeConfig {
     c.models_dir = root().join("models");
     c.max_concurrency = Some(2);
     c.warmup_runs = 1;
+    c.predlog = inferd::config::PredLogMode::Off;
     if c.ort_dylib_path.is_none() {
         c.ort_dylib_path = Some(root().join(inferd::config::LOCAL_ORT_LIB));
     }
@@ -135,6 +136,13 @@ impl TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// A config whose cache is off: load tests need every request to reach the model.
+pub fn uncached() -> ServeConfig {
+    let mut c = config();
+    c.cache = inferd::config::CacheMode::Off;
+    c
 }
 
 pub fn golden(model: &str) -> Value {
