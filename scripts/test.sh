@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what it needs (ONNX
-# Runtime from its PyPI wheel, a Python venv for the model checks), then runs
-# the model checks, formatting and lint gates, and every Rust test.
+# The whole test suite, from a fresh machine: installs what it needs (Redis,
+# PostgreSQL and nginx from Debian packages when missing; ONNX Runtime from its
+# PyPI wheel; a Python venv for the model checks), then runs the model checks,
+# formatting and lint gates, and every Rust test. The integration tests start
+# their own Redis and PostgreSQL servers on free loopback ports and stop them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
+
+step "System packages (Redis, PostgreSQL, nginx) for the integration tests"
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "present"
+fi
 
 step "ONNX Runtime"
 ORT_DYLIB_PATH="$(./scripts/install-ort.sh | tail -n 1)"

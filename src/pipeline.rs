@@ -101,6 +101,26 @@ impl Pipeline {
             }
         }
 
+        // A flight may have finished between our lookup and our join: its result
+        // is in the cache now. Re-checking is cheap for the in-process cache;
+        // for Redis the window is the async write, and a rare recompute is fine.
+        if !leads.is_empty() && cache.is_local() {
+            let lead_keys: Vec<Key> = leads.iter().map(|(_, l)| *l.key()).collect();
+            let again = cache.peek_many(&lead_keys).await;
+            let mut still = Vec::with_capacity(leads.len());
+            for ((i, lead), hit) in leads.into_iter().zip(again) {
+                match hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
+                    Some(p) => {
+                        lead.complete(Ok(p.clone()));
+                        slots[i] = Some(p);
+                        cached[i] = true;
+                    }
+                    None => still.push((i, lead)),
+                }
+            }
+            leads = still;
+        }
+
         if !leads.is_empty() {
             let idx: Vec<usize> = leads.iter().map(|(i, _)| *i).collect();
             let sub = if idx.len() == n {

@@ -186,6 +186,13 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, stop: CancellationToken) {
+        // Create the schema now if the database is up; otherwise the first
+        // flush retries it.
+        if let Sink::Postgres(pg) = &mut self.sink {
+            if let Err(e) = pg.migrate().await {
+                tracing::warn!("prediction log database not reachable yet: {e:#}");
+            }
+        }
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
             tokio::select! {

@@ -532,16 +532,16 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }));
     }
-    // Wait until the requests are inside the server (running or queued).
+    // Wait until all six are inside the server (validated; running or queued).
     let started = Instant::now();
     loop {
         let (_, m) = s.get("/metrics").await;
-        if m.contains("inferd_queue_depth ") && !m.contains("inferd_queue_depth 0") {
+        if m.contains("inferd_request_instances_count{model=\"text-classifier\"} 6") {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "requests never queued"
+            "requests never arrived"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -576,7 +576,12 @@ async fn draining_server_turns_unready_and_refuses_new_work() {
         .collect();
     // Accepted means inside the server: one running, the others queued.
     let t = Instant::now();
-    while !s.get("/metrics").await.1.contains("inferd_queue_depth 2") {
+    while !s
+        .get("/metrics")
+        .await
+        .1
+        .contains("inferd_request_instances_count{model=\"text-classifier\"} 3")
+    {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "requests never queued"

@@ -1,0 +1,504 @@
+//! The result cache and the prediction log against real Redis and PostgreSQL
+//! servers (started by the tests on free loopback ports), including their
+//! failures: Redis killed under load, PostgreSQL stopped under load.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::services::{Postgres, Redis};
+use common::{config, golden, TestServer};
+use inferd::config::{PredLogMode, ServeConfig};
+use serde_json::{json, Value};
+
+fn window(i: usize) -> Value {
+    golden("lstm-forecaster")["cases"][i % 32]["input"].clone()
+}
+
+/// A window no golden case has, so the first request for it is a miss.
+fn fresh_window(seed: usize) -> Value {
+    let base = 340.0 + (seed % 1000) as f64 * 0.01;
+    Value::Array((0..26).map(|t| json!([base + t as f64 * 0.05])).collect())
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn instances_computed(s: &TestServer, model: &str) -> f64 {
+    let m = s.get("/metrics").await.1;
+    metric(
+        &m,
+        &format!("inferd_model_instances_total{{model=\"{model}\",version=\"1\"}}"),
+    )
+}
+
+async fn predict(s: &TestServer, body: Value) -> Value {
+    let (st, _, v) = s.post_json("/predict", &body).await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+fn redis_config(r: &Redis) -> ServeConfig {
+    let mut c = config();
+    c.redis_url = Some(r.url());
+    c.cache_breaker_ms = 100;
+    c
+}
+
+async fn cache_hits_after_reformatted_json(s: &TestServer) {
+    let w = fresh_window(7);
+    let first = predict(s, json!({"model": "lstm-forecaster", "instances": [w]})).await;
+    assert_eq!(first["cached"], json!([false]));
+    // Same values, other spelling: keys reordered, whitespace, exponents, ints.
+    let rows: Vec<String> = w
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("[ {:e} ]", r[0].as_f64().unwrap()))
+        .collect();
+    let raw = format!(
+        "{{ \"instances\" : [ [ {} ] ],\n  \"model\":\"lstm-forecaster\" }}",
+        rows.join(" ,\n ")
+    );
+    let (st, v) = s
+        .post_raw("/predict", "application/json", raw.into_bytes())
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["cached"], json!([true]));
+    assert_eq!(v["predictions"], first["predictions"]);
+
+    let text =
+        json!({"model": "text-classifier", "instances": ["Subject: cache me\n\nunique body 7f3a"]});
+    assert_eq!(predict(s, text.clone()).await["cached"], json!([false]));
+    assert_eq!(predict(s, text).await["cached"], json!([true]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_cache_hits_after_reformatted_json() {
+    let s = TestServer::start(config()).await;
+    cache_hits_after_reformatted_json(&s).await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_hits_after_reformatted_json_and_keeps_order_on_partial_hits() {
+    let r = Redis::start();
+    let s = TestServer::start(redis_config(&r)).await;
+    cache_hits_after_reformatted_json(&s).await;
+    assert!(
+        r.cli(&["DBSIZE"]).parse::<u64>().unwrap() >= 2,
+        "entries live in Redis"
+    );
+
+    // Partial hits: x0 and x1 cached, y0 and y1 not.
+    let (x0, x1, y0, y1) = (
+        fresh_window(100),
+        fresh_window(101),
+        fresh_window(102),
+        fresh_window(103),
+    );
+    let warm = predict(
+        &s,
+        json!({"model": "lstm-forecaster", "instances": [x0, x1]}),
+    )
+    .await;
+    // Redis writes are asynchronous: wait until they have landed.
+    let t = Instant::now();
+    while r.cli(&["DBSIZE"]).parse::<u64>().unwrap() < 4 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = instances_computed(&s, "lstm-forecaster").await;
+    let mixed = predict(
+        &s,
+        json!({"model": "lstm-forecaster", "instances": [y0, x1, y1, x0]}),
+    )
+    .await;
+    assert_eq!(mixed["cached"], json!([false, true, false, true]));
+    assert_eq!(
+        instances_computed(&s, "lstm-forecaster").await - before,
+        2.0,
+        "only the misses ran"
+    );
+    assert_eq!(mixed["predictions"][1], warm["predictions"][1]);
+    assert_eq!(mixed["predictions"][3], warm["predictions"][0]);
+    let alone = predict(&s, json!({"model": "lstm-forecaster", "instances": [y1]})).await;
+    assert_eq!(mixed["predictions"][2], alone["predictions"][0]);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_expire_after_their_ttl() {
+    let r = Redis::start();
+    let mut rc = redis_config(&r);
+    rc.cache_ttl_secs = 1;
+    let mut mc = config();
+    mc.cache_ttl_secs = 1;
+    for cfg in [rc, mc] {
+        let s = TestServer::start(cfg).await;
+        let body = json!({"model": "lstm-forecaster", "instances": [fresh_window(200)]});
+        assert_eq!(predict(&s, body.clone()).await["cached"], json!([false]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(predict(&s, body.clone()).await["cached"], json!([true]));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(predict(&s, body).await["cached"], json!([false]), "expired");
+        s.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_requests_run_the_model_once() {
+    let r = Redis::start();
+    for cfg in [config(), redis_config(&r)] {
+        let s = TestServer::start(cfg).await;
+        let before = instances_computed(&s, "text-classifier").await;
+        let body = json!({"model": "text-classifier", "instances": [common::long_texts(1)[0].as_str().unwrap().to_string() + " coalesce"]});
+        let tasks: Vec<_> = (0..24)
+            .map(|_| {
+                let (c, u, b) = (s.client.clone(), s.url("/predict"), body.clone());
+                tokio::spawn(async move {
+                    c.post(u)
+                        .json(&b)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json::<Value>()
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut preds = Vec::new();
+        for t in tasks {
+            preds.push(t.await.unwrap()["predictions"][0].clone());
+        }
+        assert!(preds.windows(2).all(|w| w[0] == w[1]));
+        let ran = instances_computed(&s, "text-classifier").await - before;
+        let m = s.get("/metrics").await.1;
+        let coalesced = metric(&m, "inferd_cache_coalesced_total");
+        assert_eq!(
+            ran, 1.0,
+            "24 identical requests, one inference (coalesced {coalesced})"
+        );
+        s.stop().await.unwrap();
+    }
+}
+
+/// Runs `total` requests with `concurrency` workers; `at(n)` is called as the
+/// n-th request completes. Returns the statuses.
+async fn load(
+    s: &TestServer,
+    bodies: Arc<Vec<Value>>,
+    total: usize,
+    concurrency: usize,
+    at: Arc<dyn Fn(usize) + Send + Sync>,
+) -> Vec<u16> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (c, u) = (s.client.clone(), s.url("/predict"));
+            let (bodies, next, done, at) = (bodies.clone(), next.clone(), done.clone(), at.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break statuses;
+                    }
+                    let st = c
+                        .post(&u)
+                        .header("x-request-id", format!("load-{i}"))
+                        .json(&bodies[i % bodies.len()])
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    statuses.push(st);
+                    at(done.fetch_add(1, Ordering::Relaxed) + 1);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart() {
+    let redis = Arc::new(std::sync::Mutex::new(Redis::start()));
+    let url = redis.lock().unwrap().url();
+    let mut cfg = config();
+    cfg.redis_url = Some(url);
+    cfg.cache_breaker_ms = 100;
+    let s = TestServer::start(cfg).await;
+    let bodies: Vec<Value> = (0..64)
+        .map(|i| json!({"model": "lstm-forecaster", "instances": [if i % 2 == 0 { window(i) } else { fresh_window(300 + i) }]}))
+        .collect();
+    let total = 3000;
+    let r2 = redis.clone();
+    // Kill in a thread of its own: the hook runs on the async workers.
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let ctl = std::thread::spawn(move || {
+        while let Ok(cmd) = rx.recv() {
+            let mut r = r2.lock().unwrap();
+            if cmd == "kill" {
+                r.kill()
+            } else {
+                r.restart()
+            }
+        }
+    });
+    let tx = std::sync::Mutex::new(tx);
+    let hook = Arc::new(move |n: usize| {
+        if n == total / 3 {
+            let _ = tx.lock().unwrap().send("kill");
+        } else if n == 2 * total / 3 {
+            let _ = tx.lock().unwrap().send("restart");
+        }
+    });
+    let statuses = load(&s, Arc::new(bodies), total, 16, hook).await;
+    assert_eq!(statuses.len(), total);
+    let failed = statuses.iter().filter(|&&c| c != 200).count();
+    assert_eq!(
+        failed,
+        0,
+        "requests failed while Redis was down: {:?}",
+        statuses
+            .iter()
+            .filter(|&&c| c != 200)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let m = s.get("/metrics").await.1;
+    assert!(
+        m.contains("inferd_cache_errors_total{"),
+        "Redis errors were counted:\n{m}"
+    );
+    ctl.join().ok();
+
+    // Hits resume: a new instance is stored in the restarted Redis and then hit.
+    let body = json!({"model": "lstm-forecaster", "instances": [fresh_window(999)]});
+    let t = Instant::now();
+    loop {
+        let v = predict(&s, body.clone()).await;
+        if v["cached"] == json!([true]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "cache never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        redis
+            .lock()
+            .unwrap()
+            .cli(&["DBSIZE"])
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    s.stop().await.unwrap();
+}
+
+fn pg_config(pg: &Postgres, spill: &std::path::Path) -> ServeConfig {
+    let mut c = config();
+    c.predlog = PredLogMode::Postgres;
+    c.database_url = Some(pg.url());
+    c.predlog_spill_path = spill.to_path_buf();
+    c.predlog_flush_ms = 50;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
+    let pg = Arc::new(std::sync::Mutex::new(Postgres::start()));
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("spill.jsonl");
+    let mut cfg = pg_config(&pg.lock().unwrap(), &spill);
+    cfg.predlog_buffer_rows = 300; // small, so the outage spills to disk
+    cfg.predlog_batch_rows = 100;
+    let s = TestServer::start(cfg).await;
+    let bodies: Vec<Value> = (0..50)
+        .map(|i| json!({"model": "lstm-forecaster", "instances": [fresh_window(400 + i)]}))
+        .collect();
+    let total = 2000;
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let p2 = pg.clone();
+    let ctl = std::thread::spawn(move || {
+        while let Ok(cmd) = rx.recv() {
+            let mut p = p2.lock().unwrap();
+            if cmd == "stop" {
+                p.stop()
+            } else {
+                p.resume()
+            }
+        }
+    });
+    let tx = std::sync::Mutex::new(tx);
+    let hook = Arc::new(move |n: usize| {
+        if n == total / 4 {
+            let _ = tx.lock().unwrap().send("stop");
+        } else if n == 3 * total / 4 {
+            let _ = tx.lock().unwrap().send("resume");
+        }
+    });
+    let statuses = load(&s, Arc::new(bodies), total, 8, hook).await;
+    assert!(
+        statuses.iter().all(|&c| c == 200),
+        "all served while Postgres was down"
+    );
+    ctl.join().ok();
+    let m = s.get("/metrics").await.1;
+    s.stop().await.unwrap(); // flushes
+    let pg = pg.lock().unwrap();
+    let rows: usize = pg.psql("SELECT count(*) FROM predictions").parse().unwrap();
+    let distinct: usize = pg
+        .psql("SELECT count(DISTINCT request_id) FROM predictions")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (total, total),
+        "exactly one row per request"
+    );
+    assert!(
+        metric(&m, "inferd_predlog_spilled_total") > 0.0,
+        "the outage spilled:\n{m}"
+    );
+    assert!(!spill.exists(), "the spill file was replayed and removed");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM inferd_schema_migrations"),
+        "1"
+    );
+    let row = pg.psql("SELECT model, version, status, cached, instance IS NOT NULL, prediction->'forecast' ? 'co2_ppm' FROM predictions LIMIT 1");
+    assert_eq!(row, "lstm-forecaster|1|200|f|t|t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_buffered_records_and_spills_when_postgres_is_down() {
+    let mut pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("spill.jsonl");
+    let mut cfg = pg_config(&pg, &spill);
+    cfg.predlog_flush_ms = 60_000; // nothing is written before shutdown
+    cfg.predlog_batch_rows = 100_000;
+    let s = TestServer::start(cfg.clone()).await;
+    for i in 0..50 {
+        predict(
+            &s,
+            json!({"model": "lstm-forecaster", "instances": [window(i)]}),
+        )
+        .await;
+    }
+    let m = s.get("/metrics").await.1;
+    assert_eq!(
+        metric(&m, "inferd_predlog_written_total{sink=\"postgres\"}"),
+        0.0,
+        "nothing written yet"
+    );
+    s.stop().await.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM predictions"), "50");
+
+    // With Postgres down at shutdown, records spill; the next start replays them.
+    let s = TestServer::start(cfg.clone()).await;
+    for i in 0..20 {
+        predict(
+            &s,
+            json!({"model": "text-classifier", "instances": [format!("message {i}")]}),
+        )
+        .await;
+    }
+    pg.stop();
+    s.stop().await.unwrap();
+    let lines = std::fs::read_to_string(&spill).unwrap().lines().count();
+    assert_eq!(lines, 20);
+    pg.resume();
+    let mut c2 = cfg;
+    c2.predlog_flush_ms = 50;
+    let s = TestServer::start(c2).await;
+    let t = Instant::now();
+    while pg.psql("SELECT count(*) FROM predictions") != "70" {
+        assert!(t.elapsed() < Duration::from_secs(10), "spill not replayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!spill.exists());
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_sink_is_the_default_and_logs_failures_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log/predictions.jsonl");
+    let mut cfg = config();
+    cfg.predlog = PredLogMode::Auto;
+    cfg.predlog_path = path.clone();
+    cfg.predlog_flush_ms = 20;
+    let s = TestServer::start(cfg.clone()).await;
+    for i in 0..5 {
+        predict(
+            &s,
+            json!({"model": "lstm-forecaster", "instances": [window(i)]}),
+        )
+        .await;
+    }
+    predict(
+        &s,
+        json!({"model": "lstm-forecaster", "instances": [window(1), window(20), window(21)]}),
+    )
+    .await;
+    let (st, _, _) = s
+        .post_json(
+            "/predict",
+            &json!({"model": "lstm-forecaster", "instances": [[[1]]]}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    s.stop().await.unwrap();
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5 + 3 + 1);
+    let ok: Vec<&Value> = lines.iter().filter(|l| l["status"] == 200).collect();
+    assert_eq!(ok.len(), 8);
+    assert!(ok
+        .iter()
+        .all(|l| l["instance"].is_array() && l["instance_sha256"].as_str().unwrap().len() == 64));
+    assert_eq!(
+        ok.iter().filter(|l| l["cached"] == true).count(),
+        1,
+        "window(1) was cached the second time"
+    );
+    let failed: Vec<&Value> = lines.iter().filter(|l| l["status"] == 422).collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("26 rows"));
+
+    // Hash mode keeps inputs out of the log.
+    let mut hashed = cfg;
+    hashed.predlog_path = dir.path().join("hashed.jsonl");
+    hashed.predlog_inputs = inferd::config::LogInputs::Hash;
+    let s = TestServer::start(hashed.clone()).await;
+    predict(
+        &s,
+        json!({"model": "text-classifier", "instances": ["secret text"]}),
+    )
+    .await;
+    s.stop().await.unwrap();
+    let text = std::fs::read_to_string(&hashed.predlog_path).unwrap();
+    assert!(!text.contains("secret text"));
+    assert!(text.contains("instance_sha256"));
+}
