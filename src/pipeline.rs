@@ -139,16 +139,24 @@ impl Pipeline {
                                 .map(|b| (keys[*i], Bytes::from(b)))
                         })
                         .collect();
-                    // Fill the cache before retiring the flights, so a request that
-                    // arrives in between finds the entry instead of recomputing.
                     if cache.is_local() {
+                        // Fill the cache before retiring the flights, so a request
+                        // that arrives in between finds the entry.
                         cache.set_many(name, version, entries).await;
+                        for ((i, lead), p) in leads.into_iter().zip(preds) {
+                            lead.complete(Ok(p.clone()));
+                            slots[i] = Some(p);
+                        }
                     } else {
-                        self.spawn_cache_fill(model, entries);
-                    }
-                    for ((i, lead), p) in leads.into_iter().zip(preds) {
-                        lead.complete(Ok(p.clone()));
-                        slots[i] = Some(p);
+                        // Answer followers now; keep the flights open until Redis
+                        // has the entries (the fill task drops the guards).
+                        let mut guards = Vec::with_capacity(leads.len());
+                        for ((i, lead), p) in leads.into_iter().zip(preds) {
+                            lead.publish(Ok(p.clone()));
+                            slots[i] = Some(p);
+                            guards.push(lead);
+                        }
+                        self.spawn_cache_fill(model, entries, guards);
                     }
                 }
                 Err(e) => {
@@ -190,8 +198,9 @@ impl Pipeline {
         })
     }
 
-    /// Redis writes go to a task of their own: the response does not wait for them.
-    fn spawn_cache_fill(&self, model: &Arc<Model>, entries: Vec<(Key, Bytes)>) {
+    /// Redis writes go to a task of their own: the response does not wait for
+    /// them. The flights stay open until the write is done (or has failed).
+    fn spawn_cache_fill(&self, model: &Arc<Model>, entries: Vec<(Key, Bytes)>, flights: Vec<Lead>) {
         let Some(cache) = self.cache.clone() else {
             return;
         };
@@ -200,6 +209,7 @@ impl Pipeline {
             cache
                 .set_many(&model.manifest.name, &model.manifest.version, entries)
                 .await;
+            drop(flights);
         });
     }
 

@@ -6,10 +6,12 @@
 //! PostgreSQL (deadpool-postgres; schema by versioned migrations), a local
 //! JSON-lines file with size-capped rotation, or nowhere.
 //!
-//! Postgres outages: the writer keeps records in memory up to a bound, spills the
-//! overflow to an append-only local file, and retries with back-off. When the
-//! database answers again it replays the spill file, then the buffer, and removes
-//! the file. Inserts are keyed by the record's UUID with `ON CONFLICT DO NOTHING`,
+//! The writer never waits for a write while receiving: one flush at a time runs
+//! in a task of its own. When the sink is slower than the offered rows, or down,
+//! records accumulate in memory up to a bound and the overflow spills to an
+//! append-only local file; failed writes are retried with back-off. When the
+//! database keeps up again it replays the spill file, then the buffer, and
+//! removes the file. Inserts are keyed by the record's UUID with `ON CONFLICT DO NOTHING`,
 //! so a retry after an ambiguous failure (commit done, reply lost) cannot write a
 //! row twice. Records are dropped only when the channel is full or the spill file
 //! cannot be written, and every drop is counted and logged.
@@ -93,7 +95,6 @@ impl PredLog {
         let sink = Sink::open(&cfg.sink)?;
         let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let writer = Writer {
-            rx,
             sink,
             buf: VecDeque::new(),
             batch_rows: cfg.batch_rows.max(1),
@@ -103,7 +104,7 @@ impl PredLog {
             retry_at: None,
             backoff: Duration::from_millis(100),
         };
-        let handle = tokio::spawn(writer.run(stop.clone()));
+        let handle = tokio::spawn(writer.run(rx, stop.clone()));
         Ok(PredLog {
             tx: Some(tx),
             metrics,
@@ -143,22 +144,28 @@ impl PredLog {
     }
 }
 
+/// Where flushed records go. Cloned into each flush task.
+#[derive(Clone)]
 enum Sink {
-    Jsonl(JsonlSink),
-    Postgres(PgSink),
+    Jsonl(Arc<std::sync::Mutex<JsonlSink>>),
+    Postgres(Arc<PgSink>),
 }
 
 impl Sink {
     fn open(cfg: &SinkConfig) -> anyhow::Result<Sink> {
         Ok(match cfg {
-            SinkConfig::Off => unreachable!("no writer for the off sink"),
+            SinkConfig::Off => anyhow::bail!("no writer for the off sink"),
             SinkConfig::Jsonl {
                 path,
                 max_bytes,
                 keep,
-            } => Sink::Jsonl(JsonlSink::open(path.clone(), *max_bytes, *keep)?),
+            } => Sink::Jsonl(Arc::new(std::sync::Mutex::new(JsonlSink::open(
+                path.clone(),
+                *max_bytes,
+                *keep,
+            )?))),
             SinkConfig::Postgres { url, spill_path } => {
-                Sink::Postgres(PgSink::new(url, spill_path.clone())?)
+                Sink::Postgres(Arc::new(PgSink::new(url, spill_path.clone())?))
             }
         })
     }
@@ -169,10 +176,75 @@ impl Sink {
             Sink::Postgres(_) => "postgres",
         }
     }
+
+    fn spill_path(&self) -> Option<&Path> {
+        match self {
+            Sink::Postgres(pg) => Some(&pg.spill_path),
+            Sink::Jsonl(_) => None,
+        }
+    }
+
+    /// Writes one batch. On error the records come back for a retry.
+    async fn write(
+        self,
+        batch: Vec<Record>,
+        batch_rows: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Vec<Record>, anyhow::Result<()>) {
+        match self {
+            Sink::Jsonl(s) => {
+                let joined = tokio::task::spawn_blocking(move || {
+                    let t = std::time::Instant::now();
+                    let r = s
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("sink lock poisoned"))
+                        .and_then(|mut s| Ok(s.write(&batch)?));
+                    (batch, r, t.elapsed())
+                })
+                .await;
+                match joined {
+                    Ok((batch, Ok(()), took)) => {
+                        metrics
+                            .predlog_written
+                            .with_label_values(&["jsonl"])
+                            .inc_by(batch.len() as u64);
+                        metrics
+                            .predlog_write_duration
+                            .with_label_values(&["jsonl"])
+                            .observe(took.as_secs_f64());
+                        (Vec::new(), Ok(()))
+                    }
+                    // A local file that cannot be written will not heal by retrying
+                    // the same records forever: count them as dropped.
+                    Ok((batch, Err(e), _)) => {
+                        metrics
+                            .predlog_dropped
+                            .with_label_values(&["jsonl_write"])
+                            .inc_by(batch.len() as u64);
+                        tracing::error!(
+                            "prediction log file write failed, {} records dropped: {e:#}",
+                            batch.len()
+                        );
+                        (Vec::new(), Ok(()))
+                    }
+                    Err(e) => (
+                        Vec::new(),
+                        Err(anyhow::anyhow!("jsonl writer task failed: {e}")),
+                    ),
+                }
+            }
+            Sink::Postgres(pg) => {
+                let r = pg.flush(&batch, batch_rows, &metrics).await;
+                match r {
+                    Ok(()) => (Vec::new(), Ok(())),
+                    Err(e) => (batch, Err(e)),
+                }
+            }
+        }
+    }
 }
 
 struct Writer {
-    rx: mpsc::Receiver<Record>,
     sink: Sink,
     buf: VecDeque<Record>,
     batch_rows: usize,
@@ -184,26 +256,36 @@ struct Writer {
     backoff: Duration,
 }
 
+type Flush = JoinHandle<(Vec<Record>, anyhow::Result<()>)>;
+
 impl Writer {
-    async fn run(mut self, stop: CancellationToken) {
+    /// Receives continuously; at most one flush runs at a time in a task of its
+    /// own, so a slow or failing sink never stops the channel from draining.
+    /// Past `buffer_rows`, the oldest records spill to disk instead.
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>, stop: CancellationToken) {
         // Create the schema now if the database is up; otherwise the first
         // flush retries it.
-        if let Sink::Postgres(pg) = &mut self.sink {
+        if let Sink::Postgres(pg) = &self.sink {
             if let Err(e) = pg.migrate().await {
                 tracing::warn!("prediction log database not reachable yet: {e:#}");
             }
         }
+        let mut inflight: Option<Flush> = None;
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                r = self.rx.recv() => match r {
+                done = async { match inflight.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
+                    inflight = None;
+                    self.finished(done);
+                }
+                r = rx.recv() => match r {
                     Some(r) => {
                         self.metrics.predlog_queue.dec();
                         self.buf.push_back(r);
-                        while self.buf.len() < self.batch_rows {
-                            match self.rx.try_recv() {
+                        while self.buf.len() < self.buffer_rows + self.batch_rows {
+                            match rx.try_recv() {
                                 Ok(r) => { self.metrics.predlog_queue.dec(); self.buf.push_back(r); }
                                 Err(_) => break,
                             }
@@ -213,81 +295,74 @@ impl Writer {
                 },
                 _ = tokio::time::sleep_until(next_flush) => {}
             }
-            let due = Instant::now() >= next_flush;
-            if self.buf.len() >= self.batch_rows
-                || (due && !self.buf.is_empty())
-                || (due && self.has_spill())
+            self.enforce_bound().await;
+            let now = Instant::now();
+            let due = now >= next_flush;
+            let backing_off = self.retry_at.is_some_and(|t| now < t);
+            let has_spill = self
+                .sink
+                .spill_path()
+                .is_some_and(|p| p.exists() || replaying(p).exists());
+            if inflight.is_none()
+                && !backing_off
+                && (self.buf.len() >= self.batch_rows
+                    || (due && (!self.buf.is_empty() || has_spill)))
             {
-                self.flush().await;
-                next_flush = Instant::now() + self.flush_interval;
+                inflight = Some(self.start_flush());
+                next_flush = now + self.flush_interval;
             } else if due {
-                next_flush = Instant::now() + self.flush_interval;
+                next_flush = now + self.flush_interval;
             }
             self.metrics.predlog_buffered.set(self.buf.len() as i64);
         }
-        // Shutdown: take what is still queued, then write or spill all of it.
-        while let Ok(r) = self.rx.try_recv() {
+        // Shutdown: finish the flush under way, take what is still queued, then
+        // write everything or spill it.
+        if let Some(h) = inflight.take() {
+            let done = h.await;
+            self.finished(done);
+        }
+        while let Ok(r) = rx.try_recv() {
             self.metrics.predlog_queue.dec();
             self.buf.push_back(r);
         }
-        self.retry_at = None;
-        self.flush().await;
-        if !self.buf.is_empty() {
-            let n = self.buf.len();
-            self.spill_oldest(n);
+        while !self.buf.is_empty() {
+            let done = self.start_flush().await;
+            let failed = matches!(&done, Ok((_, Err(_))) | Err(_));
+            self.finished(done);
+            if failed {
+                let n = self.buf.len();
+                self.spill_oldest(n).await;
+                break;
+            }
         }
         self.metrics.predlog_buffered.set(self.buf.len() as i64);
         tracing::info!(sink = self.sink.name(), "prediction log flushed");
     }
 
-    fn has_spill(&self) -> bool {
-        matches!(&self.sink, Sink::Postgres(pg) if pg.spill_path.exists())
+    fn start_flush(&mut self) -> Flush {
+        let n = self.buf.len().min(self.batch_rows);
+        let batch: Vec<Record> = self.buf.drain(..n).collect();
+        tokio::spawn(
+            self.sink
+                .clone()
+                .write(batch, self.batch_rows, self.metrics.clone()),
+        )
     }
 
-    async fn flush(&mut self) {
-        if let Some(at) = self.retry_at {
-            if Instant::now() < at {
-                self.enforce_bound();
-                return;
-            }
-        }
-        let metrics = self.metrics.clone();
-        let result = match &mut self.sink {
-            Sink::Jsonl(s) => {
-                let batch: Vec<Record> = self.buf.drain(..).collect();
-                let n = batch.len();
-                let t = std::time::Instant::now();
-                match s.write(&batch) {
-                    Ok(()) => {
-                        metrics
-                            .predlog_written
-                            .with_label_values(&["jsonl"])
-                            .inc_by(n as u64);
-                        metrics
-                            .predlog_write_duration
-                            .with_label_values(&["jsonl"])
-                            .observe(t.elapsed().as_secs_f64());
-                    }
-                    Err(e) => {
-                        metrics
-                            .predlog_dropped
-                            .with_label_values(&["jsonl_write"])
-                            .inc_by(n as u64);
-                        tracing::error!(
-                            "prediction log file write failed, {n} records dropped: {e}"
-                        );
-                    }
-                }
-                Ok(())
-            }
-            Sink::Postgres(pg) => pg.flush(&mut self.buf, self.batch_rows, &metrics).await,
-        };
-        match result {
-            Ok(()) => {
+    fn finished(
+        &mut self,
+        done: Result<(Vec<Record>, anyhow::Result<()>), tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok((_, Ok(()))) => {
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
             }
-            Err(e) => {
+            Ok((back, Err(e))) => {
+                // Put the batch back in front, in order, for the retry.
+                for r in back.into_iter().rev() {
+                    self.buf.push_front(r);
+                }
                 self.metrics.predlog_retries.inc();
                 tracing::warn!(
                     backoff_ms = self.backoff.as_millis() as u64,
@@ -295,30 +370,34 @@ impl Writer {
                 );
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-                self.enforce_bound();
             }
+            Err(e) => tracing::error!("prediction log flush task failed: {e}"),
         }
     }
 
     /// Keeps the in-memory buffer within its bound by spilling the oldest records.
-    fn enforce_bound(&mut self) {
+    async fn enforce_bound(&mut self) {
         if self.buf.len() > self.buffer_rows {
             let n = self.buf.len() - self.buffer_rows;
-            self.spill_oldest(n);
+            self.spill_oldest(n).await;
         }
     }
 
-    fn spill_oldest(&mut self, n: usize) {
-        let Sink::Postgres(pg) = &self.sink else {
+    async fn spill_oldest(&mut self, n: usize) {
+        let Some(path) = self.sink.spill_path().map(Path::to_path_buf) else {
+            // The file sink has no second place to go: the bound only holds if
+            // the disk keeps up, which it does unless it fails.
             return;
         };
         let batch: Vec<Record> = self.buf.drain(..n).collect();
-        match append_jsonl(&pg.spill_path, &batch) {
-            Ok(()) => {
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || append_jsonl(&p, &batch)).await;
+        match r {
+            Ok(Ok(())) => {
                 self.metrics.predlog_spilled.inc_by(n as u64);
-                tracing::warn!(records = n, path = %pg.spill_path.display(), "prediction log spilled to disk");
+                tracing::warn!(records = n, path = %path.display(), "prediction log spilled to disk");
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.metrics
                     .predlog_dropped
                     .with_label_values(&["spill_failed"])
@@ -328,8 +407,24 @@ impl Writer {
                     "prediction log spill failed, records dropped: {e}"
                 );
             }
+            Err(e) => {
+                self.metrics
+                    .predlog_dropped
+                    .with_label_values(&["spill_failed"])
+                    .inc_by(n as u64);
+                tracing::error!(
+                    records = n,
+                    "prediction log spill task failed, records dropped: {e}"
+                );
+            }
         }
     }
+}
+
+/// The spill file while it is being replayed: appends go to a fresh spill file
+/// meanwhile, so nothing appended during a replay is removed with it.
+fn replaying(spill: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.replaying", spill.display()))
 }
 
 fn append_jsonl(path: &Path, records: &[Record]) -> std::io::Result<()> {
@@ -386,7 +481,7 @@ impl JsonlSink {
 struct PgSink {
     pool: deadpool_postgres::Pool,
     spill_path: PathBuf,
-    migrated: bool,
+    migrated: std::sync::atomic::AtomicBool,
 }
 
 /// Versioned schema migrations, applied in order, each once.
@@ -438,11 +533,11 @@ impl PgSink {
         Ok(PgSink {
             pool,
             spill_path,
-            migrated: false,
+            migrated: false.into(),
         })
     }
 
-    async fn migrate(&mut self) -> anyhow::Result<()> {
+    async fn migrate(&self) -> anyhow::Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -471,7 +566,8 @@ impl PgSink {
             }
         }
         tx.commit().await?;
-        self.migrated = true;
+        self.migrated
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -524,59 +620,62 @@ impl PgSink {
         Ok(())
     }
 
-    /// Replays the spill file, then writes the buffer. Records leave the buffer
-    /// only once written.
+    /// Replays any spilled records, then writes `batch`.
     async fn flush(
-        &mut self,
-        buf: &mut VecDeque<Record>,
+        &self,
+        batch: &[Record],
         batch_rows: usize,
         metrics: &Metrics,
     ) -> anyhow::Result<()> {
-        if !self.migrated {
+        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
             self.migrate().await?;
         }
-        if self.spill_path.exists() {
-            let f = File::open(&self.spill_path)?;
-            let mut chunk = Vec::with_capacity(batch_rows);
-            let mut replayed = 0u64;
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(r) => chunk.push(r),
-                    // A torn last line from a crash mid-append: nothing to recover.
-                    Err(e) => {
-                        metrics
-                            .predlog_dropped
-                            .with_label_values(&["spill_corrupt"])
-                            .inc();
-                        tracing::error!("skipping unreadable spill line: {e}");
-                    }
-                }
-                if chunk.len() >= batch_rows {
-                    self.insert(&chunk, metrics).await?;
-                    replayed += chunk.len() as u64;
-                    chunk.clear();
+        let replay = replaying(&self.spill_path);
+        if !replay.exists() && self.spill_path.exists() {
+            fs::rename(&self.spill_path, &replay)?;
+        }
+        if replay.exists() {
+            let replay_path = replay.clone();
+            let records = tokio::task::spawn_blocking(move || read_spill(&replay_path)).await??;
+            let mut corrupt = 0u64;
+            let mut good = Vec::with_capacity(records.len());
+            for r in records {
+                match r {
+                    Some(r) => good.push(r),
+                    None => corrupt += 1,
                 }
             }
-            if !chunk.is_empty() {
-                self.insert(&chunk, metrics).await?;
-                replayed += chunk.len() as u64;
+            if corrupt > 0 {
+                // A torn last line from a crash mid-append: nothing to recover.
+                metrics
+                    .predlog_dropped
+                    .with_label_values(&["spill_corrupt"])
+                    .inc_by(corrupt);
+                tracing::error!(lines = corrupt, "skipped unreadable spill lines");
             }
-            fs::remove_file(&self.spill_path)?;
-            metrics.predlog_replayed.inc_by(replayed);
+            for chunk in good.chunks(batch_rows.max(1)) {
+                self.insert(chunk, metrics).await?;
+            }
+            fs::remove_file(&replay)?;
+            metrics.predlog_replayed.inc_by(good.len() as u64);
             tracing::info!(
-                records = replayed,
+                records = good.len(),
                 "replayed spilled prediction log records"
             );
         }
-        while !buf.is_empty() {
-            let n = buf.len().min(batch_rows);
-            let chunk: Vec<Record> = buf.range(..n).cloned().collect();
-            self.insert(&chunk, metrics).await?;
-            buf.drain(..n);
+        for chunk in batch.chunks(batch_rows.max(1)) {
+            self.insert(chunk, metrics).await?;
         }
         Ok(())
     }
+}
+
+fn read_spill(path: &Path) -> std::io::Result<Vec<Option<Record>>> {
+    let f = File::open(path)?;
+    BufReader::new(f)
+        .lines()
+        .map(|l| l.map(|l| serde_json::from_str::<Record>(&l).ok()))
+        .collect()
 }
 
 #[cfg(test)]
