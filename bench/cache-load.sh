@@ -61,14 +61,28 @@ import json, sys
 g = json.load(open(f"{sys.argv[1]}/models/lstm-forecaster/1/golden.json"))["cases"]
 json.dump({"model": "lstm-forecaster", "instances": [g[i % 32]["input"] for i in range(64)]}, open(sys.argv[2], "w"))
 PY
-start --database-url "$DB"
-before=$(runuser -u postgres -- psql -h 127.0.0.1 -p $PGPORT -U postgres -Atc "SELECT count(*) FROM predictions")
+start --database-url "$DB" --predlog-spill-path "$TMP/spill.jsonl"
+q() { runuser -u postgres -- psql -h 127.0.0.1 -p $PGPORT -U postgres -Atc "$1"; }
+before=$(q "SELECT count(*) FROM predictions")
 t0=$(date +%s.%N)
 BODY="$TMP/lstm64.json" wrk -t2 -c16 -d"$DUR" -s "$ROOT/bench/post.lua" "http://127.0.0.1:$PORT/predict" > "$TMP/wrk.txt"
-stop  # flushes the remainder
-t1=$(date +%s.%N)
-after=$(runuser -u postgres -- psql -h 127.0.0.1 -p $PGPORT -U postgres -Atc "SELECT count(*) FROM predictions")
+t_load=$(date +%s.%N)
 reqs=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
+want=$((before + reqs * 64))
+# The server keeps running: wait until every row is in (spills replayed).
+last=-1; same=0
+for _ in $(seq 1 600); do
+  now=$(q "SELECT count(*) FROM predictions")
+  [ "$now" -ge "$want" ] && break
+  if [ "$now" = "$last" ]; then same=$((same + 1)); [ $same -ge 10 ] && break; else same=0; fi
+  last=$now; sleep 0.5
+done
+t1=$(date +%s.%N)
+after=$(q "SELECT count(*) FROM predictions")
+spilled=$(curl -s localhost:$PORT/metrics | awk '/^inferd_predlog_spilled_total/ {print $2}')
+dropped=$(curl -s localhost:$PORT/metrics | awk '/^inferd_predlog_dropped_total/ {n+=$2} END {print n+0}')
+stop
 python3 -c "
-rows=$after-$before; secs=$t1-$t0
-print(f'\nlog writer: {rows} rows into Postgres from {$reqs} requests x 64 instances in {secs:.1f} s (incl. final flush): {rows/secs:,.0f} rows/s; expected {$reqs*64}')"
+rows=$after-$before; secs=$t1-$t0; load=$t_load-$t0
+print(f'\nlog writer: {$reqs} requests x 64 instances = {$reqs*64:,} rows offered in {load:.1f} s ({$reqs*64/load:,.0f} rows/s offered);')
+print(f'{rows:,} rows in Postgres after {secs:.1f} s: {rows/secs:,.0f} rows/s sustained; {$spilled:,.0f} went through the spill file; {$dropped:,.0f} dropped (channel full)')"

@@ -67,6 +67,9 @@ pub enum SinkConfig {
 
 pub struct WriterConfig {
     pub sink: SinkConfig,
+    /// At shutdown, how long to keep writing to the sink before spilling the
+    /// rest to disk (a later start replays it).
+    pub shutdown_budget: Duration,
     pub channel_capacity: usize,
     pub batch_rows: usize,
     pub flush_interval: Duration,
@@ -103,6 +106,7 @@ impl PredLog {
             metrics: metrics.clone(),
             retry_at: None,
             backoff: Duration::from_millis(100),
+            shutdown_budget: cfg.shutdown_budget,
         };
         let handle = tokio::spawn(writer.run(rx, stop.clone()));
         Ok(PredLog {
@@ -185,11 +189,13 @@ impl Sink {
     }
 
     /// Writes one batch. On error the records come back for a retry.
+    /// `replay`: write spilled records first (not at shutdown, where time is short).
     async fn write(
         self,
         batch: Vec<Record>,
         batch_rows: usize,
         metrics: Arc<Metrics>,
+        replay: bool,
     ) -> (Vec<Record>, anyhow::Result<()>) {
         match self {
             Sink::Jsonl(s) => {
@@ -234,7 +240,7 @@ impl Sink {
                 }
             }
             Sink::Postgres(pg) => {
-                let r = pg.flush(&batch, batch_rows, &metrics).await;
+                let r = pg.flush(&batch, batch_rows, &metrics, replay).await;
                 match r {
                     Ok(()) => (Vec::new(), Ok(())),
                     Err(e) => (batch, Err(e)),
@@ -254,7 +260,11 @@ struct Writer {
     /// While the sink is failing: when to try again.
     retry_at: Option<Instant>,
     backoff: Duration,
+    shutdown_budget: Duration,
 }
+
+/// Records received per turn beyond the buffer bound, spilled in one append.
+const SPILL_CHUNK: usize = 16_384;
 
 type Flush = JoinHandle<(Vec<Record>, anyhow::Result<()>)>;
 
@@ -284,7 +294,10 @@ impl Writer {
                     Some(r) => {
                         self.metrics.predlog_queue.dec();
                         self.buf.push_back(r);
-                        while self.buf.len() < self.buffer_rows + self.batch_rows {
+                        // Take a large bite: past the bound, each turn ends in one
+                        // spill append, and small bites cannot keep up with a
+                        // burst (the channel would overflow and drop).
+                        while self.buf.len() < self.buffer_rows + SPILL_CHUNK.max(self.batch_rows) {
                             match rx.try_recv() {
                                 Ok(r) => { self.metrics.predlog_queue.dec(); self.buf.push_back(r); }
                                 Err(_) => break,
@@ -315,8 +328,10 @@ impl Writer {
             }
             self.metrics.predlog_buffered.set(self.buf.len() as i64);
         }
-        // Shutdown: finish the flush under way, take what is still queued, then
-        // write everything or spill it.
+        // Shutdown: finish the flush under way, take what is still queued, write
+        // for as long as the budget allows (without replaying old spills), then
+        // spill whatever is left: on disk it survives until the next start.
+        let budget_end = Instant::now() + self.shutdown_budget;
         if let Some(h) = inflight.take() {
             let done = h.await;
             self.finished(done);
@@ -325,15 +340,23 @@ impl Writer {
             self.metrics.predlog_queue.dec();
             self.buf.push_back(r);
         }
-        while !self.buf.is_empty() {
-            let done = self.start_flush().await;
-            let failed = matches!(&done, Ok((_, Err(_))) | Err(_));
-            self.finished(done);
+        while !self.buf.is_empty() && Instant::now() < budget_end {
+            let n = self.buf.len().min(self.batch_rows);
+            let batch: Vec<Record> = self.buf.drain(..n).collect();
+            let done = self
+                .sink
+                .clone()
+                .write(batch, self.batch_rows, self.metrics.clone(), false)
+                .await;
+            let failed = done.1.is_err();
+            self.finished(Ok(done));
             if failed {
-                let n = self.buf.len();
-                self.spill_oldest(n).await;
                 break;
             }
+        }
+        if !self.buf.is_empty() {
+            let n = self.buf.len();
+            self.spill_oldest(n).await;
         }
         self.metrics.predlog_buffered.set(self.buf.len() as i64);
         tracing::info!(sink = self.sink.name(), "prediction log flushed");
@@ -345,7 +368,7 @@ impl Writer {
         tokio::spawn(
             self.sink
                 .clone()
-                .write(batch, self.batch_rows, self.metrics.clone()),
+                .write(batch, self.batch_rows, self.metrics.clone(), true),
         )
     }
 
@@ -620,22 +643,23 @@ impl PgSink {
         Ok(())
     }
 
-    /// Replays any spilled records, then writes `batch`.
+    /// Replays any spilled records (when `replay`), then writes `batch`.
     async fn flush(
         &self,
         batch: &[Record],
         batch_rows: usize,
         metrics: &Metrics,
+        replay: bool,
     ) -> anyhow::Result<()> {
         if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
             self.migrate().await?;
         }
-        let replay = replaying(&self.spill_path);
-        if !replay.exists() && self.spill_path.exists() {
-            fs::rename(&self.spill_path, &replay)?;
+        let replay_file = replaying(&self.spill_path);
+        if replay && !replay_file.exists() && self.spill_path.exists() {
+            fs::rename(&self.spill_path, &replay_file)?;
         }
-        if replay.exists() {
-            let replay_path = replay.clone();
+        if replay && replay_file.exists() {
+            let replay_path = replay_file.clone();
             let records = tokio::task::spawn_blocking(move || read_spill(&replay_path)).await??;
             let mut corrupt = 0u64;
             let mut good = Vec::with_capacity(records.len());
@@ -656,7 +680,7 @@ impl PgSink {
             for chunk in good.chunks(batch_rows.max(1)) {
                 self.insert(chunk, metrics).await?;
             }
-            fs::remove_file(&replay)?;
+            fs::remove_file(&replay_file)?;
             metrics.predlog_replayed.inc_by(good.len() as u64);
             tracing::info!(
                 records = good.len(),

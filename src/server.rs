@@ -72,6 +72,7 @@ fn predlog_config(config: &ServeConfig) -> WriterConfig {
     };
     WriterConfig {
         sink,
+        shutdown_budget: config.shutdown_grace() / 3,
         channel_capacity: config.predlog_channel,
         batch_rows: config.predlog_batch_rows,
         flush_interval: std::time::Duration::from_millis(config.predlog_flush_ms),

@@ -361,8 +361,18 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
         "all served while Postgres was down"
     );
     ctl.join().ok();
+    // Postgres is back: the running server replays the spill and removes it.
+    let replaying = dir.path().join("spill.jsonl.replaying");
+    let t = Instant::now();
+    while spill.exists() || replaying.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "spill never replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let m = s.get("/metrics").await.1;
-    s.stop().await.unwrap(); // flushes
+    s.stop().await.unwrap(); // flushes the buffer
     let pg = pg.lock().unwrap();
     let rows: usize = pg.psql("SELECT count(*) FROM predictions").parse().unwrap();
     let distinct: usize = pg
