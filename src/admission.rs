@@ -1,16 +1,13 @@
-//! Admission control: a bounded number of inferences run at once (a semaphore),
-//! a bounded number of requests may wait for one (the queue), and every wait ends
-//! at the request's deadline.
-//!
-//! Shedding at the door is what keeps latency bounded under overload: a request
-//! that cannot start before its deadline is better refused at once (429, with a
-//! hint to retry) than queued until the client has given up.
+//! Admission control: a bounded number of inferences run at once (the slots
+//! semaphore, taken per batch by the batchers), and a bounded number of requests
+//! may wait for the model (the queue); past the bound a request is refused at
+//! once (429) rather than queued until its client has given up. Deadlines end
+//! every wait (see `batcher`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 
@@ -18,30 +15,29 @@ use crate::metrics::Metrics;
 pub enum AdmissionError {
     #[error("the wait queue is full ({0} requests waiting)")]
     QueueFull(usize),
-    #[error("the deadline passed while waiting for an inference slot")]
-    Deadline,
+}
+
+struct Queue {
+    waiting: AtomicUsize,
+    max: usize,
+    metrics: Arc<Metrics>,
 }
 
 pub struct Admission {
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_queue: usize,
-    metrics: Arc<Metrics>,
+    queue: Arc<Queue>,
 }
 
-/// Holds one inference slot; dropping it frees the slot.
-pub struct Permit {
-    _permit: OwnedSemaphorePermit,
+/// One request's place in the queue; dropping it frees the place. The batcher
+/// drops it when the request's instances are taken into a batch.
+pub struct QueueTicket {
+    queue: Arc<Queue>,
 }
 
-/// Decrements the waiting count however the wait ends (granted, timed out or the
-/// request future dropped because the client went away).
-struct WaitGuard<'a>(&'a Admission);
-
-impl Drop for WaitGuard<'_> {
+impl Drop for QueueTicket {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.queue_depth.dec();
+        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.queue.metrics.queue_depth.dec();
     }
 }
 
@@ -49,74 +45,48 @@ impl Admission {
     pub fn new(max_concurrency: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         Admission {
             slots: Arc::new(Semaphore::new(max_concurrency)),
-            waiting: AtomicUsize::new(0),
-            max_queue,
-            metrics,
+            queue: Arc::new(Queue {
+                waiting: AtomicUsize::new(0),
+                max: max_queue,
+                metrics,
+            }),
         }
     }
 
-    /// Waits for a slot until `deadline`; refuses at once when the queue is full.
-    pub async fn acquire(&self, deadline: Instant) -> Result<Permit, AdmissionError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(Permit { _permit: p });
-        }
-        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.metrics.queue_depth.inc();
-        let _guard = WaitGuard(self);
-        if before >= self.max_queue {
+    /// A place in the queue, or `QueueFull` at once.
+    pub fn enter(&self) -> Result<QueueTicket, AdmissionError> {
+        let q = &self.queue;
+        let before = q.waiting.fetch_add(1, Ordering::AcqRel);
+        q.metrics.queue_depth.inc();
+        let ticket = QueueTicket { queue: q.clone() };
+        if before >= q.max {
             return Err(AdmissionError::QueueFull(before));
         }
-        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Permit { _permit: p }),
-            // The semaphore is never closed, so only the deadline can end the wait.
-            Ok(Err(_)) | Err(_) => Err(AdmissionError::Deadline),
-        }
+        Ok(ticket)
+    }
+
+    /// The inference slots, shared by every model's batcher.
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.slots.clone()
     }
 
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.queue.waiting.load(Ordering::Acquire)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn admission(c: usize, q: usize) -> Admission {
-        Admission::new(c, q, Arc::new(Metrics::new()))
-    }
-
-    #[tokio::test]
-    async fn queue_bound_refuses_at_once() {
-        let a = Arc::new(admission(1, 1));
-        let far = Instant::now() + Duration::from_secs(5);
-        let held = a.acquire(far).await.expect("first slot");
-        let a2 = a.clone();
-        let waiter = tokio::spawn(async move { a2.acquire(far).await.map(|_| ()) });
-        while a.waiting() < 1 {
-            tokio::task::yield_now().await;
-        }
-        let started = std::time::Instant::now();
-        assert_eq!(
-            a.acquire(far).await.err(),
-            Some(AdmissionError::QueueFull(1))
-        );
-        assert!(started.elapsed() < Duration::from_millis(100));
-        drop(held);
-        assert!(waiter.await.expect("join").is_ok());
-        assert_eq!(a.waiting(), 0);
-    }
-
-    #[tokio::test]
-    async fn deadline_ends_the_wait() {
-        let a = admission(1, 8);
-        let _held = a
-            .acquire(Instant::now() + Duration::from_secs(5))
-            .await
-            .expect("slot");
-        let r = a.acquire(Instant::now() + Duration::from_millis(20)).await;
-        assert_eq!(r.err(), Some(AdmissionError::Deadline));
-        assert_eq!(a.waiting(), 0);
+    #[test]
+    fn queue_bound_refuses_at_once_and_frees_on_drop() {
+        let a = Admission::new(1, 2, Arc::new(Metrics::new()));
+        let t1 = a.enter().expect("first");
+        let _t2 = a.enter().expect("second");
+        assert_eq!(a.enter().err(), Some(AdmissionError::QueueFull(2)));
+        assert_eq!(a.waiting(), 2);
+        drop(t1);
+        assert!(a.enter().is_ok());
     }
 }

@@ -5,7 +5,8 @@
 //! the float32 window's bits), so JSON key order, whitespace and number spelling
 //! (`362.5` vs `3.625e2`) cannot split one instance into two entries.
 //!
-//! Two backends: in-process (`moka`, bounded by bytes; the default) and Redis.
+//! Two backends: in-process (`moka`, bounded by bytes; the default) and Redis
+//! (with a small in-process L1 in front).
 //! The cache must never fail or slow a prediction: every Redis call has a short
 //! timeout, errors fail open (the model runs), and a circuit breaker stops calling
 //! a Redis that keeps failing until a back-off period has passed, so a dead Redis
@@ -62,26 +63,34 @@ pub struct RedisSettings {
     pub breaker_backoff: Duration,
 }
 
-pub enum Backend {
-    Memory(moka::future::Cache<Key, Bytes>),
-    Redis(RedisCache),
-}
-
+/// A local (in-process) store, and optionally Redis behind it. With Redis, the
+/// local store is a small, short-lived L1: hot keys skip the round trip, and a
+/// result is visible locally before the request that computed it finishes, which
+/// closes the window in which a concurrent request could miss and recompute.
 pub struct Cache {
-    backend: Backend,
+    local: moka::future::Cache<Key, Bytes>,
+    remote: Option<RedisCache>,
     ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
+/// Bounds of the L1 in front of Redis.
+const L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const L1_MAX_TTL: Duration = Duration::from_secs(10);
+
+fn local_store(max_bytes: u64, ttl: Duration) -> moka::future::Cache<Key, Bytes> {
+    moka::future::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_k: &Key, v: &Bytes| (v.len() + 64).try_into().unwrap_or(u32::MAX))
+        .time_to_live(ttl)
+        .build()
+}
+
 impl Cache {
     pub fn memory(max_bytes: u64, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        let inner = moka::future::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_k: &Key, v: &Bytes| (v.len() + 64).try_into().unwrap_or(u32::MAX))
-            .time_to_live(ttl)
-            .build();
         Cache {
-            backend: Backend::Memory(inner),
+            local: local_store(max_bytes, ttl),
+            remote: None,
             ttl,
             metrics,
         }
@@ -93,43 +102,47 @@ impl Cache {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Ok(Cache {
-            backend: Backend::Redis(RedisCache::new(settings)?),
+            local: local_store(L1_MAX_BYTES, ttl.min(L1_MAX_TTL)),
+            remote: Some(RedisCache::new(settings)?),
             ttl,
             metrics,
         })
     }
 
-    /// In-process: writes are cheap enough to do inline.
-    pub fn is_local(&self) -> bool {
-        matches!(self.backend, Backend::Memory(_))
-    }
-
     pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
+        if self.remote.is_some() {
+            "redis"
+        } else {
+            "memory"
         }
     }
 
-    /// Looks up every key; `None` for a miss or when the cache is unavailable.
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Looks up every key, locally first, then in Redis; `None` for a miss or
+    /// when Redis is unavailable.
     pub async fn get_many(&self, model: &str, version: &str, keys: &[Key]) -> Vec<Option<Bytes>> {
         let start = Instant::now();
-        let out = match &self.backend {
-            Backend::Memory(c) => {
-                let mut out = Vec::with_capacity(keys.len());
-                for k in keys {
-                    out.push(c.get(k).await);
+        let mut out = self.peek_many(keys).await;
+        if let Some(r) = &self.remote {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+            if !missing.is_empty() {
+                let ks: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
+                match r.mget(model, version, &ks).await {
+                    Ok(vals) => {
+                        for (i, v) in missing.into_iter().zip(vals) {
+                            if let Some(v) = v {
+                                self.local.insert(keys[i], v.clone()).await;
+                                out[i] = Some(v);
+                            }
+                        }
+                    }
+                    Err(e) => self.record_error("get", &e),
                 }
-                out
             }
-            Backend::Redis(r) => match r.mget(model, version, keys).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.record_error("get", &e);
-                    vec![None; keys.len()]
-                }
-            },
-        };
+        }
         self.metrics
             .cache_latency
             .with_label_values(&["get", self.backend_name()])
@@ -146,39 +159,32 @@ impl Cache {
         out
     }
 
-    /// Looks keys up again without counting hits or misses (for the in-process
-    /// cache only; Redis answers `None`).
+    /// Local lookups only, not counted as hits or misses.
     pub async fn peek_many(&self, keys: &[Key]) -> Vec<Option<Bytes>> {
-        match &self.backend {
-            Backend::Memory(c) => {
-                let mut out = Vec::with_capacity(keys.len());
-                for k in keys {
-                    out.push(c.get(k).await);
-                }
-                out
-            }
-            Backend::Redis(_) => vec![None; keys.len()],
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.local.get(k).await);
+        }
+        out
+    }
+
+    /// Stores values in the local store (cheap; callers await it inline).
+    pub async fn set_local(&self, items: &[(Key, Bytes)]) {
+        for (k, v) in items {
+            self.local.insert(*k, v.clone()).await;
         }
     }
 
-    /// Stores values; errors are counted and otherwise ignored.
-    pub async fn set_many(&self, model: &str, version: &str, items: Vec<(Key, Bytes)>) {
+    /// Stores values in Redis, if configured; errors are counted and ignored.
+    pub async fn set_remote(&self, model: &str, version: &str, items: Vec<(Key, Bytes)>) {
+        let Some(r) = &self.remote else { return };
         let start = Instant::now();
-        match &self.backend {
-            Backend::Memory(c) => {
-                for (k, v) in items {
-                    c.insert(k, v).await;
-                }
-            }
-            Backend::Redis(r) => {
-                if let Err(e) = r.set_many(model, version, items, self.ttl).await {
-                    self.record_error("set", &e);
-                }
-            }
+        if let Err(e) = r.set_many(model, version, items, self.ttl).await {
+            self.record_error("set", &e);
         }
         self.metrics
             .cache_latency
-            .with_label_values(&["set", self.backend_name()])
+            .with_label_values(&["set", "redis"])
             .observe(start.elapsed().as_secs_f64());
     }
 
@@ -192,7 +198,7 @@ impl Cache {
             .cache_errors
             .with_label_values(&[op, kind])
             .inc();
-        if let Backend::Redis(r) = &self.backend {
+        if let Some(r) = &self.remote {
             self.metrics
                 .cache_breaker_open
                 .set(i64::from(r.breaker.is_open()));

@@ -77,19 +77,6 @@ impl Lead {
         &self.key
     }
 
-    /// Publishes the outcome to current and later followers but keeps the flight
-    /// open until this guard is dropped: used while the result is still on its
-    /// way into a remote cache, so that requests arriving meanwhile join the
-    /// flight instead of missing the cache and recomputing.
-    pub fn publish(&self, outcome: Outcome) {
-        let map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((owner, tx)) = map.get(&self.key) {
-            if *owner == self.id {
-                tx.send_replace(Some(outcome));
-            }
-        }
-    }
-
     /// Publishes the outcome to every follower and retires the flight.
     pub fn complete(mut self, outcome: Outcome) {
         self.done = true;
@@ -144,21 +131,6 @@ mod tests {
             matches!(f.join([1; 32]), Join::Lead(_)),
             "a finished flight is gone"
         );
-    }
-
-    #[tokio::test]
-    async fn published_results_reach_followers_that_join_later() {
-        let f = Arc::new(Flights::default());
-        let Join::Lead(lead) = f.join([3; 32]) else {
-            panic!("leader")
-        };
-        lead.publish(Ok(pred(5.0)));
-        let Join::Follow(rx) = f.join([3; 32]) else {
-            panic!("still open")
-        };
-        assert_eq!(follow(rx).await.unwrap().unwrap(), pred(5.0));
-        drop(lead);
-        assert!(f.is_empty());
     }
 
     #[tokio::test]

@@ -132,6 +132,15 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_WARMUP_RUNS", default_value_t = 2)]
     pub warmup_runs: usize,
 
+    /// Override every model's `[batching].max_batch_size` (instances per ONNX call).
+    #[arg(long, env = "INFERD_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+
+    /// Override every model's `[batching].max_batch_delay_ms`: how long a batch may
+    /// wait for more requests once a slot is free (0: never wait).
+    #[arg(long, env = "INFERD_MAX_BATCH_DELAY_MS")]
+    pub max_batch_delay_ms: Option<u64>,
+
     /// Result cache: `on` (Redis if `--redis-url`, else in-process) or `off`.
     /// Models whose manifest says `[cache] enabled = false` are never cached.
     #[arg(long, env = "INFERD_CACHE", value_enum, default_value_t = CacheMode::On)]
@@ -254,6 +263,9 @@ impl ServeConfig {
         }
         if self.predlog == PredLogMode::Postgres && self.database_url.is_none() {
             return Err("--predlog postgres needs --database-url (INFERD_DATABASE_URL)".into());
+        }
+        if self.max_batch_size == Some(0) {
+            return Err("--max-batch-size must be at least 1".into());
         }
         if self.max_concurrency == Some(0) {
             return Err("--max-concurrency must be at least 1".into());

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod batcher;
 pub mod cache;
 pub mod coalesce;
 pub mod config;

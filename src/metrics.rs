@@ -28,6 +28,8 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub ready: IntGauge,
     pub model_instances: IntCounterVec,
+    pub batch_size: HistogramVec,
+    pub batches: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounterVec,
     pub cache_coalesced: IntCounter,
@@ -69,7 +71,7 @@ impl Metrics {
             ),
             queue_wait: histogram(
                 "inferd_queue_wait_seconds",
-                "Time a request waited for an inference slot",
+                "Time a request's instances waited in the batch queue (batch queue delay)",
                 &["model"],
                 lat(),
             ),
@@ -111,6 +113,20 @@ impl Metrics {
                 Opts::new(
                     "inferd_model_instances_total",
                     "Instances computed by the model (cache hits excluded)",
+                ),
+                &["model", "version"],
+            )
+            .expect("valid"),
+            batch_size: histogram(
+                "inferd_batch_size",
+                "Instances per ONNX Runtime call (merged batch)",
+                &["model", "version"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+            ),
+            batches: IntCounterVec::new(
+                Opts::new(
+                    "inferd_batches_total",
+                    "ONNX Runtime calls (batches); its rate is batches per second",
                 ),
                 &["model", "version"],
             )
@@ -209,6 +225,8 @@ impl Metrics {
             Box::new(m.model_info.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.model_instances.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.batches.clone()),
             Box::new(m.cache_requests.clone()),
             Box::new(m.cache_errors.clone()),
             Box::new(m.cache_coalesced.clone()),

@@ -1,5 +1,6 @@
 //! The prediction pipeline every front door uses: per-instance cache lookup,
-//! single-flight for misses, admission, inference on a blocking thread under the
+//! single-flight for misses, admission (queue bound), the model's batcher (which
+//! merges concurrent requests into one inference on a blocking thread) under the
 //! request's deadline, and cache fill. HTTP routes only decode and encode around
 //! it, so `/predict` and any other protocol share one copy of this logic.
 
@@ -9,12 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use crate::admission::{Admission, AdmissionError};
 use crate::api::ApiError;
+use crate::batcher::Batcher;
 use crate::cache::{instance_key, Cache, Key};
 use crate::coalesce::{follow, Flights, Join, Lead};
 use crate::metrics::Metrics;
-use crate::repository::Model;
+use crate::repository::{Model, Repository};
 use crate::runtime::InputBatch;
 use crate::task::Prediction;
 
@@ -28,7 +33,8 @@ pub struct Timings {
 pub struct Predicted {
     pub predictions: Vec<Prediction>,
     pub cached: Vec<bool>,
-    /// Per-instance canonical hashes (for the prediction log).
+    /// Per-instance canonical hashes (for the prediction log); empty when
+    /// neither the cache nor the caller needed them.
     pub keys: Vec<Key>,
 }
 
@@ -36,6 +42,7 @@ pub struct Pipeline {
     pub admission: Admission,
     pub cache: Option<Arc<Cache>>,
     flights: Arc<Flights>,
+    batchers: OnceLock<HashMap<String, Batcher>>,
     metrics: Arc<Metrics>,
     timeout_ms: u64,
 }
@@ -51,6 +58,7 @@ impl Pipeline {
             admission,
             cache,
             flights: Arc::new(Flights::default()),
+            batchers: OnceLock::new(),
             metrics,
             timeout_ms,
         }
@@ -61,14 +69,20 @@ impl Pipeline {
         model: &Arc<Model>,
         batch: InputBatch,
         deadline: Instant,
+        want_keys: bool,
         timings: &mut Timings,
     ) -> Result<Predicted, ApiError> {
         let (name, version) = (&model.manifest.name, &model.manifest.version);
         let n = batch.len();
-        let keys: Vec<Key> = (0..n)
-            .map(|i| instance_key(name, version, &batch, i))
-            .collect();
-        let cache = self.cache.as_ref().filter(|_| model.manifest.cache.enabled);
+        let cache = self.cache.clone().filter(|_| model.manifest.cache.enabled);
+        // Hashing costs a pass over every input byte: only when someone uses it.
+        let keys: Vec<Key> = if cache.is_some() || want_keys {
+            (0..n)
+                .map(|i| instance_key(name, version, &batch, i))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let Some(cache) = cache else {
             let predictions = self.run_model(model, batch, deadline, timings).await?;
             return Ok(Predicted {
@@ -102,9 +116,8 @@ impl Pipeline {
         }
 
         // A flight may have finished between our lookup and our join: its result
-        // is in the cache now. Re-checking is cheap for the in-process cache;
-        // for Redis the window is the async write, and a rare recompute is fine.
-        if !leads.is_empty() && cache.is_local() {
+        // is in the local store now (leaders write it there before retiring).
+        if !leads.is_empty() {
             let lead_keys: Vec<Key> = leads.iter().map(|(_, l)| *l.key()).collect();
             let again = cache.peek_many(&lead_keys).await;
             let mut still = Vec::with_capacity(leads.len());
@@ -139,24 +152,21 @@ impl Pipeline {
                                 .map(|b| (keys[*i], Bytes::from(b)))
                         })
                         .collect();
-                    if cache.is_local() {
-                        // Fill the cache before retiring the flights, so a request
-                        // that arrives in between finds the entry.
-                        cache.set_many(name, version, entries).await;
-                        for ((i, lead), p) in leads.into_iter().zip(preds) {
-                            lead.complete(Ok(p.clone()));
-                            slots[i] = Some(p);
-                        }
-                    } else {
-                        // Answer followers now; keep the flights open until Redis
-                        // has the entries (the fill task drops the guards).
-                        let mut guards = Vec::with_capacity(leads.len());
-                        for ((i, lead), p) in leads.into_iter().zip(preds) {
-                            lead.publish(Ok(p.clone()));
-                            slots[i] = Some(p);
-                            guards.push(lead);
-                        }
-                        self.spawn_cache_fill(model, entries, guards);
+                    // Store locally before retiring the flights, so a request
+                    // arriving in between finds the entry; Redis is written by a
+                    // task of its own, off the response path.
+                    cache.set_local(&entries).await;
+                    for ((i, lead), p) in leads.into_iter().zip(preds) {
+                        lead.complete(Ok(p.clone()));
+                        slots[i] = Some(p);
+                    }
+                    if cache.has_remote() {
+                        let (cache, model) = (cache.clone(), model.clone());
+                        tokio::spawn(async move {
+                            cache
+                                .set_remote(&model.manifest.name, &model.manifest.version, entries)
+                                .await;
+                        });
                     }
                 }
                 Err(e) => {
@@ -198,22 +208,31 @@ impl Pipeline {
         })
     }
 
-    /// Redis writes go to a task of their own: the response does not wait for
-    /// them. The flights stay open until the write is done (or has failed).
-    fn spawn_cache_fill(&self, model: &Arc<Model>, entries: Vec<(Key, Bytes)>, flights: Vec<Lead>) {
-        let Some(cache) = self.cache.clone() else {
-            return;
-        };
-        let model = model.clone();
-        tokio::spawn(async move {
-            cache
-                .set_many(&model.manifest.name, &model.manifest.version, entries)
-                .await;
-            drop(flights);
-        });
+    /// Starts one batcher per loaded model. Called once, after loading.
+    pub fn attach(
+        &self,
+        repo: &Repository,
+        size_override: Option<usize>,
+        delay_override_ms: Option<u64>,
+    ) {
+        let mut map = HashMap::new();
+        for m in repo.iter() {
+            let b = &m.manifest.batching;
+            let batcher = Batcher::start(
+                m.clone(),
+                self.admission.slots(),
+                self.metrics.clone(),
+                size_override.unwrap_or(b.max_batch_size),
+                Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
+                self.timeout_ms,
+            );
+            map.insert(batcher_key(&m.manifest.name, &m.manifest.version), batcher);
+        }
+        let _ = self.batchers.set(map);
     }
 
-    /// Admission, then one backend call on a blocking thread, under the deadline.
+    /// Queues the batch with the model's batcher (split into jobs of at most
+    /// `max_batch_size` instances) and waits for every part under the deadline.
     async fn run_model(
         &self,
         model: &Arc<Model>,
@@ -221,47 +240,40 @@ impl Pipeline {
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<Prediction>, ApiError> {
-        let wait = std::time::Instant::now();
-        let permit = self.admission.acquire(deadline).await;
-        let waited = wait.elapsed();
-        timings.queue += waited;
-        self.metrics
-            .queue_wait
-            .with_label_values(&[&model.manifest.name])
-            .observe(waited.as_secs_f64());
-        let permit = permit.map_err(|e| match e {
-            AdmissionError::QueueFull(n) => ApiError::QueueFull(n),
-            AdmissionError::Deadline => ApiError::DeadlineExceeded(self.timeout_ms),
-        })?;
-        // The blocking task owns the permit: if the deadline passes or the client
-        // goes away, the slot stays taken until ONNX Runtime has really finished.
-        let m = model.clone();
-        let metrics = self.metrics.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            metrics.in_flight.inc();
-            let t = std::time::Instant::now();
-            let out = m.backend.infer(&batch);
-            let took = t.elapsed();
-            metrics.in_flight.dec();
-            let labels = [m.manifest.name.as_str(), m.manifest.version.as_str()];
-            metrics
-                .inference_duration
-                .with_label_values(&labels)
-                .observe(took.as_secs_f64());
-            metrics
-                .model_instances
-                .with_label_values(&labels)
-                .inc_by(batch.len() as u64);
-            (out, took)
-        });
-        let (out, took) = match tokio::time::timeout_at(deadline, job).await {
-            Err(_) => return Err(ApiError::DeadlineExceeded(self.timeout_ms)),
-            Ok(Err(join)) => return Err(ApiError::Inference(format!("worker failed: {join}"))),
-            Ok(Ok(r)) => r,
-        };
-        timings.inference += took;
-        let out = out.map_err(|e| ApiError::Inference(e.to_string()))?;
-        Ok(model.task.encode(&out))
+        let batcher = self
+            .batchers
+            .get()
+            .and_then(|m| m.get(&batcher_key(&model.manifest.name, &model.manifest.version)))
+            .ok_or(ApiError::NotReady)?;
+        let n = batch.len();
+        let max = batcher.max_batch_size;
+        let mut parts = Vec::with_capacity(n.div_ceil(max));
+        for start in (0..n).step_by(max) {
+            let ticket = self.admission.enter().map_err(|e| match e {
+                AdmissionError::QueueFull(w) => ApiError::QueueFull(w),
+            })?;
+            let part = if n <= max {
+                batch.clone()
+            } else {
+                batch.select(&(start..(start + max).min(n)).collect::<Vec<_>>())
+            };
+            parts.push(batcher.submit(part, deadline, ticket));
+        }
+        let mut predictions = Vec::with_capacity(n);
+        for rx in parts {
+            let (out, queued, ran) = match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => return Err(ApiError::DeadlineExceeded(self.timeout_ms)),
+                Ok(Err(_)) => return Err(ApiError::Draining),
+                Ok(Ok(r)) => r?,
+            };
+            timings.queue += queued;
+            timings.inference += ran;
+            predictions.extend(model.task.encode(&out));
+        }
+        Ok(predictions)
     }
+}
+
+fn batcher_key(name: &str, version: &str) -> String {
+    format!("{name}\0{version}")
 }

@@ -190,6 +190,7 @@ pub async fn run(
                     .with_label_values(&[&m.manifest.name, &m.manifest.version, m.task.name(), &m.manifest.onnx_sha256])
                     .set(1);
             }
+            state.pipeline.attach(&repo, config.max_batch_size, config.max_batch_delay_ms);
             let _ = state.repo.set(Arc::new(repo));
             if !state.draining.load(Ordering::Acquire) {
                 state.ready.store(true, Ordering::Release);

@@ -19,7 +19,7 @@ fn window(i: usize) -> Value {
 
 /// A window no golden case has, so the first request for it is a miss.
 fn fresh_window(seed: usize) -> Value {
-    let base = 340.0 + (seed % 1000) as f64 * 0.01;
+    let base = 300.0 + seed as f64 * 0.001;
     Value::Array((0..26).map(|t| json!([base + t as f64 * 0.05])).collect())
 }
 
@@ -241,9 +241,12 @@ async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart
     let mut cfg = config();
     cfg.redis_url = Some(url);
     cfg.cache_breaker_ms = 100;
+    let cfg2 = cfg.clone();
     let s = TestServer::start(cfg).await;
-    let bodies: Vec<Value> = (0..64)
-        .map(|i| json!({"model": "lstm-forecaster", "instances": [if i % 2 == 0 { window(i) } else { fresh_window(300 + i) }]}))
+    // Every request a new instance: each one misses the in-process L1 and asks
+    // Redis, so the outage is really felt.
+    let bodies: Vec<Value> = (0..3000)
+        .map(|i| json!({"model": "lstm-forecaster", "instances": [fresh_window(10_000 + i)]}))
         .collect();
     let total = 3000;
     let r2 = redis.clone();
@@ -287,29 +290,46 @@ async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart
     );
     ctl.join().ok();
 
-    // Hits resume: a new instance is stored in the restarted Redis and then hit.
-    let body = json!({"model": "lstm-forecaster", "instances": [fresh_window(999)]});
-    let t = Instant::now();
-    loop {
-        let v = predict(&s, body.clone()).await;
-        if v["cached"] == json!([true]) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "cache never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        redis
-            .lock()
+    // Writes resume: once the breaker lets calls through, new instances reach
+    // the restarted (empty) Redis.
+    let dbsize = |r: &Arc<std::sync::Mutex<Redis>>| {
+        r.lock()
             .unwrap()
             .cli(&["DBSIZE"])
             .parse::<u64>()
-            .unwrap()
-            >= 1
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    let mut k = 0;
+    while dbsize(&redis) == 0 {
+        predict(
+            &s,
+            json!({"model": "lstm-forecaster", "instances": [fresh_window(50_000 + k)]}),
+        )
+        .await;
+        k += 1;
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "Redis writes never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads resume: a second worker with an empty L1, sharing Redis, hits on an
+    // instance the first one computed.
+    let x = json!({"model": "lstm-forecaster", "instances": [fresh_window(60_000)]});
+    let before = dbsize(&redis);
+    assert_eq!(predict(&s, x.clone()).await["cached"], json!([false]));
+    while dbsize(&redis) == before {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s2 = TestServer::start(cfg2).await;
+    assert_eq!(
+        predict(&s2, x).await["cached"],
+        json!([true]),
+        "served from Redis"
     );
+    s2.stop().await.unwrap();
     s.stop().await.unwrap();
 }
 

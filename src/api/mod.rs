@@ -265,8 +265,9 @@ fn log_success(
     let full = st.config.predlog_inputs == LogInputs::Full;
     let ts = chrono::Utc::now();
     let mut instances = instances.unwrap_or_default().into_iter();
-    for ((p, cached), key) in done.predictions.iter().zip(&done.cached).zip(&done.keys) {
+    for (i, (p, cached)) in done.predictions.iter().zip(&done.cached).enumerate() {
         let instance = instances.next();
+        let key = done.keys.get(i);
         st.predlog.log(Record {
             id: Uuid::new_v4(),
             ts,
@@ -275,7 +276,7 @@ fn log_success(
             version: model.manifest.version.clone(),
             status: 200,
             instance: if full { instance } else { None },
-            instance_sha256: Some(hex::encode(key)),
+            instance_sha256: key.map(hex::encode),
             prediction: serde_json::to_value(p).ok(),
             cached: *cached,
             latency_ms: latency.as_secs_f32() * 1e3,
@@ -359,7 +360,13 @@ async fn predict_inner(
     let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
     let done = st
         .pipeline
-        .predict(&model, batch, deadline, &mut ctx.timings)
+        .predict(
+            &model,
+            batch,
+            deadline,
+            st.predlog.enabled(),
+            &mut ctx.timings,
+        )
         .await?;
     Ok((model, done))
 }

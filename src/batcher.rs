@@ -1,0 +1,295 @@
+//! Dynamic batching: concurrent requests for one model are merged into one ONNX
+//! Runtime call of up to `max_batch_size` instances.
+//!
+//! One worker task per model takes the first queued job, waits for a free
+//! inference slot (the global concurrency semaphore), and only then gathers
+//! whatever else is queued, waiting at most `max_batch_delay` for more (0: take
+//! what is there, never wait). Under load, jobs pile up while the slots are busy,
+//! so batches form with no added delay; an idle server answers at once. Jobs
+//! whose deadline has passed, or whose client has gone, are dropped before the
+//! model runs. Several batches of one model can run at once, one per slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::admission::QueueTicket;
+use crate::api::ApiError;
+use crate::metrics::Metrics;
+use crate::repository::Model;
+use crate::runtime::{InputBatch, OutputBatch};
+
+/// What a job gets back: its own rows, and how long it queued and ran.
+pub type JobResult = Result<(OutputBatch, Duration, Duration), ApiError>;
+
+struct Job {
+    input: InputBatch,
+    deadline: Instant,
+    enqueued: Instant,
+    reply: oneshot::Sender<JobResult>,
+    /// Counts against `INFERD_MAX_QUEUE` until the job is taken into a batch.
+    _ticket: QueueTicket,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+    pub max_batch_size: usize,
+}
+
+impl Batcher {
+    pub fn start(
+        model: Arc<Model>,
+        slots: Arc<Semaphore>,
+        metrics: Arc<Metrics>,
+        max_batch_size: usize,
+        max_delay: Duration,
+        timeout_ms: u64,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let max_batch_size = max_batch_size.max(1);
+        let worker = Worker {
+            model,
+            slots,
+            metrics,
+            max_batch_size,
+            max_delay,
+            timeout_ms,
+        };
+        tokio::spawn(worker.run(rx));
+        Batcher { tx, max_batch_size }
+    }
+
+    /// Queues `input` (at most `max_batch_size` instances) for the model.
+    pub fn submit(
+        &self,
+        input: InputBatch,
+        deadline: Instant,
+        ticket: QueueTicket,
+    ) -> oneshot::Receiver<JobResult> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            input,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+            _ticket: ticket,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            let _ = job.reply.send(Err(ApiError::Draining));
+        }
+        rx
+    }
+}
+
+struct Worker {
+    model: Arc<Model>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    max_batch_size: usize,
+    max_delay: Duration,
+    timeout_ms: u64,
+}
+
+impl Worker {
+    fn live(&self, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            self.metrics
+                .rejections
+                .with_label_values(&["client_gone"])
+                .inc();
+            return None;
+        }
+        if Instant::now() >= job.deadline {
+            let _ = job
+                .reply
+                .send(Err(ApiError::DeadlineExceeded(self.timeout_ms)));
+            return None;
+        }
+        Some(job)
+    }
+
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match rx.recv().await {
+                    Some(j) => j,
+                    None => return,
+                },
+            };
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut jobs: Vec<Job> = Vec::new();
+            let mut size = 0;
+            if let Some(j) = self.live(first) {
+                size += j.input.len();
+                jobs.push(j);
+            }
+            let until = Instant::now() + self.max_delay;
+            while size < self.max_batch_size {
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(_) if self.max_delay.is_zero() || jobs.is_empty() => None,
+                    Err(_) => tokio::time::timeout_at(until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                let Some(j) = next else { break };
+                let Some(j) = self.live(j) else { continue };
+                if size + j.input.len() > self.max_batch_size {
+                    carry = Some(j);
+                    break;
+                }
+                size += j.input.len();
+                jobs.push(j);
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            self.launch(jobs, permit);
+        }
+    }
+
+    /// Runs one merged batch on a blocking thread, which owns the slot, and
+    /// hands each job its rows.
+    fn launch(&self, jobs: Vec<Job>, permit: tokio::sync::OwnedSemaphorePermit) {
+        let started = Instant::now();
+        let name = self.model.manifest.name.clone();
+        for j in &jobs {
+            self.metrics
+                .queue_wait
+                .with_label_values(&[&name])
+                .observe((started - j.enqueued).as_secs_f64());
+        }
+        let merged = merge(jobs.iter().map(|j| &j.input));
+        let model = self.model.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            metrics.in_flight.inc();
+            let t = std::time::Instant::now();
+            let out = model.backend.infer(&merged);
+            let took = t.elapsed();
+            metrics.in_flight.dec();
+            let labels = [
+                model.manifest.name.as_str(),
+                model.manifest.version.as_str(),
+            ];
+            metrics
+                .inference_duration
+                .with_label_values(&labels)
+                .observe(took.as_secs_f64());
+            metrics
+                .model_instances
+                .with_label_values(&labels)
+                .inc_by(merged.len() as u64);
+            metrics
+                .batch_size
+                .with_label_values(&labels)
+                .observe(merged.len() as f64);
+            metrics.batches.with_label_values(&labels).inc();
+            match out {
+                Ok(out) => {
+                    let mut row = 0;
+                    for j in jobs {
+                        let n = j.input.len();
+                        let part = OutputBatch {
+                            rows: n,
+                            cols: out.cols,
+                            data: out.data[row * out.cols..(row + n) * out.cols].to_vec(),
+                        };
+                        row += n;
+                        let _ = j.reply.send(Ok((part, started - j.enqueued, took)));
+                    }
+                }
+                Err(e) => {
+                    let e = ApiError::Inference(e.to_string());
+                    for j in jobs {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Concatenates the jobs' instances into one batch, in order.
+pub fn merge<'a>(inputs: impl Iterator<Item = &'a InputBatch> + Clone) -> InputBatch {
+    let mut it = inputs.clone();
+    match it.next() {
+        Some(InputBatch::Text(_)) => {
+            let mut texts = Vec::new();
+            for i in inputs {
+                if let InputBatch::Text(t) = i {
+                    texts.extend(t.iter().cloned());
+                }
+            }
+            InputBatch::Text(texts)
+        }
+        Some(InputBatch::Windows {
+            steps, features, ..
+        }) => {
+            let (steps, features) = (*steps, *features);
+            let mut data = Vec::new();
+            let mut batch = 0;
+            for i in inputs {
+                if let InputBatch::Windows {
+                    data: d, batch: b, ..
+                } = i
+                {
+                    data.extend_from_slice(d);
+                    batch += b;
+                }
+            }
+            InputBatch::Windows {
+                data,
+                batch,
+                steps,
+                features,
+            }
+        }
+        None => InputBatch::Text(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_order() {
+        let a = InputBatch::Windows {
+            data: vec![1.0, 2.0],
+            batch: 1,
+            steps: 2,
+            features: 1,
+        };
+        let b = InputBatch::Windows {
+            data: vec![3.0, 4.0, 5.0, 6.0],
+            batch: 2,
+            steps: 2,
+            features: 1,
+        };
+        match merge([a, b].iter()) {
+            InputBatch::Windows { data, batch, .. } => {
+                assert_eq!(batch, 3);
+                assert_eq!(data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+            }
+            _ => panic!("windows"),
+        }
+        let t = merge(
+            [
+                InputBatch::Text(vec!["a".into()]),
+                InputBatch::Text(vec!["b".into(), "c".into()]),
+            ]
+            .iter(),
+        );
+        assert!(matches!(t, InputBatch::Text(v) if v == ["a", "b", "c"]));
+    }
+}
