@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the models in the models directory over HTTP (the default).
     Serve(ServeConfig),
+    /// Load-test a running server with the models' held-out inputs.
+    Bench(crate::bench::BenchConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

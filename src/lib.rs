@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod api;
 pub mod batcher;
+pub mod bench;
 pub mod cache;
 pub mod coalesce;
 pub mod config;

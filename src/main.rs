@@ -7,6 +7,16 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(c)) => c,
+        Some(Command::Bench(b)) => {
+            return match inferd::bench::main(b).await {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("inferd bench: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.serve,
     };
     inferd::telemetry::init(config.log_format);
