@@ -1,6 +1,8 @@
 //! Raw in-process ONNX Runtime time per call for the shipped models, through the
 //! same `Backend` the server uses (no HTTP, no JSON, no admission): the floor
-//! that serving overhead is measured against.
+//! that serving overhead is measured against. Then the serving hot path around
+//! that call: body parsing, instance decoding, the cache key, batch assembly and
+//! prediction encoding.
 //!
 //! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench runtime`
 
@@ -10,6 +12,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use inferd::config::Device;
 use inferd::repository::Repository;
 use inferd::runtime::{self, InputBatch, SessionOptions};
+use inferd::{batcher, cache};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -57,12 +60,39 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| model.backend.infer(input).expect("infer"))
             });
         }
-        // Decoding JSON instances into tensors is part of serving cost, not ORT's.
+        group.finish();
+
+        // The serving hot path around the ORT call, per request of one instance.
+        let mut hot = c.benchmark_group(format!("hot/{name}"));
         let one = vec![cases[0].clone()];
-        group.bench_function("decode/1", |b| {
+        let body = serde_json::to_vec(&serde_json::json!({"model": name, "instances": one}))
+            .expect("json");
+        hot.bench_function("parse_request_body", |b| {
+            b.iter(|| serde_json::from_slice::<inferd::api::PredictRequest>(&body).expect("parse"))
+        });
+        hot.bench_function("decode_instance", |b| {
             b.iter(|| model.task.decode(&one).expect("decode"))
         });
-        group.finish();
+        let input = model.task.decode(&one).expect("decode");
+        hot.bench_function("cache_key", |b| {
+            b.iter(|| cache::instance_key(name, "1", &input, 0))
+        });
+        let parts: Vec<InputBatch> = (0..32)
+            .map(|i| {
+                model
+                    .task
+                    .decode(&[cases[i % cases.len()].clone()])
+                    .expect("decode")
+            })
+            .collect();
+        hot.bench_function("assemble_batch_of_32", |b| {
+            b.iter(|| batcher::merge(parts.iter()))
+        });
+        let out = model.backend.infer(&input).expect("infer");
+        hot.bench_function("encode_prediction", |b| {
+            b.iter(|| serde_json::to_vec(&model.task.encode(&out)).expect("encode"))
+        });
+        hot.finish();
     }
 }
 
