@@ -206,6 +206,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<Report> {
     let url = format!("{}/predict", cfg.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(cfg.connections.max(1))
+        .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))
         .build()?;
     let record = Arc::new(Mutex::new(Record::new()));

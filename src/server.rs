@@ -12,6 +12,7 @@ use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -166,8 +167,12 @@ pub async fn run(
         }
     };
     let mut server = tokio::spawn(
+        // Responses are small: send them at once rather than letting Nagle's
+        // algorithm hold them for the client's (delayed) ACK.
         axum::serve(
-            listener,
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(signal)

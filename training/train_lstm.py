@@ -236,7 +236,7 @@ def main() -> None:
                               "targets": [t for t, _ in TARGETS], "target_units": [u for _, u in TARGETS],
                               "scaling": "in-graph: each window minus its last row, divided by scaling_std; output = last row + delta * scaling_std",
                               "scaling_std": std.tolist(), "step": "1 week"}),
-            ("[batching]", {"max_batch_size": 64, "max_batch_delay_ms": 1}),
+            ("[batching]", {"max_batch_size": 64, "max_batch_delay_ms": 0}),
             ("[cache]", {"enabled": True}),
             ("[data]", {"source": "Mauna Loa weekly CO2 (statsmodels 0.14 datasets.co2; NOAA/Scripps)",
                         "licence": "US public domain (NOAA); statsmodels BSD-3-Clause",

