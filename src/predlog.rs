@@ -210,14 +210,7 @@ impl Sink {
                 .await;
                 match joined {
                     Ok((batch, Ok(()), took)) => {
-                        metrics
-                            .predlog_written
-                            .with_label_values(&["jsonl"])
-                            .inc_by(batch.len() as u64);
-                        metrics
-                            .predlog_write_duration
-                            .with_label_values(&["jsonl"])
-                            .observe(took.as_secs_f64());
+                        record_written(&metrics, "jsonl", batch.len(), took);
                         (Vec::new(), Ok(()))
                     }
                     // A local file that cannot be written will not heal by retrying
@@ -450,6 +443,17 @@ fn replaying(spill: &Path) -> PathBuf {
     PathBuf::from(format!("{}.replaying", spill.display()))
 }
 
+fn record_written(metrics: &Metrics, sink: &str, rows: usize, took: Duration) {
+    metrics
+        .predlog_written
+        .with_label_values(&[sink])
+        .inc_by(rows as u64);
+    metrics
+        .predlog_write_duration
+        .with_label_values(&[sink])
+        .observe(took.as_secs_f64());
+}
+
 fn append_jsonl(path: &Path, records: &[Record]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
@@ -632,14 +636,7 @@ impl PgSink {
                 ],
             )
             .await?;
-        metrics
-            .predlog_written
-            .with_label_values(&["postgres"])
-            .inc_by(rows.len() as u64);
-        metrics
-            .predlog_write_duration
-            .with_label_values(&["postgres"])
-            .observe(t.elapsed().as_secs_f64());
+        record_written(metrics, "postgres", rows.len(), t.elapsed());
         Ok(())
     }
 

@@ -191,6 +191,32 @@ async fn concurrent_identical_requests_run_the_model_once() {
     }
 }
 
+/// A `load` hook that takes a server down after `down_at` completed requests
+/// and brings it back after `up_at`. The stop and start run on a thread of their
+/// own: they block, and the hook is called on the async workers.
+fn outage(
+    down_at: usize,
+    up_at: usize,
+    mut act: impl FnMut(bool) + Send + 'static,
+) -> (
+    Arc<dyn Fn(usize) + Send + Sync>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    let ctl = std::thread::spawn(move || {
+        while let Ok(down) = rx.recv() {
+            act(down);
+        }
+    });
+    let tx = std::sync::Mutex::new(tx);
+    let hook = Arc::new(move |n: usize| {
+        if n == down_at || n == up_at {
+            let _ = tx.lock().unwrap().send(n == down_at);
+        }
+    });
+    (hook, ctl)
+}
+
 /// Runs `total` requests with `concurrency` workers; `at(n)` is called as the
 /// n-th request completes. Returns the statuses.
 async fn load(
@@ -250,24 +276,12 @@ async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart
         .collect();
     let total = 3000;
     let r2 = redis.clone();
-    // Kill in a thread of its own: the hook runs on the async workers.
-    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
-    let ctl = std::thread::spawn(move || {
-        while let Ok(cmd) = rx.recv() {
-            let mut r = r2.lock().unwrap();
-            if cmd == "kill" {
-                r.kill()
-            } else {
-                r.restart()
-            }
-        }
-    });
-    let tx = std::sync::Mutex::new(tx);
-    let hook = Arc::new(move |n: usize| {
-        if n == total / 3 {
-            let _ = tx.lock().unwrap().send("kill");
-        } else if n == 2 * total / 3 {
-            let _ = tx.lock().unwrap().send("restart");
+    let (hook, ctl) = outage(total / 3, 2 * total / 3, move |down| {
+        let mut r = r2.lock().unwrap();
+        if down {
+            r.kill()
+        } else {
+            r.restart()
         }
     });
     let statuses = load(&s, Arc::new(bodies), total, 16, hook).await;
@@ -355,24 +369,13 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
         .map(|i| json!({"model": "lstm-forecaster", "instances": [fresh_window(400 + i)]}))
         .collect();
     let total = 2000;
-    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
     let p2 = pg.clone();
-    let ctl = std::thread::spawn(move || {
-        while let Ok(cmd) = rx.recv() {
-            let mut p = p2.lock().unwrap();
-            if cmd == "stop" {
-                p.stop()
-            } else {
-                p.resume()
-            }
-        }
-    });
-    let tx = std::sync::Mutex::new(tx);
-    let hook = Arc::new(move |n: usize| {
-        if n == total / 4 {
-            let _ = tx.lock().unwrap().send("stop");
-        } else if n == 3 * total / 4 {
-            let _ = tx.lock().unwrap().send("resume");
+    let (hook, ctl) = outage(total / 4, 3 * total / 4, move |down| {
+        let mut p = p2.lock().unwrap();
+        if down {
+            p.stop()
+        } else {
+            p.resume()
         }
     });
     let statuses = load(&s, Arc::new(bodies), total, 8, hook).await;
