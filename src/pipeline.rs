@@ -67,7 +67,7 @@ impl Pipeline {
     pub async fn predict(
         &self,
         model: &Arc<Model>,
-        batch: InputBatch,
+        mut batch: InputBatch,
         deadline: Instant,
         want_keys: bool,
         timings: &mut Timings,
@@ -136,7 +136,10 @@ impl Pipeline {
 
         if !leads.is_empty() {
             let idx: Vec<usize> = leads.iter().map(|(i, _)| *i).collect();
-            let sub = if idx.len() == n {
+            let sub = if idx.len() == n && follows.is_empty() {
+                // Nothing below reads the batch again: hand it over, no copy.
+                std::mem::replace(&mut batch, InputBatch::Text(Vec::new()))
+            } else if idx.len() == n {
                 batch.clone()
             } else {
                 batch.select(&idx)
@@ -248,15 +251,18 @@ impl Pipeline {
         let n = batch.len();
         let max = batcher.max_batch_size;
         let mut parts = Vec::with_capacity(n.div_ceil(max));
-        for start in (0..n).step_by(max) {
+        let pieces: Vec<InputBatch> = if n <= max {
+            vec![batch]
+        } else {
+            (0..n)
+                .step_by(max)
+                .map(|start| batch.select(&(start..(start + max).min(n)).collect::<Vec<_>>()))
+                .collect()
+        };
+        for part in pieces {
             let ticket = self.admission.enter().map_err(|e| match e {
                 AdmissionError::QueueFull(w) => ApiError::QueueFull(w),
             })?;
-            let part = if n <= max {
-                batch.clone()
-            } else {
-                batch.select(&(start..(start + max).min(n)).collect::<Vec<_>>())
-            };
             parts.push(batcher.submit(part, deadline, ticket));
         }
         let mut predictions = Vec::with_capacity(n);
