@@ -407,21 +407,14 @@ impl Writer {
         };
         let batch: Vec<Record> = self.buf.drain(..n).collect();
         let p = path.clone();
-        let r = tokio::task::spawn_blocking(move || append_jsonl(&p, &batch)).await;
+        let r = tokio::task::spawn_blocking(move || append_jsonl(&p, &batch))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match r {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 self.metrics.predlog_spilled.inc_by(n as u64);
                 tracing::warn!(records = n, path = %path.display(), "prediction log spilled to disk");
-            }
-            Ok(Err(e)) => {
-                self.metrics
-                    .predlog_dropped
-                    .with_label_values(&["spill_failed"])
-                    .inc_by(n as u64);
-                tracing::error!(
-                    records = n,
-                    "prediction log spill failed, records dropped: {e}"
-                );
             }
             Err(e) => {
                 self.metrics
@@ -430,7 +423,7 @@ impl Writer {
                     .inc_by(n as u64);
                 tracing::error!(
                     records = n,
-                    "prediction log spill task failed, records dropped: {e}"
+                    "prediction log spill failed, records dropped: {e}"
                 );
             }
         }
