@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so.1.31.1
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: run test build ort models models-install bench lint
+.PHONY: run test build ort models models-install bench lint stack-up stack-down
 
 ## Serve both models on :8080 with embedded defaults.
 run: ort
@@ -34,3 +34,10 @@ models-install:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+## The docker-compose topology on loopback: nginx + 3 workers + Redis + PostgreSQL.
+stack-up: build
+	./scripts/stack.sh up
+
+stack-down:
+	./scripts/stack.sh down

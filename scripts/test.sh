@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Redis,
 # PostgreSQL and nginx from Debian packages when missing; ONNX Runtime from its
-# PyPI wheel; a Python venv for the model checks), then runs the model checks,
-# formatting and lint gates, and every Rust test. The integration tests start
-# their own Redis and PostgreSQL servers on free loopback ports and stop them.
+# PyPI wheel; Python venvs for the model checks and the deployment checks), then
+# runs the model checks, formatting and lint gates, every Rust test, the static
+# checks of the deployment files, and the loopback end-to-end test of the
+# compose topology. The integration tests start their own Redis, PostgreSQL and
+# nginx servers on free loopback ports and stop them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "System packages (Redis, PostgreSQL, nginx) for the integration tests"
+step "System packages (Redis, PostgreSQL, nginx, docker-compose, promtool) for the tests"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# Offline validators: `docker-compose config` parses compose files without an
+# engine; promtool checks and unit-tests the Prometheus config and rules.
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""
@@ -50,6 +56,24 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --all-targets
+
+step "Release build (the binary the deployment tests run)"
+cargo build --release --bin inferd
+
+step "Python venv for the deployment checks (hash-pinned)"
+DVENV="$ROOT/.venv-deploy"
+if [ ! -x "$DVENV/bin/python" ] || ! cmp -s tests/deploy/requirements.txt "$DVENV/.requirements"; then
+  python3 -m venv "$DVENV"
+  "$DVENV/bin/pip" install -q --upgrade pip
+  "$DVENV/bin/pip" install -q --require-hashes -r tests/deploy/requirements.txt
+  cp tests/deploy/requirements.txt "$DVENV/.requirements"
+fi
+
+step "Deployment files: hadolint, docker-compose config, nginx -t, helm lint/render, kubernetes-validate, yamllint, promtool, k6 inspect"
+"$DVENV/bin/python" -m pytest -q tests/deploy/test_static.py
+
+step "Loopback topology end to end: nginx + 3 workers + Redis + PostgreSQL, k6 through nginx, rolling restart"
+INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/deploy/test_stack.py
 
 echo
 echo "all test steps passed"

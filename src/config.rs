@@ -33,6 +33,23 @@ pub enum Command {
     Serve(ServeConfig),
     /// Load-test a running server with the models' held-out inputs.
     Bench(crate::bench::BenchConfig),
+    /// Probe a running server (exit 0 when it answers 200): the container
+    /// HEALTHCHECK, for images that carry no curl or shell.
+    Healthcheck(HealthcheckConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckConfig {
+    /// URL to probe.
+    #[arg(
+        long,
+        env = "INFERD_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8080/healthz"
+    )]
+    pub url: String,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

@@ -17,6 +17,7 @@ async fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Some(Command::Healthcheck(h)) => return inferd::server::healthcheck(&h).await,
         None => cli.serve,
     };
     inferd::telemetry::init(config.log_format);

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub inference_duration: HistogramVec,
     pub instances: HistogramVec,
     pub in_flight: IntGauge,
+    pub requests_in_flight: IntGauge,
     pub queue_depth: IntGauge,
     pub rejections: IntCounterVec,
     pub model_info: IntGaugeVec,
@@ -89,6 +90,12 @@ impl Metrics {
             ),
             in_flight: IntGauge::new("inferd_inferences_in_flight", "Inferences running now")
                 .expect("valid"),
+            requests_in_flight: IntGauge::new(
+                "inferd_requests_in_flight",
+                "Prediction requests inside the server now (queued, computing or answering): \
+                 the per-pod signal for autoscaling on load rather than CPU",
+            )
+            .expect("valid"),
             queue_depth: IntGauge::new(
                 "inferd_queue_depth",
                 "Requests waiting for an inference slot",
@@ -220,6 +227,7 @@ impl Metrics {
             Box::new(m.inference_duration.clone()),
             Box::new(m.instances.clone()),
             Box::new(m.in_flight.clone()),
+            Box::new(m.requests_in_flight.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.rejections.clone()),
             Box::new(m.model_info.clone()),

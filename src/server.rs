@@ -11,6 +11,7 @@
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -257,5 +258,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// `inferd healthcheck`: one GET, exit 0 on a 200 and 1 otherwise, with the reason
+/// on stderr. Docker runs it as the container HEALTHCHECK.
+pub async fn healthcheck(cfg: &crate::config::HealthcheckConfig) -> std::process::ExitCode {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inferd healthcheck: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match client.get(&cfg.url).send().await {
+        Ok(r) if r.status().is_success() => std::process::ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("inferd healthcheck: {} answered {}", cfg.url, r.status());
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("inferd healthcheck: {}: {e}", cfg.url);
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -85,6 +85,12 @@ impl ApiError {
         }
     }
 
+    /// Refusals before the request is accepted (the server is starting or
+    /// stopping): nothing was computed, and a proxy may send it to another worker.
+    pub fn refused_at_door(&self) -> bool {
+        matches!(self, ApiError::NotReady | ApiError::Draining)
+    }
+
     /// The `reason` label of `inferd_rejections_total`, for refusals that are
     /// about capacity or lifecycle rather than the request's content.
     pub fn rejection_reason(&self) -> Option<&'static str> {

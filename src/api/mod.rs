@@ -186,6 +186,7 @@ async fn predict(
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
     let start = Instant::now();
+    let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
     let mut ctx = RequestCtx::default();
     let result = predict_inner(&st, name, version, body, start, &mut ctx).await;
     let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
@@ -211,7 +212,10 @@ async fn predict(
             if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(error = %e, model = %model_label, "prediction failed");
             }
-            if st.predlog.enabled() {
+            // A request refused at the door (draining, not ready) was never
+            // accepted: the proxy retries it elsewhere, and logging it would give
+            // that one client request two rows.
+            if st.predlog.enabled() && !e.refused_at_door() {
                 st.predlog.log(Record {
                     id: Uuid::new_v4(),
                     ts: chrono::Utc::now(),
@@ -283,6 +287,23 @@ fn log_success(
             client: caller.client.clone(),
             error: None,
         });
+    }
+}
+
+/// Counts a request in `inferd_requests_in_flight` for as long as it lives,
+/// including when the client goes away and the handler future is dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

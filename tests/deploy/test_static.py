@@ -1,0 +1,266 @@
+"""Static checks of the deployment files, all offline: the Dockerfile (hadolint and
+what the image must have), docker-compose (docker-compose config), nginx (nginx -t
+on the loopback copy), the Helm chart (lint, render with several values files,
+kubernetes-validate --strict, yamllint), Prometheus (promtool) and Grafana (the
+dashboard's queries name metrics inferd exports), and k6 (k6 inspect)."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, exported_metrics, family, inferd_bin, run, tool
+
+CHART = ROOT / "charts/inferd"
+KUBE_VERSION = "1.30.0"
+VALUES_FILES = [None, CHART / "ci/hpa-values.yaml", CHART / "ci/custom-metric-values.yaml"]
+
+
+def inferd_defaults() -> dict[str, str]:
+    """The server's own defaults as `inferd serve --help` prints them."""
+    out = run([inferd_bin(), "serve", "--help"]).stdout
+    return dict(re.findall(r"\[env: (INFERD_[A-Z_]+)=[^\]]*\]\s*\[default: ([^\]]+)\]", out))
+
+
+# ---- Dockerfile --------------------------------------------------------------------
+
+def test_dockerfile_lints_clean():
+    run([tool("hadolint"), "--failure-threshold", "info", "Dockerfile"])
+
+
+def test_dockerfile_runtime_stage():
+    text = (ROOT / "Dockerfile").read_text()
+    runtime = text.split("# ---- runtime")[1]
+    user = re.search(r"^USER (\S+)", runtime, re.M)
+    assert user and user.group(1).split(":")[0].isdigit() and user.group(1) != "0", \
+        "runtime stage must run as a numeric non-root user (runAsNonRoot checks need it)"
+    assert re.search(r'HEALTHCHECK .*\n\s+CMD \["inferd", "healthcheck"', runtime), "HEALTHCHECK via inferd"
+    # The library path the image sets is the file install-ort.sh writes.
+    ort_version = re.search(r'ORT_VERSION="\$\{ORT_VERSION:-([0-9.]+)\}"',
+                            (ROOT / "scripts/install-ort.sh").read_text()).group(1)
+    assert f"ARG ORT_VERSION={ort_version}" in runtime
+    assert "ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION}" in runtime
+    # The CUDA variant is a build-arg away, and the cargo feature it names exists.
+    for arg in ("RUNTIME_IMAGE", "ORT_PACKAGE", "CARGO_FEATURES"):
+        assert re.search(rf"^ARG {arg}\b", text, re.M), arg
+    assert re.search(r"^cuda = ", (ROOT / "Cargo.toml").read_text(), re.M)
+    # Everything COPY'd from the context exists and is not excluded by .dockerignore.
+    ignored = [l.strip().rstrip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
+               if l.strip() and not l.startswith("#")]
+    for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
+        if src != ".":
+            assert (ROOT / src).exists(), src
+            assert src.split("/")[0] not in ignored, src
+    assert "target" in ignored and ".ort" in ignored
+
+
+def test_healthcheck_subcommand_fails_without_a_server():
+    r = subprocess.run([inferd_bin(), "healthcheck", "--url", "http://127.0.0.1:9/healthz",
+                        "--timeout-ms", "500"], capture_output=True, text=True)
+    assert r.returncode == 1 and "127.0.0.1:9" in r.stderr
+
+
+# ---- docker compose -------------------------------------------------------------------
+
+def compose_config(*files: str) -> dict:
+    args = [tool("docker-compose")]
+    for f in files:
+        args += ["-f", f]
+    run(args + ["config", "-q"])
+    return yaml.safe_load(run(args + ["config"]).stdout)
+
+
+def test_compose_config_is_valid_and_ordered():
+    cfg = compose_config("docker-compose.yml")
+    svc = cfg["services"]
+    assert {"nginx", "inferd", "redis", "postgres", "prometheus", "grafana"} <= set(svc)
+    assert svc["inferd"]["deploy"]["replicas"] == 3
+    # Workers wait for healthy Redis and PostgreSQL; nginx for healthy workers.
+    assert svc["inferd"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
+    assert svc["nginx"]["depends_on"]["inferd"]["condition"] == "service_healthy"
+    for name in ("redis", "postgres", "nginx"):
+        assert svc[name]["healthcheck"]["test"], name
+    assert "pgdata:/var/lib/postgresql/data:rw" in svc["postgres"]["volumes"]
+    assert svc["inferd"]["read_only"] is True
+    # Docker must not SIGKILL a worker before drain + grace are over.
+    env = svc["inferd"]["environment"]
+    budget_s = (int(env["INFERD_DRAIN_DELAY_MS"]) + int(env["INFERD_SHUTDOWN_GRACE_MS"])) / 1000
+    grace = svc["inferd"]["stop_grace_period"]
+    assert int(grace.rstrip("s")) > budget_s, (grace, budget_s)
+    # The files the services mount are in the repository.
+    for name in ("nginx", "prometheus", "grafana", "k6"):
+        for v in svc[name]["volumes"]:
+            source = v.split(":")[0]
+            if source.startswith("/"):
+                assert Path(source).exists(), v
+
+
+def test_compose_gpu_override_is_valid():
+    cfg = compose_config("docker-compose.yml", "docker-compose.gpu.yml")
+    inferd = cfg["services"]["inferd"]
+    assert inferd["build"]["args"]["ORT_PACKAGE"] == "onnxruntime-gpu"
+    assert inferd["environment"]["INFERD_DEVICE"] == "cuda"
+
+
+# ---- nginx ----------------------------------------------------------------------------
+
+def test_nginx_config_passes_nginx_t(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    (tmp_path / "nginx").mkdir()
+    run(["scripts/stack.sh", "nginx-conf", conf, "18080", "18081", "18082", "18083"],
+        env={"STACK_DIR": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin"})
+    rendered = conf.read_text()
+    assert rendered.count("server 127.0.0.1:1808") == 3
+    run([tool("nginx"), "-t", "-c", conf, "-p", f"{tmp_path}/nginx/", "-g", f"pid {tmp_path}/nginx.pid;"])
+
+
+def test_nginx_limits_match_inferd():
+    text = (ROOT / "nginx/nginx.conf").read_text()
+    for needed in ("least_conn;", "keepalive 64;", "proxy_http_version 1.1;",
+                   'proxy_set_header Connection "";', "$upstream_addr", "$upstream_response_time"):
+        assert needed in text, needed
+    retry = re.search(r"proxy_next_upstream ([^;]+);", text).group(1).split()
+    assert "timeout" not in retry and "http_429" not in retry, "never retry timeouts or shed load"
+    d = inferd_defaults()
+    body = re.search(r"client_max_body_size (\d+)m;", text).group(1)
+    assert int(body) * 1024 * 1024 == int(d["INFERD_MAX_BODY_BYTES"])
+    read = re.search(r"proxy_read_timeout (\d+)s;", text).group(1)
+    assert int(read) * 1000 > int(d["INFERD_REQUEST_TIMEOUT_MS"]), "inferd's 504 must come first"
+
+
+# ---- Helm -----------------------------------------------------------------------------
+
+def render(values_file, extra=None) -> dict[str, str]:
+    import helm_python as helm
+
+    values = yaml.safe_load(values_file.read_text()) if values_file else {}
+    values.update(extra or {})
+    out = helm.Chart.load(str(CHART)).render(values, name="inferd", namespace="ml")
+    return {k: v for k, v in out.items() if v.strip() and k.endswith(".yaml")}
+
+
+def test_chart_lints_strict():
+    import helm_python as helm
+
+    for values_file in VALUES_FILES:
+        values = yaml.safe_load(values_file.read_text()) if values_file else None
+        report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+        assert not report["errors"], report
+        assert not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=["defaults", "hpa", "custom-metric"])
+def test_chart_renders_valid_kubernetes(values_file, tmp_path):
+    docs = render(values_file)
+    files = []
+    for name, text in docs.items():
+        path = tmp_path / name.replace("/", "_")
+        # Helm leaves the newline after a template's opening `{{- if }}`.
+        path.write_text(text.lstrip("\n"))
+        files.append(path)
+    run([tool("yamllint"), "-s", "-c", ROOT / ".yamllint.yaml", *files])
+    core = [f for f in files if "servicemonitor" not in f.name]
+    run([tool("kubernetes-validate"), "--strict", "-k", KUBE_VERSION, "--quiet", *core])
+    # ServiceMonitor is a Prometheus Operator CRD: no bundled schema, checked by hand.
+    for f in files:
+        if "servicemonitor" in f.name:
+            sm = yaml.safe_load(f.read_text())
+            assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
+            assert sm["spec"]["endpoints"][0]["port"] == "http"
+
+
+def manifests(values_file) -> dict[str, dict]:
+    return {yaml.safe_load(t)["kind"]: yaml.safe_load(t) for t in render(values_file).values()}
+
+
+def test_chart_deployment_is_production_shaped():
+    m = manifests(None)
+    assert "HorizontalPodAutoscaler" not in m and m["Deployment"]["spec"]["replicas"] == 3
+    assert m["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    pod = m["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    cfg = m["ConfigMap"]["data"]
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    drain = (int(cfg["INFERD_DRAIN_DELAY_MS"]) + int(cfg["INFERD_SHUTDOWN_GRACE_MS"])) / 1000
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    # Every setting the ConfigMap sets is one inferd knows.
+    known = inferd_defaults().keys() | {"INFERD_MAX_CONCURRENCY"}
+    assert set(cfg) <= known, set(cfg) - known
+
+
+def test_chart_refuses_a_grace_period_shorter_than_the_drain():
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render(None, {"terminationGracePeriodSeconds": 10})
+
+
+def test_chart_hpa_scales_on_cpu_and_the_custom_metric():
+    hpa = manifests(CHART / "ci/hpa-values.yaml")["HorizontalPodAutoscaler"]
+    assert [x["type"] for x in hpa["spec"]["metrics"]] == ["Resource"]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    m = manifests(CHART / "ci/custom-metric-values.yaml")
+    metrics = m["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    pods = [x for x in metrics if x["type"] == "Pods"][0]["pods"]
+    # The HPA's custom metric is one inferd exports.
+    assert pods["metric"]["name"] in exported_metrics()
+    assert "replicas" not in m["Deployment"]["spec"]
+    assert m["NetworkPolicy"]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    env = m["Deployment"]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "inferd-credentials"}} in env
+
+
+# ---- Prometheus and Grafana -----------------------------------------------------------
+
+def test_prometheus_config_and_rules():
+    promtool = tool("promtool")
+    run([promtool, "check", "config", "prometheus/prometheus.yml"])
+    run([promtool, "check", "rules", "prometheus/alerts.yml"])
+    run([promtool, "test", "rules", "alerts.test.yml"], cwd=ROOT / "prometheus")
+
+
+def test_dashboard_and_alerts_use_exported_metrics():
+    known = exported_metrics()
+    dash = json.loads((ROOT / "grafana/dashboards/inferd.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((ROOT / "prometheus/alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {family(n) for e in exprs for n in re.findall(r"inferd_[a-z0-9_]+", e)}
+    assert used and used <= known, used - known
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("request rate", "p99", "errors", "queue depth", "in flight", "batch size",
+                  "cache hit rate", "log writer"):
+        assert topic in titles, topic
+    # The panels use the provisioned data source.
+    ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    assert all(p["datasource"]["uid"] == uid for p in dash["panels"])
+
+
+def test_yaml_files_lint_clean():
+    run([tool("yamllint"), "-s", "docker-compose.yml", "docker-compose.gpu.yml", "prometheus",
+         "grafana", "charts/inferd/values.yaml", "charts/inferd/Chart.yaml", "charts/inferd/ci",
+         ".yamllint.yaml"])
+
+
+# ---- k6 -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", ["lstm-progressive", "text-cache", "spike", "soak"])
+def test_k6_scripts_parse(script):
+    for profile in ("full", "smoke"):
+        out = run([tool("k6"), "inspect", f"{script}.js"], cwd=ROOT / "k6",
+                  env={"K6_PROFILE": profile, "PATH": "/usr/bin:/bin"}).stdout
+        opts = json.loads(out)
+        assert opts["thresholds"], script
