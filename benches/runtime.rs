@@ -68,7 +68,9 @@ fn bench(c: &mut Criterion) {
         let body = serde_json::to_vec(&serde_json::json!({"model": name, "instances": one}))
             .expect("json");
         hot.bench_function("parse_request_body", |b| {
-            b.iter(|| serde_json::from_slice::<inferd::api::PredictRequest>(&body).expect("parse"))
+            b.iter(|| {
+                serde_json::from_slice::<inferd::api::v1::PredictRequest>(&body).expect("parse")
+            })
         });
         hot.bench_function("decode_instance", |b| {
             b.iter(|| model.task.decode(&one).expect("decode"))

@@ -3,8 +3,8 @@
 # PostgreSQL and nginx from Debian packages when missing; ONNX Runtime from its
 # PyPI wheel; Python venvs for the model checks and the deployment checks), then
 # runs the model checks, formatting and lint gates, every Rust test, the static
-# checks of the deployment files, and the loopback end-to-end test of the
-# compose topology. The integration tests start their own Redis, PostgreSQL and
+# checks of the deployment files, the KServe v2 conformance tests (tritonclient,
+# schemathesis), and the loopback end-to-end test of the compose topology. The integration tests start their own Redis, PostgreSQL and
 # nginx servers on free loopback ports and stop them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -57,7 +57,7 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 cargo test --all-targets
 
-step "Release build (the binary the deployment tests run)"
+step "Release build (the binary the deployment and conformance tests run)"
 cargo build --release --bin inferd
 
 step "Python venv for the deployment checks (hash-pinned)"
@@ -71,6 +71,18 @@ fi
 
 step "Deployment files: hadolint, docker-compose config, nginx -t, helm lint/render, kubernetes-validate, yamllint, promtool, k6 inspect"
 "$DVENV/bin/python" -m pytest -q tests/deploy/test_static.py
+
+step "Python venv for the KServe v2 conformance tests (hash-pinned)"
+CVENV="$ROOT/.venv-conformance"
+if [ ! -x "$CVENV/bin/python" ] || ! cmp -s tests/conformance/requirements.txt "$CVENV/.requirements"; then
+  python3 -m venv "$CVENV"
+  "$CVENV/bin/pip" install -q --upgrade pip
+  "$CVENV/bin/pip" install -q --require-hashes -r tests/conformance/requirements.txt
+  cp tests/conformance/requirements.txt "$CVENV/.requirements"
+fi
+
+step "Conformance: tritonclient (JSON and binary) and schemathesis against a live server"
+INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
 
 step "Loopback topology end to end: nginx + 3 workers + Redis + PostgreSQL, k6 through nginx, rolling restart"
 INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/deploy/test_stack.py

@@ -238,6 +238,27 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_PREDLOG_CHANNEL", default_value_t = 65_536)]
     pub predlog_channel: usize,
 
+    /// Bearer tokens accepted on the model routes, comma-separated. When this or
+    /// `--api-keys-file` is set, requests without a valid `Authorization: Bearer`
+    /// get 401. Never logged.
+    #[arg(long, env = "INFERD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A file of bearer tokens, one per line (`#` starts a comment): for keys
+    /// mounted from a secret store rather than passed in the environment.
+    #[arg(long, env = "INFERD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Paths that stay open when API keys are on, comma-separated (probes,
+    /// scrapers and the API description need no key by default).
+    #[arg(
+        long,
+        env = "INFERD_AUTH_EXEMPT",
+        value_delimiter = ',',
+        default_value = "/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready,/openapi.json"
+    )]
+    pub auth_exempt: Vec<String>,
+
     /// Path of `libonnxruntime.so`. Default: the project-local install made by `make run`.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -299,6 +320,17 @@ impl ServeConfig {
         v["max_concurrency"] = self.concurrency().into();
         v["redis_url"] = self.redis_url.as_deref().map(redact_url).into();
         v["database_url"] = self.database_url.as_deref().map(redact_url).into();
+        // Say only how many keys there are.
+        v["api_keys"] = self
+            .api_keys
+            .as_deref()
+            .map(|k| {
+                format!(
+                    "<{} keys>",
+                    k.split(',').filter(|k| !k.trim().is_empty()).count()
+                )
+            })
+            .into();
         v
     }
 }
@@ -337,6 +369,12 @@ mod tests {
         let cli =
             Cli::try_parse_from(["inferd", "--database-url", "postgres://a:secret@h/d"]).unwrap();
         assert!(!cli.serve.redacted().to_string().contains("secret"));
+        let cli = Cli::try_parse_from(["inferd", "--api-keys", "k1-secret,k2-secret"]).unwrap();
+        let shown = cli.serve.redacted().to_string();
+        assert!(
+            !shown.contains("secret") && shown.contains("<2 keys>"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub predlog: PredLog,
     repo: OnceLock<Arc<Repository>>,
+    pub api_keys: crate::api::auth::ApiKeys,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
 }
@@ -92,8 +93,16 @@ impl AppState {
             tracing::info!(backend = c.backend_name(), "result cache on");
         }
         let pipeline = Pipeline::new(admission, cache, metrics.clone(), config.request_timeout_ms);
+        let api_keys = crate::api::auth::ApiKeys::from_config(&config)?;
+        if api_keys.enabled() {
+            tracing::info!(
+                keys = api_keys.count(),
+                "API keys required on the model routes"
+            );
+        }
         let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
         Ok(AppState {
+            api_keys,
             config,
             metrics,
             pipeline,

@@ -43,16 +43,16 @@ fn invalid(field: String, message: impl Into<String>) -> InvalidInput {
 }
 
 /// One prediction. Untagged: the shape differs by task, as the API documents.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Prediction {
+    /// Classifiers: the most probable label, and every label's probability.
     Label {
         label: String,
         scores: BTreeMap<String, f32>,
     },
-    Forecast {
-        forecast: BTreeMap<String, f32>,
-    },
+    /// Forecasters: the next value of each target, by target name.
+    Forecast { forecast: BTreeMap<String, f32> },
 }
 
 fn json_kind(v: &Value) -> &'static str {

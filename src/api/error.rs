@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -40,6 +41,8 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed for this route")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Unauthorized(&'static str),
 }
 
 impl ApiError {
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::Inference(_) => "inference_failed",
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized(_) => "unauthorized",
         }
     }
 
@@ -104,17 +109,22 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The JSON API's error document.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable, machine-readable: `invalid_input`, `model_not_found`, `queue_full`, ...
+    #[schema(example = "invalid_input")]
+    pub code: &'a str,
+    /// For people.
+    pub message: String,
+    /// The offending field, as a path into the request (`instances[2][25][0]`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
@@ -124,8 +134,8 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { field, .. } => field.as_deref(),
             _ => None,
         };
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 field,
@@ -139,6 +149,12 @@ impl IntoResponse for ApiError {
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"inferd\""),
+            );
         }
         resp
     }

@@ -51,19 +51,25 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 ApiError::MalformedJson(r.body_text())
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(v) => Ok(JsonBody(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                match inner.classify() {
-                    Category::Data => Err(ApiError::Invalid {
-                        field: (path != ".").then_some(path),
-                        message: inner.to_string(),
-                    }),
-                    _ => Err(ApiError::MalformedJson(inner.to_string())),
-                }
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+/// Deserializes a JSON document: syntax errors are 400, a document of the wrong
+/// shape is 422 naming the field (`inputs[0].shape`).
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                Category::Data => Err(ApiError::Invalid {
+                    field: (path != ".").then_some(path),
+                    message: inner.to_string(),
+                }),
+                _ => Err(ApiError::MalformedJson(inner.to_string())),
             }
         }
     }

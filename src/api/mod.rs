@@ -1,65 +1,106 @@
-//! HTTP routes: prediction, model listing, health, readiness and metrics.
+//! HTTP front doors and what they share.
 //!
-//! Handlers stay thin: they resolve the model, let `Task` validate the instances,
-//! hand the batch to the shared `Pipeline` (cache, single-flight, admission,
-//! inference), answer, and log. Failures are `ApiError`s.
+//! Two protocols reach the same models: inferd's own JSON API (`v1`: `/predict`,
+//! `/v1/models/...`) and the KServe v2 / Open Inference Protocol (`v2`). Each
+//! front door only translates its wire format into JSON instances and back; the
+//! path in between (`serve_prediction`: admission, validation by the model's
+//! `Task`, the shared `Pipeline` with cache, single-flight and batching, the
+//! prediction log and the metrics) is one piece of code. Routes are registered
+//! with their OpenAPI description (`openapi`), so the document served at
+//! `/openapi.json` lists exactly the routes the server has. Optional bearer-token
+//! auth (`auth`) wraps the model routes. Failures are `ApiError`s.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod openapi;
+pub mod v1;
+pub mod v2;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::config::LogInputs;
 use crate::pipeline::{Predicted, Timings};
 use crate::predlog::Record;
-use crate::repository::{Lookup, Model};
+use crate::repository::{Model, Repository};
 use crate::server::AppState;
-use crate::task::Prediction;
 pub use error::ApiError;
-use extract::JsonBody;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every route with its OpenAPI description, plus the document itself.
 pub fn router(state: Arc<AppState>) -> Router {
+    let (routes, _) = api_routes().split_for_parts();
     let body_limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/predict", post(predict_any))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}", get(get_model))
-        .route("/v1/models/{name}/predict", post(predict_named))
-        .route(
-            "/v1/models/{name}/versions/{version}/predict",
-            post(predict_versioned),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    routes
         .fallback(|req: Request| async move {
-            ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
+            let path = req.uri().path().to_string();
+            let e = ApiError::RouteNotFound(format!("{} {path}", req.method()));
+            if v2::is_v2_path(&path) {
+                v2::error_response(e)
+            } else {
+                e.into_response()
+            }
         })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(|req: Request| async move {
+            if v2::is_v2_path(req.uri().path()) {
+                v2::error_response(ApiError::MethodNotAllowed)
+            } else {
+                ApiError::MethodNotAllowed.into_response()
+            }
+        })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
         .layer(middleware::from_fn(response_time))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The routes and their description, without state: `openapi::document()` uses
+/// this too, so the committed `docs/openapi.json` comes from the same list.
+pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(v1::predict_any))
+        .routes(routes!(v1::list_models))
+        .routes(routes!(v1::get_model))
+        .routes(routes!(v1::predict_named))
+        .routes(routes!(v1::predict_versioned))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(v2::server_metadata))
+        .routes(routes!(v2::server_live))
+        .routes(routes!(v2::server_ready))
+        .routes(routes!(v2::model_metadata))
+        .routes(routes!(v2::model_version_metadata))
+        .routes(routes!(v2::model_ready))
+        .routes(routes!(v2::model_version_ready))
+        .routes(routes!(v2::infer))
+        .routes(routes!(v2::infer_version))
+        .routes(routes!(openapi::openapi_json))
 }
 
 fn ms(d: Duration) -> HeaderValue {
@@ -78,32 +119,24 @@ async fn response_time(req: Request, next: Next) -> Response {
     resp
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PredictRequest {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub instances: Option<Vec<Value>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PredictResponse<'a> {
-    pub model: &'a str,
-    pub version: &'a str,
-    pub predictions: &'a [Prediction],
-    /// Per instance: whether the prediction came from the cache.
-    pub cached: &'a [bool],
-}
-
 /// Who asked, for the prediction log: the proxy's `x-forwarded-for` (first hop)
 /// or `x-real-ip` when present, else the peer address.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub request_id: String,
     pub client: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(Caller::from_parts(&parts.headers, peer))
+    }
 }
 
 impl Caller {
@@ -120,90 +153,40 @@ impl Caller {
     }
 }
 
-async fn predict_any(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
-) -> Response {
-    let target = body
-        .as_ref()
-        .ok()
-        .map(|JsonBody(b)| (b.model.clone(), b.version.clone()));
-    let (name, version) = target.unwrap_or_default();
-    predict(
-        st,
-        Caller::from_parts(&headers, Some(peer)),
-        name,
-        version,
-        body,
-    )
-    .await
+/// What a front door hands to `serve_prediction`: the model it resolved and,
+/// unless the request's instances were unusable, the instances as JSON values
+/// (the form `Task::decode` validates and the prediction log stores) plus
+/// whatever the front door needs to answer (`T`).
+pub type Prepared<T> = Result<(Arc<Model>, Result<(Vec<Value>, T), ApiError>), ApiError>;
+
+/// How a front door renders an answer.
+pub trait Answer<T> {
+    fn ok(self, model: &Model, done: &Predicted, extra: T) -> Response;
+    fn err(self, e: ApiError) -> Response;
 }
 
-async fn predict_named(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
-) -> Response {
-    let version = body.as_ref().ok().and_then(|JsonBody(b)| b.version.clone());
-    predict(
-        st,
-        Caller::from_parts(&headers, Some(peer)),
-        Some(name),
-        version,
-        body,
-    )
-    .await
-}
-
-async fn predict_versioned(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path((name, version)): Path<(String, String)>,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
-) -> Response {
-    predict(
-        st,
-        Caller::from_parts(&headers, Some(peer)),
-        Some(name),
-        Some(version),
-        body,
-    )
-    .await
-}
-
-/// Runs one prediction request; records metrics and the prediction log, whatever
-/// the outcome.
-async fn predict(
+/// The one prediction path behind every front door: lifecycle checks, the
+/// instance limit, validation, the pipeline (cache, single-flight, admission,
+/// batching, inference), then metrics, the prediction log and timing headers,
+/// whatever the outcome.
+pub async fn serve_prediction<T>(
     st: Arc<AppState>,
     caller: Caller,
-    name: Option<String>,
-    version: Option<String>,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
+    prepare: impl FnOnce(&Repository) -> Prepared<T>,
+    answer: impl Answer<T>,
 ) -> Response {
     let start = Instant::now();
     let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
     let mut ctx = RequestCtx::default();
-    let result = predict_inner(&st, name, version, body, start, &mut ctx).await;
+    let result = run(&st, prepare, start, &mut ctx).await;
     let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
     let latency = start.elapsed();
     let mut resp = match result {
-        Ok((model, done)) => {
-            let resp = Json(PredictResponse {
-                model: &model.manifest.name,
-                version: &model.manifest.version,
-                predictions: &done.predictions,
-                cached: &done.cached,
-            })
-            .into_response();
+        Ok((model, done, extra)) => {
             if st.predlog.enabled() {
                 log_success(&st, &caller, &model, &done, ctx.instances.take(), latency);
             }
-            resp
+            answer.ok(&model, &done, extra)
         }
         Err(e) => {
             if let Some(reason) = e.rejection_reason() {
@@ -232,7 +215,7 @@ async fn predict(
                     error: Some(e.to_string()),
                 });
             }
-            e.into_response()
+            answer.err(e)
         }
     };
     let status = resp.status().as_u16().to_string();
@@ -256,6 +239,70 @@ async fn predict(
         h.insert(HeaderName::from_static("server-timing"), v);
     }
     resp
+}
+
+#[derive(Default)]
+struct RequestCtx {
+    timings: Timings,
+    /// (model, version) once resolved to a loaded model: metric labels stay bounded
+    /// to real models, whatever names clients send.
+    labels: Option<(String, String)>,
+    /// The instances as sent, kept for the prediction log.
+    instances: Option<Vec<Value>>,
+}
+
+async fn run<T>(
+    st: &Arc<AppState>,
+    prepare: impl FnOnce(&Repository) -> Prepared<T>,
+    start: Instant,
+    ctx: &mut RequestCtx,
+) -> Result<(Arc<Model>, Predicted, T), ApiError> {
+    if st.draining.load(Ordering::Acquire) {
+        return Err(ApiError::Draining);
+    }
+    let repo = st.repository().ok_or(ApiError::NotReady)?;
+    let (model, instances) = prepare(repo)?;
+    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
+    let (instances, extra) = instances?;
+    if instances.is_empty() {
+        return Err(ApiError::invalid(
+            "instances",
+            "must contain at least one instance",
+        ));
+    }
+    let limit = st.config.max_instances;
+    if instances.len() > limit {
+        return Err(ApiError::invalid(
+            "instances",
+            format!(
+                "at most {limit} instances per request (INFERD_MAX_INSTANCES), got {}",
+                instances.len()
+            ),
+        ));
+    }
+    let batch = model
+        .task
+        .decode(&instances)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    if st.predlog.enabled() && st.config.predlog_inputs == LogInputs::Full {
+        ctx.instances = Some(instances);
+    }
+    st.metrics
+        .instances
+        .with_label_values(&[&model.manifest.name])
+        .observe(batch.len() as f64);
+    let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
+    let done = st
+        .pipeline
+        .predict(
+            &model,
+            batch,
+            deadline,
+            st.predlog.enabled(),
+            &mut ctx.timings,
+        )
+        .await?;
+    Ok((model, done, extra))
 }
 
 fn log_success(
@@ -307,168 +354,49 @@ impl Drop for InFlight<'_> {
     }
 }
 
-#[derive(Default)]
-struct RequestCtx {
-    timings: Timings,
-    /// (model, version) once resolved to a loaded model: metric labels stay bounded
-    /// to real models, whatever names clients send.
-    labels: Option<(String, String)>,
-    /// The instances as sent, kept for the prediction log.
-    instances: Option<Vec<Value>>,
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `alive`, `ready`, `starting` or `draining`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
 }
 
-async fn predict_inner(
-    st: &Arc<AppState>,
-    name: Option<String>,
-    version: Option<String>,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
-    start: Instant,
-    ctx: &mut RequestCtx,
-) -> Result<(Arc<Model>, Predicted), ApiError> {
-    if st.draining.load(Ordering::Acquire) {
-        return Err(ApiError::Draining);
-    }
-    let repo = st.repository().ok_or(ApiError::NotReady)?;
-    let JsonBody(req) = body?;
-    let name =
-        name.ok_or_else(|| ApiError::invalid("model", "required: the name of the model to run"))?;
-    if let Some(body_model) = &req.model {
-        if body_model != &name {
-            return Err(ApiError::invalid(
-                "model",
-                format!("body names model `{body_model}` but the path names `{name}`"),
-            ));
-        }
-    }
-    let model: Arc<Model> = match repo.get(&name, version.as_deref()) {
-        Ok(m) => m.clone(),
-        Err(Lookup::NoModel) => return Err(ApiError::ModelNotFound(name)),
-        Err(Lookup::NoVersion) => {
-            return Err(ApiError::VersionNotFound(name, version.unwrap_or_default()))
-        }
-    };
-    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
-    let instances = req.instances.ok_or_else(|| {
-        ApiError::invalid("instances", "required: an array of instances to predict")
-    })?;
-    if instances.is_empty() {
-        return Err(ApiError::invalid(
-            "instances",
-            "must contain at least one instance",
-        ));
-    }
-    let limit = st.config.max_instances;
-    if instances.len() > limit {
-        return Err(ApiError::invalid(
-            "instances",
-            format!(
-                "at most {limit} instances per request (INFERD_MAX_INSTANCES), got {}",
-                instances.len()
-            ),
-        ));
-    }
-    let batch = model
-        .task
-        .decode(&instances)
-        .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    if st.predlog.enabled() && st.config.predlog_inputs == LogInputs::Full {
-        ctx.instances = Some(instances);
-    }
-    st.metrics
-        .instances
-        .with_label_values(&[&model.manifest.name])
-        .observe(batch.len() as f64);
-    let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
-    let done = st
-        .pipeline
-        .predict(
-            &model,
-            batch,
-            deadline,
-            st.predlog.enabled(),
-            &mut ctx.timings,
-        )
-        .await?;
-    Ok((model, done))
+/// Liveness: the process answers. Never depends on models or backends.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "alive" })
 }
 
-fn describe(model: &Model, ready: bool) -> Value {
-    let m = &model.manifest;
-    let mut v = json!({
-        "name": m.name,
-        "version": m.version,
-        "status": if ready { "ready" } else { "loading" },
-        "task": model.task.name(),
-        "description": m.description,
-        "instance": model.task.instance_doc(),
-        "inputs": m.inputs,
-        "outputs": m.outputs,
-        "batching": m.batching,
-        "cache": m.cache,
-        "onnx_sha256": m.onnx_sha256,
-        "metrics": m.metrics,
-    });
-    if let Some(t) = &m.text {
-        v["labels"] = json!(t.labels);
-        v["max_text_bytes"] = json!(t.max_text_bytes);
-    }
-    if let Some(t) = &m.timeseries {
-        v["timeseries"] = serde_json::to_value(t).unwrap_or_default();
-    }
-    v
-}
-
-async fn list_models(State(st): State<Arc<AppState>>) -> Response {
-    let ready = st.ready.load(Ordering::Acquire);
-    let models: Vec<Value> = st
-        .repository()
-        .map(|r| r.iter().map(|m| describe(m, ready)).collect())
-        .unwrap_or_default();
-    Json(json!({ "ready": ready, "models": models })).into_response()
-}
-
-async fn get_model(
-    State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let repo = st.repository().ok_or(ApiError::NotReady)?;
-    let versions = repo
-        .models
-        .get(&name)
-        .ok_or_else(|| ApiError::ModelNotFound(name.clone()))?;
-    let ready = st.ready.load(Ordering::Acquire);
-    let list: Vec<Value> = versions
-        .values()
-        .rev()
-        .map(|m| describe(m, ready))
-        .collect();
-    Ok(Json(json!({ "name": name, "latest": list.first().map(|v| v["version"].clone()), "versions": list }))
-        .into_response())
-}
-
-async fn healthz() -> Response {
-    Json(json!({ "status": "alive" })).into_response()
-}
-
-async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+/// Readiness: models loaded and warmed up, and not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve predictions", body = Status),
+        (status = 503, description = "Starting (models loading) or draining", body = Status),
+    ))]
+pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if st.draining.load(Ordering::Acquire) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
+            Json(Status { status: "draining" }),
         )
             .into_response();
     }
     if !st.ready.load(Ordering::Acquire) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting" })),
+            Json(Status { status: "starting" }),
         )
             .into_response();
     }
-    Json(json!({ "status": "ready" })).into_response()
+    Json(Status { status: "ready" }).into_response()
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain", body = String)))]
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

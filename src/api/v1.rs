@@ -1,0 +1,310 @@
+//! inferd's own JSON API: `POST /predict` (model named in the body),
+//! `POST /v1/models/{name}[/versions/{version}]/predict`, and the model listing.
+//!
+//! Instances go in as JSON values, predictions come back in the same order with a
+//! per-instance `cached` flag. Errors are `{"error": {"code", "message", "field"?}}`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::ErrorBody;
+use super::extract::JsonBody;
+use super::{serve_prediction, Answer, ApiError, Caller, Prepared};
+use crate::pipeline::Predicted;
+use crate::repository::{Lookup, Model, Repository};
+use crate::server::AppState;
+use crate::task::Prediction;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// The model to run. Required on `/predict`; on the `/v1/models/{name}` routes
+    /// it may be left out, and must match the path when given.
+    #[serde(default)]
+    #[schema(example = "text-classifier")]
+    pub model: Option<String>,
+    /// A model version; default the latest.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// What to predict, one entry per instance. `text-classifier`: a string.
+    /// `lstm-forecaster`: 26 rows of 1 number (weekly CO2 in ppm, oldest first).
+    #[serde(default)]
+    #[schema(nullable = false, min_items = 1, example = json!(["Subject: hi\n\nlunch at noon?"]))]
+    pub instances: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictResponse<'a> {
+    pub model: &'a str,
+    pub version: &'a str,
+    /// One per instance, in order.
+    pub predictions: &'a [Prediction],
+    /// Per instance: whether the prediction came from the cache.
+    pub cached: &'a [bool],
+}
+
+/// The JSON API's answer: the prediction list, or the `ErrorBody` shape.
+struct V1;
+
+impl Answer<()> for V1 {
+    fn ok(self, model: &Model, done: &Predicted, _: ()) -> Response {
+        Json(PredictResponse {
+            model: &model.manifest.name,
+            version: &model.manifest.version,
+            predictions: &done.predictions,
+            cached: &done.cached,
+        })
+        .into_response()
+    }
+
+    fn err(self, e: ApiError) -> Response {
+        e.into_response()
+    }
+}
+
+/// Resolves the model from the path (or the body) and takes the instances.
+fn prepare(
+    repo: &Repository,
+    path_name: Option<String>,
+    path_version: Option<String>,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Prepared<()> {
+    let JsonBody(req) = body?;
+    let name = path_name
+        .clone()
+        .or_else(|| req.model.clone())
+        .ok_or_else(|| ApiError::invalid("model", "required: the name of the model to run"))?;
+    if let (Some(_), Some(body_model)) = (&path_name, &req.model) {
+        if body_model != &name {
+            return Err(ApiError::invalid(
+                "model",
+                format!("body names model `{body_model}` but the path names `{name}`"),
+            ));
+        }
+    }
+    let version = path_version.or(req.version);
+    let model = resolve(repo, name, version)?;
+    let instances = req.instances.map(|i| (i, ())).ok_or_else(|| {
+        ApiError::invalid("instances", "required: an array of instances to predict")
+    });
+    Ok((model, instances))
+}
+
+pub(crate) fn resolve(
+    repo: &Repository,
+    name: String,
+    version: Option<String>,
+) -> Result<Arc<Model>, ApiError> {
+    match repo.get(&name, version.as_deref()) {
+        Ok(m) => Ok(m.clone()),
+        Err(Lookup::NoModel) => Err(ApiError::ModelNotFound(name)),
+        Err(Lookup::NoVersion) => Err(ApiError::VersionNotFound(name, version.unwrap_or_default())),
+    }
+}
+
+/// Predict with the model named in the body.
+#[utoipa::path(post, path = "/predict", tag = "v1", request_body = PredictRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
+        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Starting or draining", body = ErrorBody),
+        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
+    ))]
+pub async fn predict_any(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Response {
+    serve_prediction(st, caller, |repo| prepare(repo, None, None, body), V1).await
+}
+
+/// Predict with the latest version of a model.
+#[utoipa::path(post, path = "/v1/models/{name}/predict", tag = "v1", request_body = PredictRequest,
+    params(("name" = String, Path, description = "Model name", example = "text-classifier")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
+        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Starting or draining", body = ErrorBody),
+        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
+    ))]
+pub async fn predict_named(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Response {
+    serve_prediction(st, caller, |repo| prepare(repo, Some(name), None, body), V1).await
+}
+
+/// Predict with one version of a model.
+#[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/predict", tag = "v1",
+    request_body = PredictRequest,
+    params(("name" = String, Path, description = "Model name", example = "text-classifier"),
+           ("version" = String, Path, description = "Model version", example = "1")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
+        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Starting or draining", body = ErrorBody),
+        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
+    ))]
+pub async fn predict_versioned(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Response {
+    serve_prediction(
+        st,
+        caller,
+        |repo| prepare(repo, Some(name), Some(version), body),
+        V1,
+    )
+    .await
+}
+
+/// One model version as `/v1/models` describes it.
+#[derive(Serialize, ToSchema)]
+pub struct ModelDescription {
+    pub name: String,
+    pub version: String,
+    /// `ready`, or `loading` before warm-up ends.
+    pub status: String,
+    /// `text-classification` or `time-series-forecast`.
+    pub task: String,
+    pub description: String,
+    /// What one instance must be.
+    pub instance: String,
+    /// The graph's inputs: name, dtype, shape (-1: any size), meaning.
+    #[schema(value_type = Vec<Object>)]
+    pub inputs: Vec<crate::repository::TensorSpec>,
+    #[schema(value_type = Vec<Object>)]
+    pub outputs: Vec<crate::repository::TensorSpec>,
+    #[schema(value_type = Object)]
+    pub batching: crate::repository::BatchingSection,
+    #[schema(value_type = Object)]
+    pub cache: crate::repository::CacheSection,
+    pub onnx_sha256: String,
+    /// Held-out quality figures from training.
+    #[schema(value_type = Object)]
+    pub metrics: toml::Table,
+    /// Class labels (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_text_bytes: Option<usize>,
+    /// Window, features, targets and units (forecasters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub timeseries: Option<crate::repository::TimeSeriesSection>,
+}
+
+fn describe(model: &Model, ready: bool) -> ModelDescription {
+    let m = &model.manifest;
+    ModelDescription {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        status: if ready { "ready" } else { "loading" }.into(),
+        task: model.task.name().into(),
+        description: m.description.clone(),
+        instance: model.task.instance_doc(),
+        inputs: m.inputs.clone(),
+        outputs: m.outputs.clone(),
+        batching: m.batching.clone(),
+        cache: m.cache.clone(),
+        onnx_sha256: m.onnx_sha256.clone(),
+        metrics: m.metrics.clone(),
+        labels: m.text.as_ref().map(|t| t.labels.clone()),
+        max_text_bytes: m.text.as_ref().map(|t| t.max_text_bytes),
+        timeseries: m.timeseries.clone(),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    /// Whether warm-up has finished.
+    pub ready: bool,
+    pub models: Vec<ModelDescription>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelVersions {
+    pub name: String,
+    /// The version `/v1/models/{name}/predict` uses.
+    pub latest: Option<String>,
+    /// Newest first.
+    pub versions: Vec<ModelDescription>,
+}
+
+/// Every loaded model version.
+#[utoipa::path(get, path = "/v1/models", tag = "v1", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The models (empty while loading)", body = ModelList),
+        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
+    ))]
+pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
+    let ready = st.ready.load(Ordering::Acquire);
+    let models = st
+        .repository()
+        .map(|r| r.iter().map(|m| describe(m, ready)).collect())
+        .unwrap_or_default();
+    Json(ModelList { ready, models })
+}
+
+/// The versions of one model.
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "v1", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Model name", example = "text-classifier")),
+    responses(
+        (status = 200, description = "The model's versions, newest first", body = ModelVersions),
+        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 503, description = "Models still loading", body = ErrorBody),
+    ))]
+pub async fn get_model(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelVersions>, ApiError> {
+    let repo = st.repository().ok_or(ApiError::NotReady)?;
+    let versions = repo
+        .models
+        .get(&name)
+        .ok_or_else(|| ApiError::ModelNotFound(name.clone()))?;
+    let ready = st.ready.load(Ordering::Acquire);
+    let list: Vec<ModelDescription> = versions
+        .values()
+        .rev()
+        .map(|m| describe(m, ready))
+        .collect();
+    Ok(Json(ModelVersions {
+        latest: list.first().map(|v| v.version.clone()),
+        name,
+        versions: list,
+    }))
+}

@@ -1,0 +1,72 @@
+"""A live inferd for the conformance tests: the release binary on a free loopback
+port, API keys on, cache off (so both protocols really run the model), stopped by
+PID at the end."""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "conformance-key-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    binary = Path(os.environ.get("INFERD_BIN", ROOT / "target/release/inferd"))
+    if not binary.is_file():
+        pytest.fail(f"no inferd binary at {binary}: cargo build --release")
+    port = free_port()
+    env = dict(os.environ, INFERD_LISTEN=f"127.0.0.1:{port}", INFERD_API_KEYS=API_KEY,
+               INFERD_CACHE="off", INFERD_PREDLOG="off", INFERD_MODELS_DIR=str(ROOT / "models"))
+    env.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort/lib/libonnxruntime.so.1.31.1"))
+    log = tempfile.NamedTemporaryFile(prefix="inferd-conformance-", suffix=".log", delete=False)
+    proc = subprocess.Popen([binary, "serve"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"inferd did not become ready:\n{Path(log.name).read_text()[-4000:]}")
+            time.sleep(0.1)
+        yield {"url": url, "host": f"127.0.0.1:{port}", "key": API_KEY}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        os.unlink(log.name)
+
+
+def predict_v1(server, model: str, instances: list) -> list:
+    """The JSON API's answer for the same instances, to compare against."""
+    req = urllib.request.Request(
+        f"{server['url']}/predict",
+        json.dumps({"model": model, "instances": instances}).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {server['key']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["predictions"]
+
+
+def golden(model: str) -> list:
+    return json.loads((ROOT / f"models/{model}/1/golden.json").read_text())["cases"]
