@@ -12,6 +12,19 @@ cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# venv DIR REQUIREMENTS [pip options]: (re)creates DIR when the requirements file
+# changed since it was built.
+venv() {
+  local dir="$1" req="$2"
+  shift 2
+  if [ ! -x "$dir/bin/python" ] || ! cmp -s "$req" "$dir/.requirements"; then
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip
+    "$dir/bin/pip" install -q "$@" -r "$req"
+    cp "$req" "$dir/.requirements"
+  fi
+}
+
 step "System packages (Redis, PostgreSQL, nginx, docker-compose, promtool) for the tests"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -38,12 +51,7 @@ echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 
 step "Python venv for the model checks"
 VENV="$ROOT/.venv-test"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/python/requirements.txt "$VENV/.requirements"; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q --find-links "$ROOT/.ort/wheel" -r tests/python/requirements.txt
-  cp tests/python/requirements.txt "$VENV/.requirements"
-fi
+venv "$VENV" tests/python/requirements.txt --find-links "$ROOT/.ort/wheel"
 
 step "Model checks (manifest vs graph, sha256, golden outputs)"
 "$VENV/bin/python" -m pytest -q tests/python
@@ -62,24 +70,14 @@ cargo build --release --bin inferd
 
 step "Python venv for the deployment checks (hash-pinned)"
 DVENV="$ROOT/.venv-deploy"
-if [ ! -x "$DVENV/bin/python" ] || ! cmp -s tests/deploy/requirements.txt "$DVENV/.requirements"; then
-  python3 -m venv "$DVENV"
-  "$DVENV/bin/pip" install -q --upgrade pip
-  "$DVENV/bin/pip" install -q --require-hashes -r tests/deploy/requirements.txt
-  cp tests/deploy/requirements.txt "$DVENV/.requirements"
-fi
+venv "$DVENV" tests/deploy/requirements.txt --require-hashes
 
 step "Deployment files: hadolint, docker-compose config, nginx -t, helm lint/render, kubernetes-validate, yamllint, promtool, k6 inspect"
 "$DVENV/bin/python" -m pytest -q tests/deploy/test_static.py
 
 step "Python venv for the KServe v2 conformance tests (hash-pinned)"
 CVENV="$ROOT/.venv-conformance"
-if [ ! -x "$CVENV/bin/python" ] || ! cmp -s tests/conformance/requirements.txt "$CVENV/.requirements"; then
-  python3 -m venv "$CVENV"
-  "$CVENV/bin/pip" install -q --upgrade pip
-  "$CVENV/bin/pip" install -q --require-hashes -r tests/conformance/requirements.txt
-  cp tests/conformance/requirements.txt "$CVENV/.requirements"
-fi
+venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 
 step "Conformance: tritonclient (JSON and binary) and schemathesis against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance

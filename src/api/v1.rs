@@ -109,21 +109,51 @@ pub(crate) fn resolve(
     }
 }
 
+/// Every answer of the three predict routes, documented once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used
+pub enum PredictResponses {
+    #[response(
+        status = 200,
+        description = "Predictions, in the order of the instances"
+    )]
+    Ok(#[to_schema] PredictResponse<'static>),
+    #[response(status = 400, description = "Malformed JSON")]
+    MalformedJson(#[to_schema] ErrorBody<'static>),
+    #[response(
+        status = 401,
+        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
+    )]
+    Unauthorized(#[to_schema] ErrorBody<'static>),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(#[to_schema] ErrorBody<'static>),
+    #[response(status = 413, description = "Body over INFERD_MAX_BODY_BYTES")]
+    TooLarge(#[to_schema] ErrorBody<'static>),
+    #[response(status = 415, description = "Content-Type is not JSON")]
+    NotJson(#[to_schema] ErrorBody<'static>),
+    #[response(
+        status = 422,
+        description = "Invalid request: `field` names what is wrong"
+    )]
+    Invalid(#[to_schema] ErrorBody<'static>),
+    #[response(
+        status = 429,
+        description = "Queue full: retry after `Retry-After` seconds"
+    )]
+    QueueFull(#[to_schema] ErrorBody<'static>),
+    #[response(status = 503, description = "Starting or draining")]
+    Unavailable(#[to_schema] ErrorBody<'static>),
+    #[response(
+        status = 504,
+        description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed"
+    )]
+    Deadline(#[to_schema] ErrorBody<'static>),
+}
+
 /// Predict with the model named in the body.
 #[utoipa::path(post, path = "/predict", tag = "v1", request_body = PredictRequest,
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
-        (status = 404, description = "No such model or version", body = ErrorBody),
-        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
-        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Starting or draining", body = ErrorBody),
-        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
-    ))]
+    responses(PredictResponses))]
 pub async fn predict_any(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -136,18 +166,7 @@ pub async fn predict_any(
 #[utoipa::path(post, path = "/v1/models/{name}/predict", tag = "v1", request_body = PredictRequest,
     params(("name" = String, Path, description = "Model name", example = "text-classifier")),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
-        (status = 404, description = "No such model or version", body = ErrorBody),
-        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
-        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Starting or draining", body = ErrorBody),
-        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
-    ))]
+    responses(PredictResponses))]
 pub async fn predict_named(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -163,18 +182,7 @@ pub async fn predict_named(
     params(("name" = String, Path, description = "Model name", example = "text-classifier"),
            ("version" = String, Path, description = "Model version", example = "1")),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Predictions, in the order of the instances", body = PredictResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
-        (status = 404, description = "No such model or version", body = ErrorBody),
-        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid request: `field` names what is wrong", body = ErrorBody),
-        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Starting or draining", body = ErrorBody),
-        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = ErrorBody),
-    ))]
+    responses(PredictResponses))]
 pub async fn predict_versioned(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -132,6 +132,72 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
+/// The answers of the two model-metadata routes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used
+pub enum MetadataResponses {
+    #[response(
+        status = 200,
+        description = "Inputs and outputs with datatype and shape"
+    )]
+    Ok(#[to_schema] ModelMetadata),
+    #[response(
+        status = 401,
+        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
+    )]
+    Unauthorized(#[to_schema] V2Error),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(#[to_schema] V2Error),
+    #[response(status = 503, description = "Models still loading")]
+    Loading(#[to_schema] V2Error),
+}
+
+/// The answers of the two model-readiness routes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used
+pub enum ReadyResponses {
+    #[response(status = 200, description = "The model is loaded and warmed up")]
+    Ok(#[to_schema] ModelReady),
+    #[response(
+        status = 401,
+        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
+    )]
+    Unauthorized(#[to_schema] V2Error),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(#[to_schema] V2Error),
+    #[response(status = 503, description = "Still loading, or draining")]
+    Unavailable(#[to_schema] V2Error),
+}
+
+/// The failures of the two infer routes (the 200 has two content types).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used
+pub enum InferErrors {
+    #[response(status = 400, description = "Invalid request")]
+    Invalid(#[to_schema] V2Error),
+    #[response(
+        status = 401,
+        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
+    )]
+    Unauthorized(#[to_schema] V2Error),
+    #[response(status = 404, description = "No such model or version")]
+    NotFound(#[to_schema] V2Error),
+    #[response(status = 413, description = "Body over INFERD_MAX_BODY_BYTES")]
+    TooLarge(#[to_schema] V2Error),
+    #[response(
+        status = 429,
+        description = "Queue full: retry after `Retry-After` seconds"
+    )]
+    QueueFull(#[to_schema] V2Error),
+    #[response(status = 503, description = "Starting or draining")]
+    Unavailable(#[to_schema] V2Error),
+    #[response(
+        status = 504,
+        description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed"
+    )]
+    Deadline(#[to_schema] V2Error),
+}
+
 fn datatype(dtype: &str) -> &'static str {
     match dtype {
         "string" => "BYTES",
@@ -228,12 +294,7 @@ pub async fn server_ready(State(st): State<Arc<AppState>>) -> Response {
 /// Metadata of a model (its latest version's tensors, every version listed).
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "kserve-v2", security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier")),
-    responses(
-        (status = 200, description = "Inputs and outputs with datatype and shape", body = ModelMetadata),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model", body = V2Error),
-        (status = 503, description = "Models still loading", body = V2Error),
-    ))]
+    responses(MetadataResponses))]
 pub async fn model_metadata(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -246,12 +307,7 @@ pub async fn model_metadata(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier"),
            ("version" = String, Path, description = "Model version", example = "1")),
-    responses(
-        (status = 200, description = "Inputs and outputs with datatype and shape", body = ModelMetadata),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model or version", body = V2Error),
-        (status = 503, description = "Models still loading", body = V2Error),
-    ))]
+    responses(MetadataResponses))]
 pub async fn model_version_metadata(
     State(st): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -273,12 +329,7 @@ fn readiness(st: &AppState, name: String, version: Option<String>) -> Result<Mod
 /// Whether a model can serve inferences now.
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "kserve-v2", security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier")),
-    responses(
-        (status = 200, description = "The model is loaded and warmed up", body = ModelReady),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model", body = V2Error),
-        (status = 503, description = "Still loading, or draining", body = V2Error),
-    ))]
+    responses(ReadyResponses))]
 pub async fn model_ready(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -291,12 +342,7 @@ pub async fn model_ready(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier"),
            ("version" = String, Path, description = "Model version", example = "1")),
-    responses(
-        (status = 200, description = "The model version is loaded and warmed up", body = ModelReady),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model or version", body = V2Error),
-        (status = 503, description = "Still loading, or draining", body = V2Error),
-    ))]
+    responses(ReadyResponses))]
 pub async fn model_version_ready(
     State(st): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -868,13 +914,7 @@ fn prepare(
     responses(
         (status = 200, description = "Output tensors (binary ones after the JSON header of `Inference-Header-Content-Length` bytes)",
             content((InferResponse = "application/json"), (BinaryBody = "application/octet-stream"))),
-        (status = 400, description = "Invalid request", body = V2Error),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model or version", body = V2Error),
-        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = V2Error),
-        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = V2Error),
-        (status = 503, description = "Starting or draining", body = V2Error),
-        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = V2Error),
+        InferErrors,
     ))]
 pub async fn infer(
     State(st): State<Arc<AppState>>,
@@ -905,13 +945,7 @@ pub async fn infer(
     responses(
         (status = 200, description = "Output tensors (binary ones after the JSON header of `Inference-Header-Content-Length` bytes)",
             content((InferResponse = "application/json"), (BinaryBody = "application/octet-stream"))),
-        (status = 400, description = "Invalid request", body = V2Error),
-        (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = V2Error),
-        (status = 404, description = "No such model or version", body = V2Error),
-        (status = 413, description = "Body over INFERD_MAX_BODY_BYTES", body = V2Error),
-        (status = 429, description = "Queue full: retry after `Retry-After` seconds", body = V2Error),
-        (status = 503, description = "Starting or draining", body = V2Error),
-        (status = 504, description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed", body = V2Error),
+        InferErrors,
     ))]
 pub async fn infer_version(
     State(st): State<Arc<AppState>>,
