@@ -255,7 +255,7 @@ pub struct ServeConfig {
         long,
         env = "INFERD_AUTH_EXEMPT",
         value_delimiter = ',',
-        default_value = "/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready,/openapi.json"
+        default_value = "/healthz,/readyz,/metrics,/v2/health/live,/v2/health/ready,/openapi.json,/docs"
     )]
     pub auth_exempt: Vec<String>,
 

@@ -224,6 +224,17 @@ async fn openapi_document_is_committed_and_every_documented_route_exists() {
     assert_eq!(st, 200);
     assert_eq!(serde_json::from_str::<Value>(&served).unwrap(), doc);
 
+    // The HTML reference lists every path, and loads nothing from elsewhere.
+    let (st, page) = s.get("/docs").await;
+    assert_eq!(st, 200);
+    for path in doc["paths"].as_object().unwrap().keys() {
+        assert!(
+            page.contains(&format!("<code>{path}</code>")),
+            "{path} missing from /docs"
+        );
+    }
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));
+
     // Each documented operation reaches a handler, not the fallback.
     let c = reqwest::Client::new();
     let paths = doc["paths"].as_object().unwrap();

@@ -101,6 +101,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(v2::infer))
         .routes(routes!(v2::infer_version))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::reference))
 }
 
 fn ms(d: Duration) -> HeaderValue {

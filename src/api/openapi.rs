@@ -66,3 +66,126 @@ pub fn document() -> &'static Document {
 pub async fn openapi_json() -> Json<&'static Document> {
     Json(document())
 }
+
+/// This API's reference as one self-contained HTML page (no scripts, fonts or
+/// styles from elsewhere, so it works on an air-gapped network), rendered from
+/// the same document.
+#[utoipa::path(get, path = "/docs", tag = "health",
+    responses((status = 200, description = "HTML reference of this API",
+        content_type = "text/html", body = String)))]
+pub async fn reference() -> axum::response::Html<&'static str> {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    axum::response::Html(PAGE.get_or_init(|| render(document())))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A schema in one line: `$ref`s become links, arrays show their items.
+fn schema_name(v: &serde_json::Value) -> String {
+    if let Some(r) = v.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        return format!("<a href=\"#schema-{0}\">{0}</a>", esc(name));
+    }
+    match v.get("type") {
+        Some(serde_json::Value::String(t)) if t == "array" => {
+            format!(
+                "array of {}",
+                v.get("items").map(schema_name).unwrap_or_default()
+            )
+        }
+        Some(t) => esc(&t.to_string().replace('"', "")),
+        None if v.get("oneOf").is_some() => "one of several shapes".into(),
+        None => "any".into(),
+    }
+}
+
+fn render(doc: &Document) -> String {
+    let v = serde_json::to_value(doc).unwrap_or_default();
+    let text = |p: &serde_json::Value| esc(p.as_str().unwrap_or(""));
+    let mut out = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>inferd API</title>\
+         <style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}\
+         code,pre{font:13px ui-monospace,monospace}pre{background:#f5f5f5;padding:.5rem;overflow:auto}\
+         .op{border-top:1px solid #ddd;padding:.5rem 0}.m{font-weight:bold;text-transform:uppercase}\
+         td{padding:0 .75rem .2rem 0;vertical-align:top}</style></head><body>",
+    );
+    out += &format!(
+        "<h1>{} {}</h1><p>{}</p><p>Machine-readable: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI {}).</p>",
+        text(&v["info"]["title"]),
+        text(&v["info"]["version"]),
+        text(&v["info"]["description"]),
+        text(&v["openapi"]),
+    );
+    for (path, ops) in v["paths"].as_object().into_iter().flatten() {
+        for (method, op) in ops.as_object().into_iter().flatten() {
+            out += &format!(
+                "<div class=\"op\"><p><span class=\"m\">{}</span> <code>{}</code>{}</p><p>{}</p>",
+                esc(method),
+                esc(path),
+                if op.get("security").is_some() {
+                    " (bearer key when API keys are on)"
+                } else {
+                    ""
+                },
+                text(&op["summary"]),
+            );
+            if let Some(params) = op["parameters"].as_array() {
+                out += "<table>";
+                for p in params {
+                    out += &format!(
+                        "<tr><td><code>{}</code> ({})</td><td>{}</td></tr>",
+                        text(&p["name"]),
+                        text(&p["in"]),
+                        text(&p["description"])
+                    );
+                }
+                out += "</table>";
+            }
+            if let Some(content) = op["requestBody"]["content"].as_object() {
+                out += "<p>Body: ";
+                out += &content
+                    .iter()
+                    .map(|(ct, m)| {
+                        format!("<code>{}</code>: {}", esc(ct), schema_name(&m["schema"]))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                out += "</p>";
+            }
+            out += "<table>";
+            for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                let body = r["content"]
+                    .as_object()
+                    .map(|c| {
+                        c.iter()
+                            .map(|(ct, m)| {
+                                format!("<code>{}</code> {}", esc(ct), schema_name(&m["schema"]))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                out += &format!(
+                    "<tr><td>{}</td><td>{}</td><td>{body}</td></tr>",
+                    esc(status),
+                    text(&r["description"])
+                );
+            }
+            out += "</table></div>";
+        }
+    }
+    out += "<h2>Schemas</h2>";
+    for (name, schema) in v["components"]["schemas"].as_object().into_iter().flatten() {
+        out += &format!(
+            "<h3 id=\"schema-{0}\">{0}</h3><pre>{1}</pre>",
+            esc(name),
+            esc(&serde_json::to_string_pretty(schema).unwrap_or_default())
+        );
+    }
+    out + "</body></html>"
+}
