@@ -132,32 +132,10 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// The answers of the two model-metadata routes.
+/// The failures of the model metadata and readiness routes.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // only its description is used
-pub enum MetadataResponses {
-    #[response(
-        status = 200,
-        description = "Inputs and outputs with datatype and shape"
-    )]
-    Ok(#[to_schema] ModelMetadata),
-    #[response(
-        status = 401,
-        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
-    )]
-    Unauthorized(#[to_schema] V2Error),
-    #[response(status = 404, description = "No such model or version")]
-    NotFound(#[to_schema] V2Error),
-    #[response(status = 503, description = "Models still loading")]
-    Loading(#[to_schema] V2Error),
-}
-
-/// The answers of the two model-readiness routes.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // only its description is used
-pub enum ReadyResponses {
-    #[response(status = 200, description = "The model is loaded and warmed up")]
-    Ok(#[to_schema] ModelReady),
+pub enum ModelRouteErrors {
     #[response(
         status = 401,
         description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
@@ -169,19 +147,12 @@ pub enum ReadyResponses {
     Unavailable(#[to_schema] V2Error),
 }
 
-/// The failures of the two infer routes (the 200 has two content types).
+/// The failures only the infer routes add to `ModelRouteErrors`.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // only its description is used
 pub enum InferErrors {
     #[response(status = 400, description = "Invalid request")]
     Invalid(#[to_schema] V2Error),
-    #[response(
-        status = 401,
-        description = "Missing or wrong API key (when INFERD_API_KEYS is set)"
-    )]
-    Unauthorized(#[to_schema] V2Error),
-    #[response(status = 404, description = "No such model or version")]
-    NotFound(#[to_schema] V2Error),
     #[response(status = 413, description = "Body over INFERD_MAX_BODY_BYTES")]
     TooLarge(#[to_schema] V2Error),
     #[response(
@@ -189,8 +160,6 @@ pub enum InferErrors {
         description = "Queue full: retry after `Retry-After` seconds"
     )]
     QueueFull(#[to_schema] V2Error),
-    #[response(status = 503, description = "Starting or draining")]
-    Unavailable(#[to_schema] V2Error),
     #[response(
         status = 504,
         description = "Deadline (INFERD_REQUEST_TIMEOUT_MS) passed"
@@ -294,7 +263,8 @@ pub async fn server_ready(State(st): State<Arc<AppState>>) -> Response {
 /// Metadata of a model (its latest version's tensors, every version listed).
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "kserve-v2", security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier")),
-    responses(MetadataResponses))]
+    responses((status = 200, description = "Inputs and outputs with datatype and shape", body = ModelMetadata),
+        ModelRouteErrors))]
 pub async fn model_metadata(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -307,7 +277,8 @@ pub async fn model_metadata(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier"),
            ("version" = String, Path, description = "Model version", example = "1")),
-    responses(MetadataResponses))]
+    responses((status = 200, description = "Inputs and outputs with datatype and shape", body = ModelMetadata),
+        ModelRouteErrors))]
 pub async fn model_version_metadata(
     State(st): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -329,7 +300,8 @@ fn readiness(st: &AppState, name: String, version: Option<String>) -> Result<Mod
 /// Whether a model can serve inferences now.
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "kserve-v2", security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier")),
-    responses(ReadyResponses))]
+    responses((status = 200, description = "The model is loaded and warmed up", body = ModelReady),
+        ModelRouteErrors))]
 pub async fn model_ready(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -342,7 +314,8 @@ pub async fn model_ready(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name", example = "text-classifier"),
            ("version" = String, Path, description = "Model version", example = "1")),
-    responses(ReadyResponses))]
+    responses((status = 200, description = "The model is loaded and warmed up", body = ModelReady),
+        ModelRouteErrors))]
 pub async fn model_version_ready(
     State(st): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -914,6 +887,7 @@ fn prepare(
     responses(
         (status = 200, description = "Output tensors (binary ones after the JSON header of `Inference-Header-Content-Length` bytes)",
             content((InferResponse = "application/json"), (BinaryBody = "application/octet-stream"))),
+        ModelRouteErrors,
         InferErrors,
     ))]
 pub async fn infer(
@@ -945,6 +919,7 @@ pub async fn infer(
     responses(
         (status = 200, description = "Output tensors (binary ones after the JSON header of `Inference-Header-Content-Length` bytes)",
             content((InferResponse = "application/json"), (BinaryBody = "application/octet-stream"))),
+        ModelRouteErrors,
         InferErrors,
     ))]
 pub async fn infer_version(
