@@ -18,3 +18,11 @@ median = by_len[len(by_len) // 2]["input"]
 lstm = json.loads((root / "models/lstm-forecaster/1/golden.json").read_text())["cases"]
 (out / "lstm.json").write_text(json.dumps({"model": "lstm-forecaster", "instances": [lstm[0]["input"]]}))
 print(f"text payload: {len(median)} chars; lstm payload: {len(lstm[0]['input'])} x 1 window")
+
+# The same instances as KServe v2 infer bodies, for comparing the two front doors.
+(out / "text-v2.json").write_text(json.dumps(
+    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [median]}]}))
+window = lstm[0]["input"]
+(out / "lstm-v2.json").write_text(json.dumps(
+    {"inputs": [{"name": "window", "shape": [1, len(window), len(window[0])], "datatype": "FP32",
+                 "data": [x for row in window for x in row]}]}))
