@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::api::ApiError;
 use crate::cache::{Cache, RedisSettings};
 use crate::config::{CacheMode, PredLogMode, ServeConfig};
 use crate::metrics::Metrics;
@@ -111,6 +112,18 @@ impl AppState {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// Whether new work is welcome: `Draining` after the shutdown signal,
+    /// `NotReady` until every model is loaded and warmed up.
+    pub fn readiness(&self) -> Result<(), ApiError> {
+        if self.draining.load(Ordering::Acquire) {
+            Err(ApiError::Draining)
+        } else if !self.ready.load(Ordering::Acquire) {
+            Err(ApiError::NotReady)
+        } else {
+            Ok(())
+        }
     }
 
     /// The loaded models, once warm-up is done.

@@ -4,7 +4,7 @@
 //! `{"error": {"code", "message", "field"?}}`. Keeping the mapping in one match
 //! is what makes "no input produces a 500" checkable by reading one function.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -90,6 +90,23 @@ impl ApiError {
         }
     }
 
+    /// The headers that go with this error in either protocol: when to retry
+    /// (load shedding and restarts are transient) and how to authenticate.
+    pub fn set_headers(&self, headers: &mut HeaderMap) {
+        match self {
+            ApiError::QueueFull(_) | ApiError::NotReady | ApiError::Draining => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"inferd\""),
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// Refusals before the request is accepted (the server is starting or
     /// stopping): nothing was computed, and a proxy may send it to another worker.
     pub fn refused_at_door(&self) -> bool {
@@ -142,20 +159,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
-        // Load shedding and restarts are transient: say when to try again.
-        if matches!(
-            self,
-            ApiError::QueueFull(_) | ApiError::NotReady | ApiError::Draining
-        ) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if matches!(self, ApiError::Unauthorized(_)) {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"inferd\""),
-            );
-        }
+        self.set_headers(resp.headers_mut());
         resp
     }
 }

@@ -376,21 +376,12 @@ pub async fn healthz() -> Json<Status> {
         (status = 503, description = "Starting (models loading) or draining", body = Status),
     ))]
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.draining.load(Ordering::Acquire) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status { status: "draining" }),
-        )
-            .into_response();
-    }
-    if !st.ready.load(Ordering::Acquire) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status { status: "starting" }),
-        )
-            .into_response();
-    }
-    Json(Status { status: "ready" }).into_response()
+    let status = match st.readiness() {
+        Ok(()) => return Json(Status { status: "ready" }).into_response(),
+        Err(ApiError::Draining) => "draining",
+        Err(_) => "starting",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(Status { status })).into_response()
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -62,12 +62,7 @@ pub fn error_response(e: ApiError) -> Response {
         e => e.to_string(),
     };
     let mut resp = (status, Json(V2Error { error: message })).into_response();
-    let original = e.into_response();
-    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
-        if let Some(v) = original.headers().get(&name) {
-            resp.headers_mut().insert(name, v.clone());
-        }
-    }
+    e.set_headers(resp.headers_mut());
     resp
 }
 
@@ -250,14 +245,9 @@ pub async fn server_live() -> Json<Live> {
         (status = 200, description = "Ready for inference", body = Ready),
         (status = 503, description = "Starting or draining", body = V2Error),
     ))]
-pub async fn server_ready(State(st): State<Arc<AppState>>) -> Response {
-    if st.draining.load(Ordering::Acquire) {
-        return error_response(ApiError::Draining);
-    }
-    if !st.ready.load(Ordering::Acquire) {
-        return error_response(ApiError::NotReady);
-    }
-    Json(Ready { ready: true }).into_response()
+pub async fn server_ready(State(st): State<Arc<AppState>>) -> Result<Json<Ready>, V2Failure> {
+    st.readiness()?;
+    Ok(Json(Ready { ready: true }))
 }
 
 /// Metadata of a model (its latest version's tensors, every version listed).
@@ -464,6 +454,7 @@ fn element_size(datatype: &str) -> Option<usize> {
 /// The tensor's elements as JSON values, from `data` or from its binary bytes.
 fn elements(
     input: &InferInput,
+    data: Option<Vec<Value>>,
     binary: Option<&[u8]>,
     count: usize,
 ) -> Result<Vec<Value>, ApiError> {
@@ -515,23 +506,24 @@ fn elements(
                 .collect()
         };
     }
-    let data = input.data.as_ref().ok_or_else(|| {
+    let data = data.ok_or_else(|| {
         ApiError::invalid(
             &field,
             "has neither `data` nor a `binary_data_size` parameter",
         )
     })?;
     let mut flat = Vec::with_capacity(count);
-    fn walk(v: &Value, out: &mut Vec<Value>, limit: usize) -> bool {
+    // Moves the elements (text can be large): no copy on the request path.
+    fn walk(v: Value, out: &mut Vec<Value>, limit: usize) -> bool {
         match v {
-            Value::Array(items) => items.iter().all(|x| walk(x, out, limit)),
+            Value::Array(items) => items.into_iter().all(|x| walk(x, out, limit)),
             other => {
-                out.push(other.clone());
+                out.push(other);
                 out.len() <= limit
             }
         }
     }
-    if !data.iter().all(|v| walk(v, &mut flat, count)) {
+    if !data.into_iter().all(|v| walk(v, &mut flat, count)) {
         return Err(ApiError::invalid(
             &field,
             format!("has more elements than its shape's {count}"),
@@ -543,19 +535,18 @@ fn elements(
 /// The request's one input tensor as instances for `Task::decode`.
 fn instances(
     model: &Model,
-    req: &InferRequest,
+    inputs: Vec<InferInput>,
     mut tail: Bytes,
     max_instances: usize,
 ) -> Result<Vec<Value>, ApiError> {
     let spec = &model.manifest.inputs[0];
-    let [input] = req.inputs.as_slice() else {
+    let got = inputs.len();
+    let Ok([mut input]) = <[InferInput; 1]>::try_from(inputs) else {
         return Err(ApiError::invalid(
             "inputs",
             format!(
                 "model `{}` takes exactly one input, `{}`; got {}",
-                model.manifest.name,
-                spec.name,
-                req.inputs.len()
+                model.manifest.name, spec.name, got
             ),
         ));
     };
@@ -648,7 +639,8 @@ fn instances(
             ),
         ));
     }
-    let flat = elements(input, binary.as_deref(), count)?;
+    let data = input.data.take();
+    let flat = elements(&input, data, binary.as_deref(), count)?;
     if flat.len() != count {
         return Err(ApiError::invalid(
             &field,
@@ -872,8 +864,9 @@ fn prepare(
     let (json, tail) = split_body(headers, &body)?;
     let req: InferRequest = super::extract::parse(&json)?;
     let model = super::v1::resolve(repo, name, version)?;
-    let rest = plan(&model, &req)
-        .and_then(|plan| instances(&model, &req, tail, max_instances).map(|inst| (inst, plan)));
+    let rest = plan(&model, &req).and_then(|plan| {
+        instances(&model, req.inputs, tail, max_instances).map(|inst| (inst, plan))
+    });
     Ok((model, rest))
 }
 
@@ -897,14 +890,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (max_body, max_n) = (st.config.max_body_bytes, st.config.max_instances);
-    serve_prediction(
-        st,
-        caller,
-        |repo| prepare(repo, name, None, &headers, body, max_body, max_n),
-        V2,
-    )
-    .await
+    run_infer(st, caller, name, None, headers, body).await
 }
 
 /// Run an inference on one model version.
@@ -929,11 +915,22 @@ pub async fn infer_version(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    run_infer(st, caller, name, Some(version), headers, body).await
+}
+
+async fn run_infer(
+    st: Arc<AppState>,
+    caller: Caller,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let (max_body, max_n) = (st.config.max_body_bytes, st.config.max_instances);
     serve_prediction(
         st,
         caller,
-        |repo| prepare(repo, name, Some(version), &headers, body, max_body, max_n),
+        |repo| prepare(repo, name, version, &headers, body, max_body, max_n),
         V2,
     )
     .await
