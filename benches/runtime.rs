@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use inferd::config::Device;
-use inferd::repository::Repository;
-use inferd::runtime::{self, InputBatch, SessionOptions};
-use inferd::{batcher, cache};
+use inferd::core::backend::onnx::{self as runtime, OrtLoader};
+use inferd::core::backend::{BackendOptions, InputBatch};
+use inferd::core::repository::Repository;
+use inferd::core::{batcher, cache};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -39,12 +40,13 @@ fn bench(c: &mut Criterion) {
     )
     .expect("ONNX Runtime library");
     runtime::init(&dylib).expect("ORT init");
-    let opts = SessionOptions {
+    let opts = BackendOptions {
         intra_threads: 1,
         device: Device::Cpu,
         pool_size: 1,
     };
-    let repo = Repository::load(&root().join("models"), &opts).expect("models load");
+    let repo =
+        Repository::load(&root().join("models"), &OrtLoader(opts.clone())).expect("models load");
 
     for (name, cases) in [
         ("text-classifier", golden("text-classifier")),

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inferd::config::Device;
-use inferd::repository::Repository;
-use inferd::runtime::{self, SessionOptions};
+use inferd::core::backend::onnx::{self as runtime, OrtLoader};
+use inferd::core::backend::BackendOptions;
+use inferd::core::repository::Repository;
 use serde_json::Value;
 
 fn main() -> anyhow::Result<()> {
@@ -32,12 +33,12 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     runtime::init(&dylib).map_err(anyhow::Error::msg)?;
-    let opts = SessionOptions {
+    let opts = BackendOptions {
         intra_threads: 1,
         device: Device::Cpu,
         pool_size: threads,
     };
-    let repo = Repository::load(&root.join("models"), &opts)?;
+    let repo = Repository::load(&root.join("models"), &OrtLoader(opts.clone()))?;
     let m = repo
         .get(&model, None)
         .ok()

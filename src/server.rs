@@ -1,5 +1,7 @@
-//! Server lifecycle: shared state, model loading and warm-up, serving, and
-//! graceful shutdown.
+//! The process's lifecycle on top of the front doors and the core: builds the
+//! shared state, loads and warms up the models off the async runtime, serves,
+//! and shuts down gracefully. It drives the core's `Lifecycle` (starting,
+//! serving, draining); the front doors only read it.
 //!
 //! `run` binds nothing itself: it takes a listener (tests pass one on port 0) and
 //! a shutdown future. It starts answering `/healthz` at once, reports ready only
@@ -9,34 +11,25 @@
 //! and returns.
 
 use std::future::{Future, IntoFuture};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Admission;
-use crate::api::ApiError;
-use crate::cache::{Cache, RedisSettings};
+use crate::api::auth::ApiKeys;
+use crate::api::AppState;
 use crate::config::{CacheMode, PredLogMode, ServeConfig};
+use crate::core::admission::Admission;
+use crate::core::backend::onnx::{self, OrtLoader};
+use crate::core::backend::BackendOptions;
+use crate::core::cache::{Cache, RedisSettings};
+use crate::core::lifecycle::{Lifecycle, Phase};
+use crate::core::pipeline::{Limits, Pipeline};
+use crate::core::repository::Repository;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
 use crate::predlog::{PredLog, SinkConfig, WriterConfig};
-use crate::repository::Repository;
-use crate::runtime::{self, SessionOptions};
-
-pub struct AppState {
-    pub config: ServeConfig,
-    pub metrics: Arc<Metrics>,
-    pub pipeline: Pipeline,
-    pub predlog: PredLog,
-    repo: OnceLock<Arc<Repository>>,
-    pub api_keys: crate::api::auth::ApiKeys,
-    pub ready: AtomicBool,
-    pub draining: AtomicBool,
-}
 
 fn build_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Arc<Cache>>> {
     let ttl = std::time::Duration::from_secs(config.cache_ttl_secs);
@@ -84,73 +77,51 @@ fn predlog_config(config: &ServeConfig) -> WriterConfig {
     }
 }
 
-impl AppState {
-    /// Builds the shared state. Needs a tokio runtime (the log writer starts here).
-    pub fn new(config: ServeConfig) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
-        let admission = Admission::new(config.concurrency(), config.max_queue, metrics.clone());
-        let cache = build_cache(&config, &metrics)?;
-        if let Some(c) = &cache {
-            tracing::info!(backend = c.backend_name(), "result cache on");
-        }
-        let pipeline = Pipeline::new(admission, cache, metrics.clone(), config.request_timeout_ms);
-        let api_keys = crate::api::auth::ApiKeys::from_config(&config)?;
-        if api_keys.enabled() {
-            tracing::info!(
-                keys = api_keys.count(),
-                "API keys required on the model routes"
-            );
-        }
-        let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
-        Ok(AppState {
-            api_keys,
-            config,
-            metrics,
-            pipeline,
-            predlog,
-            repo: OnceLock::new(),
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-        })
+/// Builds the shared state. Needs a tokio runtime (the log writer starts here).
+pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new());
+    let admission = Admission::new(config.concurrency(), config.max_queue, metrics.clone());
+    let cache = build_cache(&config, &metrics)?;
+    if let Some(c) = &cache {
+        tracing::info!(backend = c.backend_name(), "result cache on");
     }
-
-    /// Whether new work is welcome: `Draining` after the shutdown signal,
-    /// `NotReady` until every model is loaded and warmed up.
-    pub fn readiness(&self) -> Result<(), ApiError> {
-        if self.draining.load(Ordering::Acquire) {
-            Err(ApiError::Draining)
-        } else if !self.ready.load(Ordering::Acquire) {
-            Err(ApiError::NotReady)
-        } else {
-            Ok(())
-        }
+    let limits = Limits {
+        max_instances: config.max_instances,
+        timeout_ms: config.request_timeout_ms,
+    };
+    let pipeline = Pipeline::new(admission, cache, metrics.clone(), limits);
+    let api_keys = ApiKeys::from_config(&config)?;
+    if api_keys.enabled() {
+        tracing::info!(
+            keys = api_keys.count(),
+            "API keys required on the model routes"
+        );
     }
-
-    /// The loaded models, once warm-up is done.
-    pub fn repository(&self) -> Option<&Arc<Repository>> {
-        self.repo.get()
-    }
+    let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
+    Ok(AppState {
+        api_keys: Arc::new(api_keys),
+        lifecycle: Lifecycle::new(metrics.clone()),
+        config,
+        metrics,
+        pipeline,
+        predlog,
+    })
 }
 
 /// Loads ONNX Runtime and every model, then warms each session up. Blocking.
 pub fn load_models(config: &ServeConfig) -> anyhow::Result<Repository> {
     let dylib =
-        runtime::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
-    runtime::init(&dylib).map_err(anyhow::Error::msg)?;
-    let opts = SessionOptions {
+        onnx::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
+    onnx::init(&dylib).map_err(anyhow::Error::msg)?;
+    let opts = BackendOptions {
         intra_threads: config.ort_threads,
         device: config.device,
         pool_size: config.concurrency(),
     };
-    let repo = Repository::load(&config.models_dir, &opts)?;
+    let repo = Repository::load(&config.models_dir, &OrtLoader(opts.clone()))?;
     for model in repo.iter() {
-        let input = model.task.warmup_input();
         // Round-robin through the pool: every session runs `warmup_runs` times.
-        for _ in 0..config.warmup_runs * opts.pool_size {
-            model.backend.infer(&input).map_err(|e| {
-                anyhow::anyhow!("{}: warm-up inference failed: {e}", model.dir.display())
-            })?;
-        }
+        model.warm_up(config.warmup_runs * opts.pool_size)?;
         tracing::info!(
             model = %model.manifest.name,
             version = %model.manifest.version,
@@ -170,7 +141,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let state = Arc::new(AppState::new(config.clone())?);
+    let state = Arc::new(build_state(config.clone())?);
     let app = crate::api::router(state.clone());
     let draining = CancellationToken::new();
 
@@ -180,9 +151,7 @@ pub async fn run(
         let delay = config.drain_delay();
         async move {
             shutdown.await;
-            state.draining.store(true, Ordering::Release);
-            state.ready.store(false, Ordering::Release);
-            state.metrics.ready.set(0);
+            state.lifecycle.drain();
             tracing::info!("shutdown requested: draining in-flight requests");
             draining.cancel();
             // Returning starts axum's graceful shutdown, which closes the listener.
@@ -218,11 +187,8 @@ pub async fn run(
                     .with_label_values(&[&m.manifest.name, &m.manifest.version, m.task.name(), &m.manifest.onnx_sha256])
                     .set(1);
             }
-            state.pipeline.attach(&repo, config.max_batch_size, config.max_batch_delay_ms);
-            let _ = state.repo.set(Arc::new(repo));
-            if !state.draining.load(Ordering::Acquire) {
-                state.ready.store(true, Ordering::Release);
-                state.metrics.ready.set(1);
+            let deployment = state.pipeline.deploy(repo, config.max_batch_size, config.max_batch_delay_ms);
+            if state.lifecycle.deploy(deployment) == Phase::Serving {
                 tracing::info!("ready");
             }
         }

@@ -2,24 +2,23 @@
 //!
 //! Off unless keys are configured. When on, every route except the exempt paths
 //! (probes, metrics, the API description by default) needs
-//! `Authorization: Bearer <key>`; anything else is a 401 with a JSON error in the
-//! route's protocol. Keys are kept only as SHA-256 digests and compared in
+//! `Authorization: Bearer <key>`; anything else is a 401 in the protocol of the
+//! router the middleware is mounted on. Keys are kept only as SHA-256 digests and compared in
 //! constant time against every key, so neither the comparison nor which key
 //! matched leaks through timing, and no key ever reaches a log line.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{v2, ApiError};
+use super::error::{ApiError, ErrorFormat};
 use crate::config::ServeConfig;
-use crate::server::AppState;
 
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
@@ -81,13 +80,19 @@ impl ApiKeys {
     }
 }
 
-pub async fn require_api_key(
-    State(st): State<Arc<AppState>>,
+/// The middleware: refusals are rendered by `F`, the router's error format.
+pub async fn require_api_key<F: ErrorFormat>(
+    State(keys): State<Arc<ApiKeys>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let keys = &st.api_keys;
-    if !keys.enabled() || keys.exempt.contains(req.uri().path()) {
+    // Exempt paths are full paths; a nested router sees its path without the prefix.
+    let path = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map(|u| u.path())
+        .unwrap_or_else(|| req.uri().path());
+    if !keys.enabled() || keys.exempt.contains(path) {
         return next.run(req).await;
     }
     let token = req
@@ -103,11 +108,7 @@ pub async fn require_api_key(
         Some(_) => ApiError::Unauthorized("the API key is not valid"),
         None => ApiError::Unauthorized("an API key is required: `Authorization: Bearer <key>`"),
     };
-    if v2::is_v2_path(req.uri().path()) {
-        v2::error_response(refusal)
-    } else {
-        refusal.into_response()
-    }
+    F::render(refusal)
 }
 
 #[cfg(test)]

@@ -1,42 +1,31 @@
-//! The one error type of the HTTP API and the one place it becomes a status code.
+//! The HTTP layer's error type and the one place core errors become status codes.
 //!
-//! Every failure a client can cause or observe is a variant here, rendered as
-//! `{"error": {"code", "message", "field"?}}`. Keeping the mapping in one match
-//! is what makes "no input produces a 500" checkable by reading one function.
+//! `ApiError` is a core error, or one of the failures only HTTP has (malformed
+//! JSON, media type, body too large, unknown route or method, missing key).
+//! `status` and `code` hold the whole mapping, which is what makes "no input
+//! produces a 500" checkable by reading two functions. How the error is written
+//! is the front door's business: `ErrorFormat` renders it, `JsonApi` as
+//! `{"error": {"code", "message", "field"?}}`, KServe v2 as `{"error": "..."}`.
 
+use axum::extract::{OriginalUri, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::core::CoreError;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
+    #[error("{}", core_message(.0))]
+    Core(#[from] CoreError),
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("request body exceeds the limit of {0} bytes (INFERD_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
-    #[error("no model named `{0}`; GET /v1/models lists them")]
-    ModelNotFound(String),
-    #[error("model `{0}` has no version `{1}`; GET /v1/models/{0} lists them")]
-    VersionNotFound(String, String),
-    #[error("{message}")]
-    Invalid {
-        field: Option<String>,
-        message: String,
-    },
-    #[error("server is at capacity ({0} requests already waiting); retry shortly")]
-    QueueFull(usize),
-    #[error("models are still loading or warming up")]
-    NotReady,
-    #[error("the server is shutting down and accepts no new work")]
-    Draining,
-    #[error("the request deadline of {0} ms passed before the prediction was ready")]
-    DeadlineExceeded(u64),
-    #[error("inference failed: {0}")]
-    Inference(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed for this route")]
@@ -45,27 +34,47 @@ pub enum ApiError {
     Unauthorized(&'static str),
 }
 
+/// Core messages, with a pointer to the listing route where one helps.
+fn core_message(e: &CoreError) -> String {
+    match e {
+        CoreError::ModelNotFound(name) => {
+            format!("no model named `{name}`; GET /v1/models lists them")
+        }
+        CoreError::VersionNotFound(name, v) => {
+            format!("model `{name}` has no version `{v}`; GET /v1/models/{name} lists them")
+        }
+        other => other.to_string(),
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid {
-            field: Some(field.into()),
-            message: message.into(),
+        ApiError::Core(CoreError::invalid(field, message))
+    }
+
+    pub fn core(&self) -> Option<&CoreError> {
+        match self {
+            ApiError::Core(e) => Some(e),
+            _ => None,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Core(e) => match e {
+                CoreError::ModelNotFound(_) | CoreError::VersionNotFound(..) => {
+                    StatusCode::NOT_FOUND
+                }
+                CoreError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                CoreError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+                CoreError::NotReady | CoreError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+                CoreError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+                CoreError::Backend(_) | CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ModelNotFound(_)
-            | ApiError::VersionNotFound(..)
-            | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotReady | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
@@ -73,28 +82,39 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
+            ApiError::Core(e) => match e {
+                CoreError::ModelNotFound(_) => "model_not_found",
+                CoreError::VersionNotFound(..) => "version_not_found",
+                CoreError::Invalid { .. } => "invalid_input",
+                CoreError::QueueFull(_) => "queue_full",
+                CoreError::NotReady => "not_ready",
+                CoreError::Draining => "draining",
+                CoreError::DeadlineExceeded(_) => "deadline_exceeded",
+                CoreError::Backend(_) => "inference_failed",
+                CoreError::Internal(_) => "internal",
+            },
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::ModelNotFound(_) => "model_not_found",
-            ApiError::VersionNotFound(..) => "version_not_found",
-            ApiError::Invalid { .. } => "invalid_input",
-            ApiError::QueueFull(_) => "queue_full",
-            ApiError::NotReady => "not_ready",
-            ApiError::Draining => "draining",
-            ApiError::DeadlineExceeded(_) => "deadline_exceeded",
-            ApiError::Inference(_) => "inference_failed",
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
         }
     }
 
-    /// The headers that go with this error in either protocol: when to retry
+    /// The offending field, for invalid input.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Core(CoreError::Invalid { field, .. }) => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The headers that go with this error in every format: when to retry
     /// (load shedding and restarts are transient) and how to authenticate.
     pub fn set_headers(&self, headers: &mut HeaderMap) {
         match self {
-            ApiError::QueueFull(_) | ApiError::NotReady | ApiError::Draining => {
+            ApiError::Core(e) if e.retryable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized(_) => {
@@ -106,24 +126,37 @@ impl ApiError {
             _ => {}
         }
     }
+}
 
-    /// Refusals before the request is accepted (the server is starting or
-    /// stopping): nothing was computed, and a proxy may send it to another worker.
-    pub fn refused_at_door(&self) -> bool {
-        matches!(self, ApiError::NotReady | ApiError::Draining)
-    }
+/// How a front door writes its errors. Routers are mounted with theirs, so
+/// fallbacks and auth refusals come out in the protocol of the router that
+/// answered, never by looking at the path.
+pub trait ErrorFormat: Send + Sync + 'static {
+    fn render(e: ApiError) -> Response;
+}
 
-    /// The `reason` label of `inferd_rejections_total`, for refusals that are
-    /// about capacity or lifecycle rather than the request's content.
-    pub fn rejection_reason(&self) -> Option<&'static str> {
-        match self {
-            ApiError::QueueFull(_) => Some("queue_full"),
-            ApiError::NotReady => Some("not_ready"),
-            ApiError::Draining => Some("draining"),
-            ApiError::DeadlineExceeded(_) => Some("deadline"),
-            _ => None,
-        }
+/// inferd's own JSON API.
+pub struct JsonApi;
+
+impl ErrorFormat for JsonApi {
+    fn render(e: ApiError) -> Response {
+        e.into_response()
     }
+}
+
+/// The fallback for paths no route of the router matches.
+pub async fn route_not_found<F: ErrorFormat>(req: Request) -> Response {
+    // A nested router sees its path without the prefix; report the one sent.
+    let path = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    F::render(ApiError::RouteNotFound(format!("{} {path}", req.method())))
+}
+
+pub async fn method_not_allowed<F: ErrorFormat>() -> Response {
+    F::render(ApiError::MethodNotAllowed)
 }
 
 /// The JSON API's error document.
@@ -146,20 +179,52 @@ pub struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let field = match &self {
-            ApiError::Invalid { field, .. } => field.as_deref(),
-            _ => None,
-        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
-                field,
+                field: self.field(),
             },
         };
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = (self.status(), Json(body)).into_response();
         self.set_headers(resp.headers_mut());
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::backend::BackendError;
+
+    #[test]
+    fn every_core_error_has_a_status_and_only_server_faults_are_5xx_500() {
+        let all = [
+            CoreError::ModelNotFound("m".into()),
+            CoreError::VersionNotFound("m".into(), "9".into()),
+            CoreError::invalid("instances", "bad"),
+            CoreError::QueueFull(3),
+            CoreError::NotReady,
+            CoreError::Draining,
+            CoreError::DeadlineExceeded(10),
+            CoreError::Backend(BackendError::EmptyBatch),
+            CoreError::Internal("x"),
+        ];
+        for e in all {
+            let api = ApiError::from(e.clone());
+            assert_eq!(
+                api.status() == StatusCode::INTERNAL_SERVER_ERROR,
+                e.is_server_fault(),
+                "{e:?}"
+            );
+            let mut h = HeaderMap::new();
+            api.set_headers(&mut h);
+            assert_eq!(h.contains_key(header::RETRY_AFTER), e.retryable(), "{e:?}");
+        }
+        let e = ApiError::from(CoreError::ModelNotFound("m".into()));
+        assert_eq!(
+            e.to_string(),
+            "no model named `m`; GET /v1/models lists them"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `JsonBody<T>`: a JSON extractor whose every failure is an `ApiError`.
 //!
 //! axum's own `Json` answers some failures in plain text; ours checks the content
-//! type (415), the size limit (413), syntax (400) and the shape of the document
-//! (422, naming the offending field through `serde_path_to_error`).
+//! type (415), the size limit (413), syntax (400, trailing characters after the
+//! document included) and the shape of the document (422, naming the offending
+//! field through `serde_path_to_error`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use super::error::ApiError;
-use crate::server::AppState;
+use super::state::AppState;
+use crate::core::CoreError;
 
 pub struct JsonBody<T>(pub T);
 
@@ -56,19 +58,24 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 }
 
 /// Deserializes a JSON document: syntax errors are 400, a document of the wrong
-/// shape is 422 naming the field (`inputs[0].shape`).
+/// shape is 422 naming the field (`inputs[0].shape`). Anything but whitespace
+/// after the document is a syntax error: `{...}garbage` is not JSON.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        Ok(v) => {
+            de.end()
+                .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            Ok(v)
+        }
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
             match inner.classify() {
-                Category::Data => Err(ApiError::Invalid {
+                Category::Data => Err(ApiError::Core(CoreError::Invalid {
                     field: (path != ".").then_some(path),
                     message: inner.to_string(),
-                }),
+                })),
                 _ => Err(ApiError::MalformedJson(inner.to_string())),
             }
         }
@@ -77,6 +84,26 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_characters_are_malformed_json() {
+        let ok: Result<serde_json::Value, _> = parse(b"{\"a\": 1} \n");
+        assert!(ok.is_ok());
+        for bad in [&b"{\"a\": 1}garbage"[..], b"{\"a\": 1}{}", b"[1] 2"] {
+            let e = parse::<serde_json::Value>(bad).unwrap_err();
+            assert_eq!(e.code(), "malformed_json", "{e}");
+        }
+        // A document of the wrong shape is still a 422 naming the field.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            n: u32,
+        }
+        let e = parse::<T>(b"{\"n\": \"x\"}").unwrap_err();
+        assert_eq!((e.code(), e.field()), ("invalid_input", Some("n")));
+    }
+
     #[test]
     fn json_content_types() {
         assert!(super::is_json("application/json"));

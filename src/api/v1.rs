@@ -4,7 +4,6 @@
 //! Instances go in as JSON values, predictions come back in the same order with a
 //! per-instance `cached` flag. Errors are `{"error": {"code", "message", "field"?}}`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -14,13 +13,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
-use super::{serve_prediction, Answer, ApiError, Caller, Prepared};
-use crate::pipeline::Predicted;
-use crate::repository::{Lookup, Model, Repository};
-use crate::server::AppState;
-use crate::task::Prediction;
+use super::serve::{serve_prediction, Answer, Caller, Prepared};
+use super::state::AppState;
+use crate::core::deployment::Deployment;
+use crate::core::lifecycle::Phase;
+use crate::core::manifest::{BatchingSection, CacheSection, TensorSpec, TimeSeriesSection};
+use crate::core::pipeline::Predicted;
+use crate::core::repository::Model;
+use crate::core::task::Prediction;
+use crate::core::CoreError;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +74,7 @@ impl Answer<()> for V1 {
 
 /// Resolves the model from the path (or the body) and takes the instances.
 fn prepare(
-    repo: &Repository,
+    deployment: &Deployment,
     path_name: Option<String>,
     path_version: Option<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
@@ -90,23 +93,11 @@ fn prepare(
         }
     }
     let version = path_version.or(req.version);
-    let model = resolve(repo, name, version)?;
+    let target = deployment.resolve(&name, version.as_deref())?;
     let instances = req.instances.map(|i| (i, ())).ok_or_else(|| {
         ApiError::invalid("instances", "required: an array of instances to predict")
     });
-    Ok((model, instances))
-}
-
-pub(crate) fn resolve(
-    repo: &Repository,
-    name: String,
-    version: Option<String>,
-) -> Result<Arc<Model>, ApiError> {
-    match repo.get(&name, version.as_deref()) {
-        Ok(m) => Ok(m.clone()),
-        Err(Lookup::NoModel) => Err(ApiError::ModelNotFound(name)),
-        Err(Lookup::NoVersion) => Err(ApiError::VersionNotFound(name, version.unwrap_or_default())),
-    }
+    Ok((target, instances))
 }
 
 /// Every answer of the three predict routes, documented once.
@@ -159,7 +150,7 @@ pub async fn predict_any(
     caller: Caller,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
-    serve_prediction(st, caller, |repo| prepare(repo, None, None, body), V1).await
+    serve_prediction(st, caller, |d| prepare(d, None, None, body), V1).await
 }
 
 /// Predict with the latest version of a model.
@@ -173,7 +164,7 @@ pub async fn predict_named(
     Path(name): Path<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
-    serve_prediction(st, caller, |repo| prepare(repo, Some(name), None, body), V1).await
+    serve_prediction(st, caller, |d| prepare(d, Some(name), None, body), V1).await
 }
 
 /// Predict with one version of a model.
@@ -192,7 +183,7 @@ pub async fn predict_versioned(
     serve_prediction(
         st,
         caller,
-        |repo| prepare(repo, Some(name), Some(version), body),
+        |d| prepare(d, Some(name), Some(version), body),
         V1,
     )
     .await
@@ -212,13 +203,13 @@ pub struct ModelDescription {
     pub instance: String,
     /// The graph's inputs: name, dtype, shape (-1: any size), meaning.
     #[schema(value_type = Vec<Object>)]
-    pub inputs: Vec<crate::repository::TensorSpec>,
+    pub inputs: Vec<TensorSpec>,
     #[schema(value_type = Vec<Object>)]
-    pub outputs: Vec<crate::repository::TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
     #[schema(value_type = Object)]
-    pub batching: crate::repository::BatchingSection,
+    pub batching: BatchingSection,
     #[schema(value_type = Object)]
-    pub cache: crate::repository::CacheSection,
+    pub cache: CacheSection,
     pub onnx_sha256: String,
     /// Held-out quality figures from training.
     #[schema(value_type = Object)]
@@ -231,7 +222,7 @@ pub struct ModelDescription {
     /// Window, features, targets and units (forecasters).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub timeseries: Option<crate::repository::TimeSeriesSection>,
+    pub timeseries: Option<TimeSeriesSection>,
 }
 
 fn describe(model: &Model, ready: bool) -> ModelDescription {
@@ -278,10 +269,11 @@ pub struct ModelVersions {
         (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
     ))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
-    let ready = st.ready.load(Ordering::Acquire);
+    let ready = st.lifecycle.phase() == Phase::Serving;
     let models = st
-        .repository()
-        .map(|r| r.iter().map(|m| describe(m, ready)).collect())
+        .lifecycle
+        .deployment()
+        .map(|d| d.repository().iter().map(|m| describe(m, ready)).collect())
         .unwrap_or_default();
     Json(ModelList { ready, models })
 }
@@ -299,12 +291,9 @@ pub async fn get_model(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelVersions>, ApiError> {
-    let repo = st.repository().ok_or(ApiError::NotReady)?;
-    let versions = repo
-        .models
-        .get(&name)
-        .ok_or_else(|| ApiError::ModelNotFound(name.clone()))?;
-    let ready = st.ready.load(Ordering::Acquire);
+    let deployment = st.lifecycle.deployment().ok_or(CoreError::NotReady)?;
+    let versions = deployment.repository().versions(&name)?;
+    let ready = st.lifecycle.phase() == Phase::Serving;
     let list: Vec<ModelDescription> = versions
         .values()
         .rev()

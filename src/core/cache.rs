@@ -20,8 +20,8 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
+use super::backend::InputBatch;
 use crate::metrics::Metrics;
-use crate::runtime::InputBatch;
 
 pub type Key = [u8; 32];
 

@@ -1,17 +1,17 @@
 //! What a model's instances and predictions look like on the wire, per task.
 //!
 //! `Task` turns the JSON instances of a request into the tensor batch the graph
-//! takes (validating every value, so bad input is a 422 naming the exact field and
-//! never reaches ONNX Runtime), and turns the graph's output rows back into
-//! named predictions. Everything model-specific the API needs lives here.
+//! takes (validating every value, so bad input is refused naming the exact field
+//! and never reaches a backend), and turns the graph's output rows back into
+//! named predictions. Everything model-specific the front doors need lives here.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::repository::Manifest;
-use crate::runtime::{DType, InputBatch, OutputBatch, TensorInfo};
+use super::backend::{DType, InputBatch, OutputBatch, TensorInfo};
+use super::manifest::Manifest;
 
 #[derive(Debug, Clone)]
 pub enum Task {
@@ -28,7 +28,7 @@ pub enum Task {
     },
 }
 
-/// A 422: which field is wrong and what was expected.
+/// Which field is wrong and what was expected (an invalid-input refusal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidInput {
     pub field: String,

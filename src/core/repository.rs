@@ -1,6 +1,7 @@
 //! The model repository: finds `models/<name>/<version>/`, reads each manifest,
 //! verifies the graph's hash and its real inputs and outputs against the manifest,
-//! and loads a backend for it. Any mismatch stops start-up with a message naming
+//! and has the `Loader` it is given build a backend for it (the repository never
+//! names a runtime, so tests load models onto the scripted backend). Any mismatch stops start-up with a message naming
 //! the file and what differs: a server that starts is a server whose models are
 //! what their manifests say.
 
@@ -9,68 +10,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::{Backend, OrtBackend, SessionOptions, TensorInfo};
-use crate::task::Task;
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TensorSpec {
-    pub name: String,
-    pub dtype: String,
-    pub shape: Vec<i64>,
-    #[serde(default)]
-    pub meaning: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TextSection {
-    pub labels: Vec<String>,
-    pub max_text_bytes: usize,
-    pub scores_output: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TimeSeriesSection {
-    pub window: usize,
-    pub features: Vec<String>,
-    pub feature_units: Vec<String>,
-    pub targets: Vec<String>,
-    pub target_units: Vec<String>,
-    pub scaling: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct BatchingSection {
-    pub max_batch_size: usize,
-    pub max_batch_delay_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct CacheSection {
-    pub enabled: bool,
-}
-
-/// `model.toml`. Unknown keys are allowed so that manifests can carry
-/// documentation (data source, metrics) the server does not act on.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Manifest {
-    pub name: String,
-    pub version: String,
-    pub task: String,
-    #[serde(default)]
-    pub description: String,
-    pub onnx_sha256: String,
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
-    pub text: Option<TextSection>,
-    pub timeseries: Option<TimeSeriesSection>,
-    pub batching: BatchingSection,
-    pub cache: CacheSection,
-    #[serde(default)]
-    pub metrics: toml::Table,
-}
+use super::backend::{Backend, Loader, TensorInfo};
+use super::error::CoreError;
+use super::manifest::{Manifest, TensorSpec};
+use super::task::Task;
 
 /// A loaded, verified model version.
 pub struct Model {
@@ -160,7 +105,7 @@ fn check_io(
     Ok(())
 }
 
-fn load_version(dir: &Path, opts: &SessionOptions) -> Result<Model, LoadError> {
+fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError> {
     let manifest_path = dir.join("model.toml");
     let onnx_path = dir.join("model.onnx");
     let text = fs::read_to_string(&manifest_path)
@@ -196,7 +141,7 @@ fn load_version(dir: &Path, opts: &SessionOptions) -> Result<Model, LoadError> {
         ));
     }
     let task = Task::from_manifest(&manifest).map_err(|m| err(&manifest_path, m))?;
-    let backend = OrtBackend::load(&onnx_path, opts, task.output_name()).map_err(|m| {
+    let backend = loader.load(&onnx_path, &task).map_err(|m| {
         err(
             &onnx_path,
             format!("cannot load the graph (corrupt or not ONNX?): {m}"),
@@ -209,14 +154,14 @@ fn load_version(dir: &Path, opts: &SessionOptions) -> Result<Model, LoadError> {
     Ok(Model {
         manifest,
         task,
-        backend: Arc::new(backend),
+        backend,
         dir: dir.to_path_buf(),
     })
 }
 
 impl Repository {
     /// Loads every model version under `root`. Blocking (file I/O, graph loading).
-    pub fn load(root: &Path, opts: &SessionOptions) -> Result<Self, LoadError> {
+    pub fn load(root: &Path, loader: &dyn Loader) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         for model_dir in sorted_dirs(root)? {
             let name = model_dir
@@ -236,7 +181,7 @@ impl Repository {
                         "version directories must be named by a number (1, 2, ...)",
                     ));
                 };
-                versions.insert(num, Arc::new(load_version(&vdir, opts)?));
+                versions.insert(num, Arc::new(load_version(&vdir, loader)?));
             }
             if versions.is_empty() {
                 return Err(err(
@@ -255,17 +200,39 @@ impl Repository {
         Ok(Repository { models })
     }
 
-    /// A version by name, or the highest version when `version` is `None`.
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, Lookup> {
-        let versions = self.models.get(name).ok_or(Lookup::NoModel)?;
-        match version {
-            None => versions.values().next_back().ok_or(Lookup::NoModel),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| versions.get(&n))
-                .ok_or(Lookup::NoVersion),
+    /// A repository of models built elsewhere (tests, embedders).
+    pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
+        let mut map: BTreeMap<String, BTreeMap<u64, Arc<Model>>> = BTreeMap::new();
+        for m in models {
+            let v = m.manifest.version.parse::<u64>().unwrap_or(0);
+            map.entry(m.manifest.name.clone())
+                .or_default()
+                .insert(v, Arc::new(m));
         }
+        Repository { models: map }
+    }
+
+    /// A version by name, or the highest version when `version` is `None`.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, CoreError> {
+        let versions = self
+            .models
+            .get(name)
+            .ok_or_else(|| CoreError::ModelNotFound(name.to_string()))?;
+        let found = match version {
+            None => versions.values().next_back(),
+            Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)),
+        };
+        found.ok_or_else(|| match version {
+            None => CoreError::ModelNotFound(name.to_string()),
+            Some(v) => CoreError::VersionNotFound(name.to_string(), v.to_string()),
+        })
+    }
+
+    /// The versions of one model, oldest first.
+    pub fn versions(&self, name: &str) -> Result<&BTreeMap<u64, Arc<Model>>, CoreError> {
+        self.models
+            .get(name)
+            .ok_or_else(|| CoreError::ModelNotFound(name.to_string()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
@@ -273,7 +240,16 @@ impl Repository {
     }
 }
 
-pub enum Lookup {
-    NoModel,
-    NoVersion,
+impl Model {
+    /// Runs the task's warm-up input `runs` times, so that the first real
+    /// requests do not pay for lazy allocations. Blocking.
+    pub fn warm_up(&self, runs: usize) -> Result<(), LoadError> {
+        let input = self.task.warmup_input();
+        for _ in 0..runs {
+            self.backend
+                .infer(&input)
+                .map_err(|e| err(&self.dir, format!("warm-up inference failed: {e}")))?;
+        }
+        Ok(())
+    }
 }

@@ -1,5 +1,5 @@
-//! Dynamic batching: concurrent requests for one model are merged into one ONNX
-//! Runtime call of up to `max_batch_size` instances.
+//! Dynamic batching: concurrent requests for one model are merged into one
+//! backend call of up to `max_batch_size` instances.
 //!
 //! One worker task per model takes the first queued job, waits for a free
 //! inference slot (the global concurrency semaphore), and only then gathers
@@ -15,14 +15,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::admission::QueueTicket;
-use crate::api::ApiError;
+use super::admission::QueueTicket;
+use super::backend::{InputBatch, OutputBatch};
+use super::error::CoreError;
+use super::repository::Model;
 use crate::metrics::Metrics;
-use crate::repository::Model;
-use crate::runtime::{InputBatch, OutputBatch};
 
 /// What a job gets back: its own rows, and how long it queued and ran.
-pub type JobResult = Result<(OutputBatch, Duration, Duration), ApiError>;
+pub type JobResult = Result<(OutputBatch, Duration, Duration), CoreError>;
 
 struct Job {
     input: InputBatch,
@@ -78,7 +78,7 @@ impl Batcher {
             _ticket: ticket,
         };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
-            let _ = job.reply.send(Err(ApiError::Draining));
+            let _ = job.reply.send(Err(CoreError::Draining));
         }
         rx
     }
@@ -105,7 +105,7 @@ impl Worker {
         if Instant::now() >= job.deadline {
             let _ = job
                 .reply
-                .send(Err(ApiError::DeadlineExceeded(self.timeout_ms)));
+                .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
             return None;
         }
         Some(job)
@@ -209,7 +209,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    let e = ApiError::Inference(e.to_string());
+                    let e = CoreError::Backend(e);
                     for j in jobs {
                         let _ = j.reply.send(Err(e.clone()));
                     }

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::api::ApiError;
-use crate::cache::Key;
-use crate::task::Prediction;
+use super::cache::Key;
+use super::error::CoreError;
+use super::task::Prediction;
 
-pub type Outcome = Result<Prediction, ApiError>;
+pub type Outcome = Result<Prediction, CoreError>;
 type Slot = (u64, watch::Sender<Option<Outcome>>);
 
 #[derive(Default)]

@@ -1,134 +1,23 @@
-//! Model execution behind a narrow trait, `Backend`: a batch of decoded instances
-//! in, a matrix of floats out. ONNX Runtime is the one implementation today; a
-//! libtorch backend would implement the same trait.
+//! The ONNX Runtime backend, loaded at run time from `libonnxruntime.so` (the
+//! PyPI wheel's copy; nothing is downloaded).
 //!
-//! `Backend::infer` blocks: callers run it on a blocking thread, never on the
-//! async reactor. ONNX Runtime's `Session::run` needs `&mut Session`, so each
-//! model owns a small pool of sessions, one per inference slot, and a call takes
-//! one from the pool for its duration.
+//! `Session::run` needs `&mut Session`, so each model owns a small pool of
+//! sessions, one per inference slot, and a call takes one from the pool for its
+//! duration.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 
+use super::{
+    Backend, BackendError, BackendOptions, DType, InputBatch, Loader, OutputBatch, TensorInfo,
+};
 use crate::config::Device;
-
-/// A batch in the layout the graph takes.
-#[derive(Debug, Clone)]
-pub enum InputBatch {
-    /// One string per row: a `[B]` string tensor.
-    Text(Vec<String>),
-    /// Row-major `[batch, steps, features]` floats.
-    Windows {
-        data: Vec<f32>,
-        batch: usize,
-        steps: usize,
-        features: usize,
-    },
-}
-
-impl InputBatch {
-    pub fn len(&self) -> usize {
-        match self {
-            InputBatch::Text(t) => t.len(),
-            InputBatch::Windows { batch, .. } => *batch,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The instances at `idx`, in that order.
-    pub fn select(&self, idx: &[usize]) -> InputBatch {
-        match self {
-            InputBatch::Text(t) => InputBatch::Text(idx.iter().map(|&i| t[i].clone()).collect()),
-            InputBatch::Windows {
-                data,
-                steps,
-                features,
-                ..
-            } => {
-                let n = steps * features;
-                let mut out = Vec::with_capacity(idx.len() * n);
-                for &i in idx {
-                    out.extend_from_slice(&data[i * n..(i + 1) * n]);
-                }
-                InputBatch::Windows {
-                    data: out,
-                    batch: idx.len(),
-                    steps: *steps,
-                    features: *features,
-                }
-            }
-        }
-    }
-}
-
-/// A `[rows, cols]` float matrix, row-major: one row per instance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputBatch {
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<f32>,
-}
-
-impl OutputBatch {
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("empty batch")]
-    EmptyBatch,
-    #[error("ONNX Runtime: {0}")]
-    Ort(String),
-    #[error("unexpected output: {0}")]
-    Output(String),
-    #[error("session pool closed")]
-    PoolClosed,
-}
-
-/// Element types the manifests can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    String,
-    Float32,
-    Int64,
-    Other,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::String => "string",
-            DType::Float32 => "float32",
-            DType::Int64 => "int64",
-            DType::Other => "other",
-        }
-    }
-}
-
-/// An input or output as the graph declares it (`-1` for dynamic dimensions).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<i64>,
-}
-
-pub trait Backend: Send + Sync + 'static {
-    /// Runs one batch. Blocking; never call it on an async worker thread.
-    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, RuntimeError>;
-    fn inputs(&self) -> &[TensorInfo];
-    fn outputs(&self) -> &[TensorInfo];
-}
+use crate::core::task::Task;
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
@@ -194,18 +83,12 @@ fn tensor_info(o: &ort::value::Outlet) -> TensorInfo {
     }
 }
 
-pub struct SessionOptions {
-    pub intra_threads: usize,
-    pub device: Device,
-    pub pool_size: usize,
-}
-
 /// Building sessions in a function that returns `ort::Result` keeps the builder's
 /// non-`Send` error type from leaking into our errors.
 fn build_session(
     env: &ort::environment::Environment,
     path: &Path,
-    opts: &SessionOptions,
+    opts: &BackendOptions,
 ) -> ort::Result<Session> {
     let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
@@ -232,7 +115,7 @@ pub struct OrtBackend {
 }
 
 impl OrtBackend {
-    pub fn load(path: &Path, opts: &SessionOptions, output_name: &str) -> Result<Self, String> {
+    pub fn load(path: &Path, opts: &BackendOptions, output_name: &str) -> Result<Self, String> {
         if opts.device == Device::Cuda && !cfg!(feature = "cuda") {
             return Err("--device cuda needs a build with `--features cuda`".into());
         }
@@ -261,13 +144,16 @@ impl OrtBackend {
         })
     }
 
-    fn run(&self, session: &mut Session, input: &InputBatch) -> Result<OutputBatch, RuntimeError> {
+    fn run(&self, session: &mut Session, input: &InputBatch) -> Result<OutputBatch, BackendError> {
         let name = self
             .inputs
             .first()
             .map(|i| i.name.as_str())
             .unwrap_or("input");
-        let ort_err = |e: ort::Error| RuntimeError::Ort(e.to_string());
+        let ort_err = |e: ort::Error| BackendError::Runtime {
+            backend: "ONNX Runtime",
+            message: e.to_string(),
+        };
         let outputs = match input {
             InputBatch::Text(texts) => {
                 let t = Tensor::from_string_array(([texts.len()], texts.as_slice()))
@@ -287,16 +173,16 @@ impl OrtBackend {
         };
         let value = outputs
             .get(&self.output_name)
-            .ok_or_else(|| RuntimeError::Output(format!("no output named {}", self.output_name)))?;
+            .ok_or_else(|| BackendError::Output(format!("no output named {}", self.output_name)))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
         let rows = input.len();
         let cols = match shape.len() {
             1 => 1,
             2 => usize::try_from(shape[1]).unwrap_or(0),
-            n => return Err(RuntimeError::Output(format!("rank {n} output"))),
+            n => return Err(BackendError::Output(format!("rank {n} output"))),
         };
         if data.len() != rows * cols || shape[0] as usize != rows {
-            return Err(RuntimeError::Output(format!(
+            return Err(BackendError::Output(format!(
                 "shape {:?} for a batch of {rows}",
                 &shape[..]
             )));
@@ -310,12 +196,12 @@ impl OrtBackend {
 }
 
 impl Backend for OrtBackend {
-    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, RuntimeError> {
+    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError> {
         // ONNX Runtime's LSTM kernel terminates the process on a batch of 0.
         if input.is_empty() {
-            return Err(RuntimeError::EmptyBatch);
+            return Err(BackendError::EmptyBatch);
         }
-        let mut session = self.take.recv().map_err(|_| RuntimeError::PoolClosed)?;
+        let mut session = self.take.recv().map_err(|_| BackendError::PoolClosed)?;
         let result = self.run(&mut session, input);
         // The pool has room for every session it handed out, so this cannot block.
         let _ = self.give.send(session);
@@ -328,5 +214,18 @@ impl Backend for OrtBackend {
 
     fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
+    }
+}
+
+/// Loads `model.onnx` files as `OrtBackend`s. Needs `init` first.
+pub struct OrtLoader(pub BackendOptions);
+
+impl Loader for OrtLoader {
+    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(OrtBackend::load(
+            graph,
+            &self.0,
+            task.output_name(),
+        )?))
     }
 }

@@ -1,7 +1,7 @@
 //! Admission control: a bounded number of inferences run at once (the slots
 //! semaphore, taken per batch by the batchers), and a bounded number of requests
 //! may wait for the model (the queue); past the bound a request is refused at
-//! once (429) rather than queued until its client has given up. Deadlines end
+//! once (`QueueFull`) rather than queued until its client has given up. Deadlines end
 //! every wait (see `batcher`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,13 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::error::CoreError;
 use crate::metrics::Metrics;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AdmissionError {
-    #[error("the wait queue is full ({0} requests waiting)")]
-    QueueFull(usize),
-}
 
 struct Queue {
     waiting: AtomicUsize,
@@ -54,13 +49,13 @@ impl Admission {
     }
 
     /// A place in the queue, or `QueueFull` at once.
-    pub fn enter(&self) -> Result<QueueTicket, AdmissionError> {
+    pub fn enter(&self) -> Result<QueueTicket, CoreError> {
         let q = &self.queue;
         let before = q.waiting.fetch_add(1, Ordering::AcqRel);
         q.metrics.queue_depth.inc();
         let ticket = QueueTicket { queue: q.clone() };
         if before >= q.max {
-            return Err(AdmissionError::QueueFull(before));
+            return Err(CoreError::QueueFull(before));
         }
         Ok(ticket)
     }
@@ -84,7 +79,7 @@ mod tests {
         let a = Admission::new(1, 2, Arc::new(Metrics::new()));
         let t1 = a.enter().expect("first");
         let _t2 = a.enter().expect("second");
-        assert_eq!(a.enter().err(), Some(AdmissionError::QueueFull(2)));
+        assert_eq!(a.enter().err(), Some(CoreError::QueueFull(2)));
         assert_eq!(a.waiting(), 2);
         drop(t1);
         assert!(a.enter().is_ok());

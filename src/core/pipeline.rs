@@ -1,27 +1,28 @@
-//! The prediction pipeline every front door uses: per-instance cache lookup,
-//! single-flight for misses, admission (queue bound), the model's batcher (which
-//! merges concurrent requests into one inference on a blocking thread) under the
-//! request's deadline, and cache fill. HTTP routes only decode and encode around
-//! it, so `/predict` and any other protocol share one copy of this logic.
+//! The prediction pipeline every front door uses: the instance limit and the
+//! task's validation, per-instance cache lookup, single-flight for misses,
+//! admission (queue bound), the model's batcher (which merges concurrent requests
+//! into one inference on a blocking thread) under the request's deadline, and
+//! cache fill. Front doors only translate their wire format around it, so every
+//! protocol shares one copy of this logic.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::Value;
 use tokio::time::Instant;
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
-use crate::admission::{Admission, AdmissionError};
-use crate::api::ApiError;
-use crate::batcher::Batcher;
-use crate::cache::{instance_key, Cache, Key};
-use crate::coalesce::{follow, Flights, Join, Lead};
+use super::admission::Admission;
+use super::backend::InputBatch;
+use super::batcher::Batcher;
+use super::cache::{instance_key, Cache, Key};
+use super::coalesce::{follow, Flights, Join, Lead};
+use super::deployment::{Deployment, Target};
+use super::error::CoreError;
+use super::repository::Repository;
+use super::task::Prediction;
 use crate::metrics::Metrics;
-use crate::repository::{Model, Repository};
-use crate::runtime::InputBatch;
-use crate::task::Prediction;
 
 /// Where a request's time went (accumulated over its model calls).
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,13 +39,22 @@ pub struct Predicted {
     pub keys: Vec<Key>,
 }
 
+/// The pipeline's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most instances in one request.
+    pub max_instances: usize,
+    /// The request deadline, for error messages (the deadline itself is passed
+    /// per call).
+    pub timeout_ms: u64,
+}
+
 pub struct Pipeline {
     pub admission: Admission,
     pub cache: Option<Arc<Cache>>,
     flights: Arc<Flights>,
-    batchers: OnceLock<HashMap<String, Batcher>>,
     metrics: Arc<Metrics>,
-    timeout_ms: u64,
+    limits: Limits,
 }
 
 impl Pipeline {
@@ -52,26 +62,50 @@ impl Pipeline {
         admission: Admission,
         cache: Option<Arc<Cache>>,
         metrics: Arc<Metrics>,
-        timeout_ms: u64,
+        limits: Limits,
     ) -> Self {
         Pipeline {
             admission,
             cache,
             flights: Arc::new(Flights::default()),
-            batchers: OnceLock::new(),
             metrics,
-            timeout_ms,
+            limits,
         }
     }
 
+    /// Checks the instance count and has the model's task validate and convert
+    /// the instances.
+    pub fn decode(&self, target: &Target, instances: &[Value]) -> Result<InputBatch, CoreError> {
+        if instances.is_empty() {
+            return Err(CoreError::invalid(
+                "instances",
+                "must contain at least one instance",
+            ));
+        }
+        let limit = self.limits.max_instances;
+        if instances.len() > limit {
+            return Err(CoreError::invalid(
+                "instances",
+                format!(
+                    "at most {limit} instances per request (INFERD_MAX_INSTANCES), got {}",
+                    instances.len()
+                ),
+            ));
+        }
+        Ok(target.model.task.decode(instances)?)
+    }
+
+    /// Predictions for every instance of `batch`, in order, from the cache where
+    /// it has them and from the model for the rest.
     pub async fn predict(
         &self,
-        model: &Arc<Model>,
+        target: &Target,
         mut batch: InputBatch,
         deadline: Instant,
         want_keys: bool,
         timings: &mut Timings,
-    ) -> Result<Predicted, ApiError> {
+    ) -> Result<Predicted, CoreError> {
+        let model = &target.model;
         let (name, version) = (&model.manifest.name, &model.manifest.version);
         let n = batch.len();
         let cache = self.cache.clone().filter(|_| model.manifest.cache.enabled);
@@ -84,7 +118,7 @@ impl Pipeline {
             Vec::new()
         };
         let Some(cache) = cache else {
-            let predictions = self.run_model(model, batch, deadline, timings).await?;
+            let predictions = self.run_model(target, batch, deadline, timings).await?;
             return Ok(Predicted {
                 predictions,
                 cached: vec![false; n],
@@ -144,7 +178,7 @@ impl Pipeline {
             } else {
                 batch.select(&idx)
             };
-            match self.run_model(model, sub, deadline, timings).await {
+            match self.run_model(target, sub, deadline, timings).await {
                 Ok(preds) => {
                     let entries: Vec<(Key, Bytes)> = idx
                         .iter()
@@ -183,7 +217,7 @@ impl Pipeline {
 
         for (i, rx) in follows {
             match tokio::time::timeout_at(deadline, follow(rx)).await {
-                Err(_) => return Err(ApiError::DeadlineExceeded(self.timeout_ms)),
+                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
                 Ok(Some(Ok(p))) => {
                     self.metrics.cache_coalesced.inc();
                     slots[i] = Some(p);
@@ -192,7 +226,7 @@ impl Pipeline {
                 // The leader's request went away before finishing: run it here.
                 Ok(None) => {
                     let mut out = self
-                        .run_model(model, batch.select(&[i]), deadline, timings)
+                        .run_model(target, batch.select(&[i]), deadline, timings)
                         .await?;
                     slots[i] = out.pop();
                 }
@@ -200,9 +234,7 @@ impl Pipeline {
         }
         let predictions: Vec<Prediction> = slots.into_iter().flatten().collect();
         if predictions.len() != n {
-            return Err(ApiError::Inference(
-                "internal: a prediction went missing".into(),
-            ));
+            return Err(CoreError::Internal("a prediction went missing"));
         }
         Ok(Predicted {
             predictions,
@@ -211,14 +243,16 @@ impl Pipeline {
         })
     }
 
-    /// Starts one batcher per loaded model. Called once, after loading.
-    pub fn attach(
+    /// Starts one batcher per model version of `repo`; the deployment hands
+    /// them out. Needs a tokio runtime. The batchers stop by themselves once the
+    /// deployment and every request holding one of its targets are gone.
+    pub fn deploy(
         &self,
-        repo: &Repository,
+        repo: Repository,
         size_override: Option<usize>,
         delay_override_ms: Option<u64>,
-    ) {
-        let mut map = HashMap::new();
+    ) -> Deployment {
+        let mut batchers = HashMap::new();
         for m in repo.iter() {
             let b = &m.manifest.batching;
             let batcher = Batcher::start(
@@ -227,27 +261,26 @@ impl Pipeline {
                 self.metrics.clone(),
                 size_override.unwrap_or(b.max_batch_size),
                 Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
-                self.timeout_ms,
+                self.limits.timeout_ms,
             );
-            map.insert(batcher_key(&m.manifest.name, &m.manifest.version), batcher);
+            batchers.insert(
+                (m.manifest.name.clone(), m.manifest.version.clone()),
+                batcher,
+            );
         }
-        let _ = self.batchers.set(map);
+        Deployment::new(repo, batchers)
     }
 
     /// Queues the batch with the model's batcher (split into jobs of at most
     /// `max_batch_size` instances) and waits for every part under the deadline.
     async fn run_model(
         &self,
-        model: &Arc<Model>,
+        target: &Target,
         batch: InputBatch,
         deadline: Instant,
         timings: &mut Timings,
-    ) -> Result<Vec<Prediction>, ApiError> {
-        let batcher = self
-            .batchers
-            .get()
-            .and_then(|m| m.get(&batcher_key(&model.manifest.name, &model.manifest.version)))
-            .ok_or(ApiError::NotReady)?;
+    ) -> Result<Vec<Prediction>, CoreError> {
+        let batcher = target.batcher();
         let n = batch.len();
         let max = batcher.max_batch_size;
         let mut parts = Vec::with_capacity(n.div_ceil(max));
@@ -260,26 +293,20 @@ impl Pipeline {
                 .collect()
         };
         for part in pieces {
-            let ticket = self.admission.enter().map_err(|e| match e {
-                AdmissionError::QueueFull(w) => ApiError::QueueFull(w),
-            })?;
+            let ticket = self.admission.enter()?;
             parts.push(batcher.submit(part, deadline, ticket));
         }
         let mut predictions = Vec::with_capacity(n);
         for rx in parts {
             let (out, queued, ran) = match tokio::time::timeout_at(deadline, rx).await {
-                Err(_) => return Err(ApiError::DeadlineExceeded(self.timeout_ms)),
-                Ok(Err(_)) => return Err(ApiError::Draining),
+                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
+                Ok(Err(_)) => return Err(CoreError::Draining),
                 Ok(Ok(r)) => r?,
             };
             timings.queue += queued;
             timings.inference += ran;
-            predictions.extend(model.task.encode(&out));
+            predictions.extend(target.model.task.encode(&out));
         }
         Ok(predictions)
     }
-}
-
-fn batcher_key(name: &str, version: &str) -> String {
-    format!("{name}\0{version}")
 }

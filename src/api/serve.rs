@@ -1,0 +1,242 @@
+//! The one prediction path behind every HTTP front door. A front door resolves
+//! the model and turns its wire format into JSON instances (`Prepared`), and
+//! says how to answer (`Answer`); between the two, `serve_prediction` asks the
+//! lifecycle for a deployment, runs the core's pipeline, and does what every
+//! protocol owes a request: metrics, the prediction log and timing headers,
+//! whatever the outcome.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::ms;
+use super::state::AppState;
+use crate::config::LogInputs;
+use crate::core::deployment::{Deployment, Target};
+use crate::core::pipeline::{Predicted, Timings};
+use crate::core::repository::Model;
+use crate::core::CoreError;
+use crate::predlog::Record;
+
+/// Who asked, for the prediction log: the proxy's `x-forwarded-for` (first hop)
+/// or `x-real-ip` when present, else the peer address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(Caller::from_parts(&parts.headers, peer))
+    }
+}
+
+impl Caller {
+    fn from_parts(headers: &HeaderMap, peer: Option<SocketAddr>) -> Self {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = h("x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .or_else(|| h("x-real-ip"))
+            .map(|s| s.trim().to_string());
+        Caller {
+            request_id: h("x-request-id").unwrap_or_default().to_string(),
+            client: forwarded.or_else(|| peer.map(|p| p.to_string())),
+        }
+    }
+}
+
+/// What a front door hands to `serve_prediction`: the model version it resolved and,
+/// unless the request's instances were unusable, the instances as JSON values
+/// (the form `Task::decode` validates and the prediction log stores) plus
+/// whatever the front door needs to answer (`T`).
+pub type Prepared<T> = Result<(Target, Result<(Vec<Value>, T), ApiError>), ApiError>;
+
+/// How a front door renders an answer.
+pub trait Answer<T> {
+    fn ok(self, model: &Model, done: &Predicted, extra: T) -> Response;
+    fn err(self, e: ApiError) -> Response;
+}
+
+/// The one prediction path behind every front door: lifecycle checks, the
+/// instance limit, validation, the pipeline (cache, single-flight, admission,
+/// batching, inference), then metrics, the prediction log and timing headers,
+/// whatever the outcome.
+pub async fn serve_prediction<T>(
+    st: Arc<AppState>,
+    caller: Caller,
+    prepare: impl FnOnce(&Deployment) -> Prepared<T>,
+    answer: impl Answer<T>,
+) -> Response {
+    let start = Instant::now();
+    let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
+    let mut ctx = RequestCtx::default();
+    let result = run(&st, prepare, start, &mut ctx).await;
+    let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
+    let latency = start.elapsed();
+    let mut resp = match result {
+        Ok((model, done, extra)) => {
+            if st.predlog.enabled() {
+                log_success(&st, &caller, &model, &done, ctx.instances.take(), latency);
+            }
+            answer.ok(&model, &done, extra)
+        }
+        Err(e) => {
+            if let Some(reason) = e.core().and_then(CoreError::rejection_reason) {
+                st.metrics.rejections.with_label_values(&[reason]).inc();
+            }
+            if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(error = %e, model = %model_label, "prediction failed");
+            }
+            // A request refused at the door (draining, not ready) was never
+            // accepted: the proxy retries it elsewhere, and logging it would give
+            // that one client request two rows.
+            let at_door = e.core().is_some_and(CoreError::refused_at_door);
+            if st.predlog.enabled() && !at_door {
+                st.predlog.log(Record {
+                    id: Uuid::new_v4(),
+                    ts: chrono::Utc::now(),
+                    request_id: caller.request_id.clone(),
+                    model: model_label.clone(),
+                    version: version_label.clone(),
+                    status: e.status().as_u16(),
+                    instance: None,
+                    instance_sha256: None,
+                    prediction: None,
+                    cached: false,
+                    latency_ms: latency.as_secs_f32() * 1e3,
+                    client: caller.client.clone(),
+                    error: Some(e.to_string()),
+                });
+            }
+            answer.err(e)
+        }
+    };
+    let status = resp.status().as_u16().to_string();
+    st.metrics
+        .requests
+        .with_label_values(&[&model_label, &version_label, &status])
+        .inc();
+    st.metrics
+        .request_duration
+        .with_label_values(&[&model_label])
+        .observe(latency.as_secs_f64());
+    let t = ctx.timings;
+    let h = resp.headers_mut();
+    h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
+    h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "queue;dur={:.3}, inference;dur={:.3}",
+        t.queue.as_secs_f64() * 1e3,
+        t.inference.as_secs_f64() * 1e3
+    )) {
+        h.insert(HeaderName::from_static("server-timing"), v);
+    }
+    resp
+}
+
+#[derive(Default)]
+struct RequestCtx {
+    timings: Timings,
+    /// (model, version) once resolved to a loaded model: metric labels stay bounded
+    /// to real models, whatever names clients send.
+    labels: Option<(String, String)>,
+    /// The instances as sent, kept for the prediction log.
+    instances: Option<Vec<Value>>,
+}
+
+async fn run<T>(
+    st: &Arc<AppState>,
+    prepare: impl FnOnce(&Deployment) -> Prepared<T>,
+    start: Instant,
+    ctx: &mut RequestCtx,
+) -> Result<(Arc<Model>, Predicted, T), ApiError> {
+    let deployment = st.lifecycle.admit()?;
+    let (target, instances) = prepare(&deployment)?;
+    let model = &target.model;
+    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
+    let (instances, extra) = instances?;
+    let batch = st.pipeline.decode(&target, &instances)?;
+    if st.predlog.enabled() && st.config.predlog_inputs == LogInputs::Full {
+        ctx.instances = Some(instances);
+    }
+    st.metrics
+        .instances
+        .with_label_values(&[&model.manifest.name])
+        .observe(batch.len() as f64);
+    let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
+    let done = st
+        .pipeline
+        .predict(
+            &target,
+            batch,
+            deadline,
+            st.predlog.enabled(),
+            &mut ctx.timings,
+        )
+        .await?;
+    Ok((target.model, done, extra))
+}
+
+fn log_success(
+    st: &AppState,
+    caller: &Caller,
+    model: &Model,
+    done: &Predicted,
+    instances: Option<Vec<Value>>,
+    latency: Duration,
+) {
+    let full = st.config.predlog_inputs == LogInputs::Full;
+    let ts = chrono::Utc::now();
+    let mut instances = instances.unwrap_or_default().into_iter();
+    for (i, (p, cached)) in done.predictions.iter().zip(&done.cached).enumerate() {
+        let instance = instances.next();
+        let key = done.keys.get(i);
+        st.predlog.log(Record {
+            id: Uuid::new_v4(),
+            ts,
+            request_id: caller.request_id.clone(),
+            model: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+            status: 200,
+            instance: if full { instance } else { None },
+            instance_sha256: key.map(hex::encode),
+            prediction: serde_json::to_value(p).ok(),
+            cached: *cached,
+            latency_ms: latency.as_secs_f32() * 1e3,
+            client: caller.client.clone(),
+            error: None,
+        });
+    }
+}
+
+/// Counts a request in `inferd_requests_in_flight` for as long as it lives,
+/// including when the client goes away and the handler future is dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

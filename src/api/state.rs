@@ -1,0 +1,21 @@
+//! What every route shares: the configuration, the core's pipeline and
+//! lifecycle, the prediction log, the metrics and the API keys. The server
+//! builds it; routes only read it.
+
+use std::sync::Arc;
+
+use super::auth::ApiKeys;
+use crate::config::ServeConfig;
+use crate::core::lifecycle::Lifecycle;
+use crate::core::pipeline::Pipeline;
+use crate::metrics::Metrics;
+use crate::predlog::PredLog;
+
+pub struct AppState {
+    pub config: ServeConfig,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Pipeline,
+    pub lifecycle: Lifecycle,
+    pub predlog: PredLog,
+    pub api_keys: Arc<ApiKeys>,
+}

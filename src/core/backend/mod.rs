@@ -1,0 +1,158 @@
+//! Model execution behind a narrow trait, `Backend`: a batch of decoded instances
+//! in, a matrix of floats out. The batcher and the pipeline only ever see this
+//! trait, so they can be tested with the scripted backend in `testing`, and a
+//! second runtime (libtorch) slots in beside ONNX Runtime without touching them.
+//!
+//! `Backend::infer` blocks: callers run it on a blocking thread, never on the
+//! async reactor. A `Loader` builds a backend for a model version's graph file;
+//! the repository takes one, so it never names a runtime itself.
+
+pub mod onnx;
+pub mod testing;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Device;
+
+use super::task::Task;
+
+/// A batch in the layout the graph takes.
+#[derive(Debug, Clone)]
+pub enum InputBatch {
+    /// One string per row: a `[B]` string tensor.
+    Text(Vec<String>),
+    /// Row-major `[batch, steps, features]` floats.
+    Windows {
+        data: Vec<f32>,
+        batch: usize,
+        steps: usize,
+        features: usize,
+    },
+}
+
+impl InputBatch {
+    pub fn len(&self) -> usize {
+        match self {
+            InputBatch::Text(t) => t.len(),
+            InputBatch::Windows { batch, .. } => *batch,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The instances at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> InputBatch {
+        match self {
+            InputBatch::Text(t) => InputBatch::Text(idx.iter().map(|&i| t[i].clone()).collect()),
+            InputBatch::Windows {
+                data,
+                steps,
+                features,
+                ..
+            } => {
+                let n = steps * features;
+                let mut out = Vec::with_capacity(idx.len() * n);
+                for &i in idx {
+                    out.extend_from_slice(&data[i * n..(i + 1) * n]);
+                }
+                InputBatch::Windows {
+                    data: out,
+                    batch: idx.len(),
+                    steps: *steps,
+                    features: *features,
+                }
+            }
+        }
+    }
+}
+
+/// A `[rows, cols]` float matrix, row-major: one row per instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputBatch {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl OutputBatch {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Why a backend could not run a batch. `Clone` (strings, not the runtime's own
+/// error values) because one failed batch answers every request merged into it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Never sent on: some kernels (ONNX Runtime's LSTM) abort the process on it.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// The runtime refused or failed the call.
+    #[error("{backend}: {message}")]
+    Runtime {
+        backend: &'static str,
+        message: String,
+    },
+    /// The graph answered with something the task cannot read.
+    #[error("unexpected output: {0}")]
+    Output(String),
+    #[error("session pool closed")]
+    PoolClosed,
+}
+
+/// Element types the manifests can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    String,
+    Float32,
+    Int64,
+    Other,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::String => "string",
+            DType::Float32 => "float32",
+            DType::Int64 => "int64",
+            DType::Other => "other",
+        }
+    }
+}
+
+/// An input or output as the graph declares it (`-1` for dynamic dimensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+/// A loaded model graph that runs batches. Implementations: ONNX Runtime
+/// (`onnx`), and a scripted one for tests (`testing`).
+pub trait Backend: Send + Sync + 'static {
+    /// Runs one batch. Blocking; never call it on an async worker thread.
+    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError>;
+    fn inputs(&self) -> &[TensorInfo];
+    fn outputs(&self) -> &[TensorInfo];
+}
+
+/// How many sessions, threads and which device a backend uses: one set of
+/// options whatever the runtime.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    pub device: Device,
+    /// Sessions per model: one per inference slot, so slots never wait on each other.
+    pub pool_size: usize,
+}
+
+/// Builds the backend for one model version. The error is a message for the
+/// start-up log; the repository adds the file it was loading.
+pub trait Loader: Send + Sync {
+    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String>;
+}

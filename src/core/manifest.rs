@@ -1,0 +1,63 @@
+//! `model.toml`, the manifest of one model version: what the graph takes and
+//! returns, what the task needs to decode and encode, and the version's own
+//! batching and cache settings. The repository checks it against the graph
+//! before the version may serve.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<i64>,
+    #[serde(default)]
+    pub meaning: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TextSection {
+    pub labels: Vec<String>,
+    pub max_text_bytes: usize,
+    pub scores_output: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TimeSeriesSection {
+    pub window: usize,
+    pub features: Vec<String>,
+    pub feature_units: Vec<String>,
+    pub targets: Vec<String>,
+    pub target_units: Vec<String>,
+    pub scaling: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BatchingSection {
+    pub max_batch_size: usize,
+    pub max_batch_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CacheSection {
+    pub enabled: bool,
+}
+
+/// `model.toml`. Unknown keys are allowed so that manifests can carry
+/// documentation (data source, metrics) the server does not act on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    #[serde(default)]
+    pub description: String,
+    pub onnx_sha256: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub text: Option<TextSection>,
+    pub timeseries: Option<TimeSeriesSection>,
+    pub batching: BatchingSection,
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub metrics: toml::Table,
+}

@@ -1,0 +1,34 @@
+//! The serving core: everything between a decoded request and its predictions,
+//! with no knowledge of any wire protocol. Front doors (`crate::api` today, gRPC
+//! later) translate their formats to calls here and map `CoreError` to their own
+//! statuses; nothing in this tree imports a web framework (a check in `make test`
+//! keeps it so).
+//!
+//! What each part owns:
+//! - `manifest`, `repository`: model versions on disk, verified against their
+//!   graphs, loaded through a `backend::Loader`.
+//! - `backend`: the `Backend` trait, ONNX Runtime behind it, and a scripted test
+//!   backend.
+//! - `task`: instances to tensors and output rows to predictions, per task.
+//! - `admission`: the inference slots and the bounded wait queue.
+//! - `batcher`: merging concurrent requests into one backend call.
+//! - `coalesce`: single-flight for identical uncached instances.
+//! - `cache`: per-instance results, in process or in Redis.
+//! - `pipeline`: the path every prediction takes through the parts above.
+//! - `deployment`, `lifecycle`: which models serve now, and whether the server
+//!   admits work at all.
+
+pub mod admission;
+pub mod backend;
+pub mod batcher;
+pub mod cache;
+pub mod coalesce;
+pub mod deployment;
+pub mod error;
+pub mod lifecycle;
+pub mod manifest;
+pub mod pipeline;
+pub mod repository;
+pub mod task;
+
+pub use error::CoreError;
