@@ -1,0 +1,114 @@
+//! The JSON-lines file sink: for deployments without a database, one record per
+//! line in a local file.
+//!
+//! The file is rotated by size and only `keep` old files are kept, so a server
+//! that runs for months cannot fill its disk with its own log.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::writer::append_jsonl;
+use super::{record_written, Record};
+use crate::metrics::Metrics;
+
+pub(super) struct JsonlSink {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl JsonlSink {
+    pub(super) fn open(path: PathBuf, max_bytes: u64, keep: usize) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        Ok(JsonlSink {
+            path,
+            max_bytes,
+            keep: keep.max(1),
+        })
+    }
+
+    fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+        let size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if size >= self.max_bytes {
+            self.rotate()?;
+        }
+        append_jsonl(&self.path, records)
+    }
+
+    /// `predictions.jsonl` -> `.1` -> `.2` ... up to `keep` old files.
+    fn rotate(&self) -> std::io::Result<()> {
+        let name = |i: usize| PathBuf::from(format!("{}.{i}", self.path.display()));
+        let _ = fs::remove_file(name(self.keep));
+        for i in (1..self.keep).rev() {
+            let _ = fs::rename(name(i), name(i + 1));
+        }
+        fs::rename(&self.path, name(1))
+    }
+}
+
+/// Writes one batch on the blocking pool, since file I/O would stall the async
+/// workers. Never hands records back for a retry (see the error arm).
+pub(super) async fn write_shared(
+    sink: Arc<Mutex<JsonlSink>>,
+    batch: Vec<Record>,
+    metrics: Arc<Metrics>,
+) -> (Vec<Record>, anyhow::Result<()>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let r = sink
+            .lock()
+            .map_err(|_| anyhow::anyhow!("sink lock poisoned"))
+            .and_then(|mut s| Ok(s.write(&batch)?));
+        (batch, r, t.elapsed())
+    })
+    .await;
+    match joined {
+        Ok((batch, Ok(()), took)) => {
+            record_written(&metrics, "jsonl", batch.len(), took);
+            (Vec::new(), Ok(()))
+        }
+        // A local file that cannot be written will not heal by retrying
+        // the same records forever: count them as dropped.
+        Ok((batch, Err(e), _)) => {
+            metrics
+                .predlog_dropped
+                .with_label_values(&["jsonl_write"])
+                .inc_by(batch.len() as u64);
+            tracing::error!(
+                "prediction log file write failed, {} records dropped: {e:#}",
+                batch.len()
+            );
+            (Vec::new(), Ok(()))
+        }
+        Err(e) => (
+            Vec::new(),
+            Err(anyhow::anyhow!("jsonl writer task failed: {e}")),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_record as record;
+    use super::*;
+
+    #[test]
+    fn jsonl_rotation_keeps_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut s = JsonlSink::open(path.clone(), 200, 2).unwrap();
+        for i in 0..10 {
+            s.write(&[record(i)]).unwrap();
+        }
+        assert!(path.exists());
+        assert!(dir.path().join("p.jsonl.1").exists());
+        assert!(dir.path().join("p.jsonl.2").exists());
+        assert!(!dir.path().join("p.jsonl.3").exists());
+        let line = fs::read_to_string(&path).unwrap();
+        let back: Record = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(back.model, "m");
+    }
+}

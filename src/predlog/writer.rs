@@ -1,0 +1,362 @@
+//! The background writer: drains the request channel into a bounded buffer and
+//! flushes it to the sink in batches, one flush at a time in a task of its own.
+//!
+//! It never waits for a write while receiving, so a slow or failing sink cannot
+//! back up the channel (and so the request path). Past the buffer bound the
+//! oldest records spill to an append-only local file instead of growing memory
+//! without limit; failed writes go back to the front of the buffer and are
+//! retried with back-off. When the database keeps up again the next flush
+//! replays the spill file, then the buffer, and removes the file. At shutdown it
+//! writes for a bounded time and spills the rest, so a stop neither hangs nor
+//! loses records that a later start could still write.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::jsonl::{self, JsonlSink};
+use super::postgres::PgSink;
+use super::{Record, SinkConfig, WriterConfig};
+use crate::metrics::Metrics;
+
+/// Opens the sink and starts the writer on it. `cfg.sink` must not be `Off`.
+pub(super) fn spawn(
+    cfg: &WriterConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<(mpsc::Sender<Record>, JoinHandle<()>)> {
+    let sink = Sink::open(&cfg.sink)?;
+    let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
+    let writer = Writer {
+        sink,
+        buf: VecDeque::new(),
+        batch_rows: cfg.batch_rows.max(1),
+        flush_interval: cfg.flush_interval,
+        buffer_rows: cfg.buffer_rows.max(cfg.batch_rows),
+        metrics,
+        retry_at: None,
+        backoff: Duration::from_millis(100),
+        shutdown_budget: cfg.shutdown_budget,
+    };
+    Ok((tx, tokio::spawn(writer.run(rx, stop))))
+}
+
+/// Where flushed records go. Cloned into each flush task.
+#[derive(Clone)]
+enum Sink {
+    Jsonl(Arc<std::sync::Mutex<JsonlSink>>),
+    Postgres(Arc<PgSink>),
+}
+
+impl Sink {
+    fn open(cfg: &SinkConfig) -> anyhow::Result<Sink> {
+        Ok(match cfg {
+            SinkConfig::Off => anyhow::bail!("no writer for the off sink"),
+            SinkConfig::Jsonl {
+                path,
+                max_bytes,
+                keep,
+            } => Sink::Jsonl(Arc::new(std::sync::Mutex::new(JsonlSink::open(
+                path.clone(),
+                *max_bytes,
+                *keep,
+            )?))),
+            SinkConfig::Postgres { url, spill_path } => {
+                Sink::Postgres(Arc::new(PgSink::new(url, spill_path.clone())?))
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Sink::Jsonl(_) => "jsonl",
+            Sink::Postgres(_) => "postgres",
+        }
+    }
+
+    fn spill_path(&self) -> Option<&Path> {
+        match self {
+            Sink::Postgres(pg) => Some(pg.spill_path()),
+            Sink::Jsonl(_) => None,
+        }
+    }
+
+    /// Writes one batch. On error the records come back for a retry.
+    /// `replay`: write spilled records first (not at shutdown, where time is short).
+    async fn write(
+        self,
+        batch: Vec<Record>,
+        batch_rows: usize,
+        metrics: Arc<Metrics>,
+        replay: bool,
+    ) -> (Vec<Record>, anyhow::Result<()>) {
+        match self {
+            Sink::Jsonl(s) => jsonl::write_shared(s, batch, metrics).await,
+            Sink::Postgres(pg) => {
+                let r = pg.flush(&batch, batch_rows, &metrics, replay).await;
+                match r {
+                    Ok(()) => (Vec::new(), Ok(())),
+                    Err(e) => (batch, Err(e)),
+                }
+            }
+        }
+    }
+}
+
+struct Writer {
+    sink: Sink,
+    buf: VecDeque<Record>,
+    batch_rows: usize,
+    flush_interval: Duration,
+    buffer_rows: usize,
+    metrics: Arc<Metrics>,
+    /// While the sink is failing: when to try again.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    shutdown_budget: Duration,
+}
+
+/// Records received per turn beyond the buffer bound, spilled in one append.
+const SPILL_CHUNK: usize = 16_384;
+
+type Flush = JoinHandle<(Vec<Record>, anyhow::Result<()>)>;
+
+impl Writer {
+    /// Receives continuously; at most one flush runs at a time in a task of its
+    /// own, so a slow or failing sink never stops the channel from draining.
+    /// Past `buffer_rows`, the oldest records spill to disk instead.
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>, stop: CancellationToken) {
+        // Create the schema now if the database is up; otherwise the first
+        // flush retries it.
+        if let Sink::Postgres(pg) = &self.sink {
+            if let Err(e) = pg.migrate().await {
+                tracing::warn!("prediction log database not reachable yet: {e:#}");
+            }
+        }
+        let mut inflight: Option<Flush> = None;
+        let mut next_flush = Instant::now() + self.flush_interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                done = async { match inflight.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
+                    inflight = None;
+                    self.finished(done);
+                }
+                r = rx.recv() => match r {
+                    Some(r) => {
+                        self.metrics.predlog_queue.dec();
+                        self.buf.push_back(r);
+                        // Take a large bite: past the bound, each turn ends in one
+                        // spill append, and small bites cannot keep up with a
+                        // burst (the channel would overflow and drop).
+                        while self.buf.len() < self.buffer_rows + SPILL_CHUNK.max(self.batch_rows) {
+                            match rx.try_recv() {
+                                Ok(r) => { self.metrics.predlog_queue.dec(); self.buf.push_back(r); }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next_flush) => {}
+            }
+            self.enforce_bound().await;
+            let now = Instant::now();
+            let due = now >= next_flush;
+            let backing_off = self.retry_at.is_some_and(|t| now < t);
+            let has_spill = self
+                .sink
+                .spill_path()
+                .is_some_and(|p| p.exists() || replaying(p).exists());
+            if inflight.is_none()
+                && !backing_off
+                && (self.buf.len() >= self.batch_rows
+                    || (due && (!self.buf.is_empty() || has_spill)))
+            {
+                inflight = Some(self.start_flush());
+                next_flush = now + self.flush_interval;
+            } else if due {
+                next_flush = now + self.flush_interval;
+            }
+            self.metrics.predlog_buffered.set(self.buf.len() as i64);
+        }
+        // Shutdown: finish the flush under way, take what is still queued, write
+        // for as long as the budget allows (without replaying old spills), then
+        // spill whatever is left: on disk it survives until the next start.
+        let budget_end = Instant::now() + self.shutdown_budget;
+        if let Some(h) = inflight.take() {
+            let done = h.await;
+            self.finished(done);
+        }
+        while let Ok(r) = rx.try_recv() {
+            self.metrics.predlog_queue.dec();
+            self.buf.push_back(r);
+        }
+        while !self.buf.is_empty() && Instant::now() < budget_end {
+            let n = self.buf.len().min(self.batch_rows);
+            let batch: Vec<Record> = self.buf.drain(..n).collect();
+            let done = self
+                .sink
+                .clone()
+                .write(batch, self.batch_rows, self.metrics.clone(), false)
+                .await;
+            let failed = done.1.is_err();
+            self.finished(Ok(done));
+            if failed {
+                break;
+            }
+        }
+        if !self.buf.is_empty() {
+            let n = self.buf.len();
+            self.spill_oldest(n).await;
+        }
+        self.metrics.predlog_buffered.set(self.buf.len() as i64);
+        tracing::info!(sink = self.sink.name(), "prediction log flushed");
+    }
+
+    fn start_flush(&mut self) -> Flush {
+        let n = self.buf.len().min(self.batch_rows);
+        let batch: Vec<Record> = self.buf.drain(..n).collect();
+        tokio::spawn(
+            self.sink
+                .clone()
+                .write(batch, self.batch_rows, self.metrics.clone(), true),
+        )
+    }
+
+    fn finished(
+        &mut self,
+        done: Result<(Vec<Record>, anyhow::Result<()>), tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok((_, Ok(()))) => {
+                self.retry_at = None;
+                self.backoff = Duration::from_millis(100);
+            }
+            Ok((back, Err(e))) => {
+                // Put the batch back in front, in order, for the retry.
+                for r in back.into_iter().rev() {
+                    self.buf.push_front(r);
+                }
+                self.metrics.predlog_retries.inc();
+                tracing::warn!(
+                    backoff_ms = self.backoff.as_millis() as u64,
+                    "prediction log write failed, will retry: {e:#}"
+                );
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => tracing::error!("prediction log flush task failed: {e}"),
+        }
+    }
+
+    /// Keeps the in-memory buffer within its bound by spilling the oldest records.
+    async fn enforce_bound(&mut self) {
+        if self.buf.len() > self.buffer_rows {
+            let n = self.buf.len() - self.buffer_rows;
+            self.spill_oldest(n).await;
+        }
+    }
+
+    async fn spill_oldest(&mut self, n: usize) {
+        let Some(path) = self.sink.spill_path().map(Path::to_path_buf) else {
+            // The file sink has no second place to go: the bound only holds if
+            // the disk keeps up, which it does unless it fails.
+            return;
+        };
+        let batch: Vec<Record> = self.buf.drain(..n).collect();
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || append_jsonl(&p, &batch))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match r {
+            Ok(()) => {
+                self.metrics.predlog_spilled.inc_by(n as u64);
+                tracing::warn!(records = n, path = %path.display(), "prediction log spilled to disk");
+            }
+            Err(e) => {
+                self.metrics
+                    .predlog_dropped
+                    .with_label_values(&["spill_failed"])
+                    .inc_by(n as u64);
+                tracing::error!(
+                    records = n,
+                    "prediction log spill failed, records dropped: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// The spill file while it is being replayed: appends go to a fresh spill file
+/// meanwhile, so nothing appended during a replay is removed with it.
+pub(super) fn replaying(spill: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.replaying", spill.display()))
+}
+
+/// The batch goes out in one write, so a crash mid-append tears at most the
+/// last line, which `read_spill` then reports as unreadable.
+pub(super) fn append_jsonl(path: &Path, records: &[Record]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut out = Vec::with_capacity(records.len() * 512);
+    for r in records {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(&out)?;
+    f.flush()
+}
+
+/// One entry per line; `None` for a line that does not parse (a torn append).
+pub(super) fn read_spill(path: &Path) -> std::io::Result<Vec<Option<Record>>> {
+    let f = File::open(path)?;
+    BufReader::new(f)
+        .lines()
+        .map(|l| l.map(|l| serde_json::from_str::<Record>(&l).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_record as record;
+    use super::*;
+
+    /// Replay trusts `read_spill` to give back every appended record intact and
+    /// to count, not fail on, a line torn by a crash mid-append.
+    #[test]
+    fn spill_append_reads_back_and_counts_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/spill.jsonl");
+        let first: Vec<Record> = (0..3).map(record).collect();
+        let second: Vec<Record> = (3..5).map(record).collect();
+        append_jsonl(&path, &first).unwrap();
+        append_jsonl(&path, &second).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"id":"0b6f"#).unwrap();
+        drop(f);
+
+        let back = read_spill(&path).unwrap();
+        assert_eq!(back.len(), 6);
+        let good: Vec<Record> = back.iter().flatten().cloned().collect();
+        let want: Vec<Record> = first.into_iter().chain(second).collect();
+        assert_eq!(good, want);
+        assert!(back[5].is_none());
+        assert_eq!(
+            replaying(&path),
+            dir.path().join("nested/spill.jsonl.replaying")
+        );
+    }
+}
