@@ -30,7 +30,7 @@ struct Job {
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
     /// Counts against `INFERD_MAX_QUEUE` until the job is taken into a batch.
-    _ticket: QueueTicket,
+    ticket: Option<QueueTicket>,
 }
 
 #[derive(Clone)]
@@ -75,7 +75,7 @@ impl Batcher {
             deadline,
             enqueued: Instant::now(),
             reply,
-            _ticket: ticket,
+            ticket: Some(ticket),
         };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
             let _ = job.reply.send(Err(CoreError::Draining));
@@ -158,10 +158,12 @@ impl Worker {
 
     /// Runs one merged batch on a blocking thread, which owns the slot, and
     /// hands each job its rows.
-    fn launch(&self, jobs: Vec<Job>, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn launch(&self, mut jobs: Vec<Job>, permit: tokio::sync::OwnedSemaphorePermit) {
         let started = Instant::now();
         let name = self.model.manifest.name.clone();
-        for j in &jobs {
+        for j in &mut jobs {
+            // Running is not waiting: the queue bound counts only queued jobs.
+            j.ticket = None;
             self.metrics
                 .queue_wait
                 .with_label_values(&[&name])
@@ -291,5 +293,174 @@ mod tests {
             .iter(),
         );
         assert!(matches!(t, InputBatch::Text(v) if v == ["a", "b", "c"]));
+    }
+}
+
+/// Batch formation on the scripted backend: exact, because the gate holds a
+/// batch inside the model for as long as the test needs.
+#[cfg(test)]
+mod formation_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::admission::Admission;
+    use crate::core::backend::testing::{expected_row, forecaster_model, TestBackend};
+
+    fn window(v: f32) -> InputBatch {
+        InputBatch::Windows {
+            data: vec![v, 0.0],
+            batch: 1,
+            steps: 2,
+            features: 1,
+        }
+    }
+
+    struct Rig {
+        backend: Arc<TestBackend>,
+        admission: Admission,
+        metrics: Arc<Metrics>,
+        batcher: Batcher,
+    }
+
+    /// One inference slot, so a gated batch blocks everything behind it.
+    fn rig(max_batch_size: usize) -> Rig {
+        let backend = TestBackend::forecaster(2, 1, 1);
+        let metrics = Arc::new(Metrics::new());
+        let admission = Admission::new(1, 64, metrics.clone());
+        let model = Arc::new(forecaster_model("m", 2, max_batch_size, backend.clone()));
+        let batcher = Batcher::start(
+            model,
+            admission.slots(),
+            metrics.clone(),
+            max_batch_size,
+            Duration::ZERO,
+            1000,
+        );
+        Rig {
+            backend,
+            admission,
+            metrics,
+            batcher,
+        }
+    }
+
+    /// A failed assertion must not leave a batch parked in the model: the
+    /// runtime waits for blocking threads when it shuts down.
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.backend.open_gate();
+        }
+    }
+
+    impl Rig {
+        fn submit(&self, v: f32, within: Duration) -> oneshot::Receiver<JobResult> {
+            let ticket = self.admission.enter().expect("queue has room");
+            self.batcher
+                .submit(window(v), Instant::now() + within, ticket)
+        }
+
+        /// Submits `v` and waits until it is inside the model, holding the slot.
+        async fn occupy(&self, v: f32) -> oneshot::Receiver<JobResult> {
+            self.backend.close_gate();
+            let rx = self.submit(v, Duration::from_secs(10));
+            let t = Instant::now();
+            while self.backend.running() == 0 {
+                assert!(t.elapsed() < Duration::from_secs(5), "job never started");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rx
+        }
+    }
+
+    async fn value(rx: oneshot::Receiver<JobResult>) -> Result<f32, CoreError> {
+        let (out, _, _) = rx.await.expect("the batcher answers")?;
+        assert_eq!(out.rows, 1);
+        Ok(out.data[0])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_behind_a_busy_slot_run_as_one_batch_in_order() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let queued: Vec<_> = [2.0, 3.0, 4.0]
+            .into_iter()
+            .map(|v| r.submit(v, Duration::from_secs(10)))
+            .collect();
+        assert_eq!(r.admission.waiting(), 3, "all three wait for the slot");
+        r.backend.open_gate();
+        assert_eq!(value(a).await, Ok(1.0));
+        for (rx, v) in queued.into_iter().zip([2.0, 3.0, 4.0]) {
+            assert_eq!(value(rx).await, Ok(expected_row(&window(v), 0, 1)[0]));
+        }
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![2.0, 3.0, 4.0]]);
+        assert_eq!(r.admission.waiting(), 0, "tickets are freed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_batch_exceeds_the_maximum_and_every_job_runs_once() {
+        let r = rig(2);
+        let a = r.occupy(1.0).await;
+        let queued: Vec<_> = (2..=6)
+            .map(|v| r.submit(v as f32, Duration::from_secs(10)))
+            .collect();
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        for rx in queued {
+            value(rx).await.unwrap();
+        }
+        let batches = r.backend.batches();
+        assert!(batches.iter().all(|b| b.len() <= 2), "{batches:?}");
+        let seen: Vec<f32> = batches.into_iter().flatten().collect();
+        assert_eq!(seen, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_jobs_never_reach_the_model() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let short = r.submit(2.0, Duration::from_millis(30));
+        let long = r.submit(3.0, Duration::from_secs(10));
+        let short2 = r.submit(4.0, Duration::from_millis(30));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        assert_eq!(value(short).await, Err(CoreError::DeadlineExceeded(1000)));
+        assert_eq!(value(short2).await, Err(CoreError::DeadlineExceeded(1000)));
+        assert_eq!(value(long).await, Ok(3.0));
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![3.0]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_whose_client_left_are_dropped_and_counted() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let gone = r.submit(2.0, Duration::from_secs(10));
+        let stays = r.submit(3.0, Duration::from_secs(10));
+        drop(gone);
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        assert_eq!(value(stays).await, Ok(3.0));
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![3.0]]);
+        let gone = r
+            .metrics
+            .rejections
+            .with_label_values(&["client_gone"])
+            .get();
+        assert_eq!(gone, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_fails_each_of_its_jobs_and_frees_the_slot() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let b = r.submit(2.0, Duration::from_secs(10));
+        let c = r.submit(3.0, Duration::from_secs(10));
+        r.backend.fail_next(2);
+        r.backend.open_gate();
+        for rx in [a, b, c] {
+            assert!(matches!(value(rx).await, Err(CoreError::Backend(_))));
+        }
+        // The slot came back: the next job runs.
+        assert_eq!(value(r.submit(5.0, Duration::from_secs(10))).await, Ok(5.0));
     }
 }
