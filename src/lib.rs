@@ -11,7 +11,6 @@
 pub mod admission;
 pub mod api;
 pub mod batcher;
-pub mod bench;
 pub mod cache;
 pub mod coalesce;
 pub mod config;
