@@ -33,7 +33,7 @@ models-install:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 ## The docker-compose topology on loopback: nginx + 3 workers + Redis + PostgreSQL.
 stack-up: build

@@ -27,6 +27,7 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 export ORT_DYLIB_PATH="$(./scripts/install-ort.sh | tail -n 1)"
 echo "== building (release)" >&2
 cargo build --release --bin inferd --example raw_ort >&2
+cargo build --release -p inferd-bench >&2
 if [ ! -x .venv-peer/bin/uvicorn ] || ! cmp -s bench/peers/requirements.txt .venv-peer/.requirements; then
   echo "== installing the Python peer's venv" >&2
   python3 -m venv .venv-peer
@@ -77,7 +78,7 @@ for m in text-classifier lstm-forecaster; do
     for t in inferd:$P_INFERD nginx:$P_NGINX peer:$P_PEER; do
       name=${t%%:*}; port=${t##*:}
       echo "== $m c=$c $name" >&2
-      ./target/release/inferd bench --url http://127.0.0.1:$port --model "$m" -c "$c" -d "$DUR" --warmup 1s --quiet \
+      ./target/release/inferd-bench --url http://127.0.0.1:$port --model "$m" -c "$c" -d "$DUR" --warmup 1s --quiet \
         --json "$TMP/$name-$m-$c.json" >/dev/null || true
     done
   done

@@ -59,11 +59,11 @@ step "Model checks (manifest vs graph, sha256, golden outputs)"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --all-targets
+step "cargo test (the server and crates/inferd-bench)"
+cargo test --workspace --all-targets
 
 step "Release build (the binary the deployment and conformance tests run)"
 cargo build --release --bin inferd

@@ -28,11 +28,11 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up, so the size of the `Serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve the models in the models directory over HTTP (the default).
     Serve(ServeConfig),
-    /// Load-test a running server with the models' held-out inputs.
-    Bench(crate::bench::BenchConfig),
     /// Probe a running server (exit 0 when it answers 200): the container
     /// HEALTHCHECK, for images that carry no curl or shell.
     Healthcheck(HealthcheckConfig),

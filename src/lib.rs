@@ -10,7 +10,6 @@
 //!   written off the request path) and `telemetry`.
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod core;
 pub mod metrics;

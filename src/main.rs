@@ -7,16 +7,6 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(c)) => c,
-        Some(Command::Bench(b)) => {
-            return match inferd::bench::main(b).await {
-                Ok(true) => std::process::ExitCode::SUCCESS,
-                Ok(false) => std::process::ExitCode::from(2),
-                Err(e) => {
-                    eprintln!("inferd bench: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            };
-        }
         Some(Command::Healthcheck(h)) => return inferd::server::healthcheck(&h).await,
         None => cli.serve,
     };

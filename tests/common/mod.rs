@@ -14,8 +14,15 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The repository root: the nearest directory at or above this package's manifest
+/// that holds `models/` (the bench crate reuses this harness from `crates/inferd-bench`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|d| d.join("models").is_dir())
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 pub fn config() -> ServeConfig {

@@ -1,6 +1,7 @@
-//! `inferd bench` against a live server: a short run, targets checked, JSON and
-//! plot written; a missed target sets exit code 2.
+//! `inferd-bench` against a live inferd started in-process: a short run, targets
+//! checked, JSON and plot written; a missed target sets exit code 2.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
@@ -9,9 +10,8 @@ use common::{root, uncached, TestServer};
 use serde_json::Value;
 
 fn bench(url: &str, extra: &[&str], dir: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+    let out = Command::new(env!("CARGO_BIN_EXE_inferd-bench"))
         .args([
-            "bench",
             "--url",
             url,
             "--duration",
@@ -28,7 +28,7 @@ fn bench(url: &str, extra: &[&str], dir: &std::path::Path) -> (i32, String) {
         .arg(dir.join("plot.svg"))
         .args(extra)
         .output()
-        .expect("run inferd bench");
+        .expect("run inferd-bench");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
