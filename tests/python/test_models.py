@@ -3,7 +3,9 @@
 For each `models/<name>/<version>/`: the sha256 in `model.toml` matches the file,
 the manifest's inputs and outputs match the graph ONNX Runtime actually loads
 (names, dtypes, ranks and fixed dimensions), the label / target counts match the
-output width, and `golden.json` is reproduced within its stated tolerance.
+output width, `golden.json` is reproduced within its stated tolerance, and the
+model's quality is recomputed from the golden cases' true labels / values (not
+read from the manifest) and held to a bar against a naive baseline.
 """
 
 from __future__ import annotations
@@ -105,11 +107,60 @@ def test_golden_reproduced(model):
         assert np.std(out[:, 0]) > 0.1
 
 
-def test_reported_quality_meets_the_bar(model):
+def test_quality_recomputed_from_golden_truth(model):
+    """Quality from the ground truth, not from the training script's word: the
+    committed graph is run on every golden case and scored against the case's
+    true label / true next value (independent of `expected`, which is the
+    model's own output at export time).
+
+    The manifest's `[metrics]` are on the full held-out split, and the golden
+    cases are a seeded sample of it (training/train_*.py): text-classifier takes
+    20 test messages per class (so its majority share is 0.5, not the split's
+    0.6868), lstm-forecaster 32 of the 344 test windows. A sample of 32-40 cannot
+    reproduce a figure over 344-1210 cases to any useful tolerance, so the
+    recomputed figures are held to the thresholds, and the manifest's stated
+    figures to the same bar separately (test_manifest_states_quality_meets_the_bar).
+    """
+    _, m, sess, g = model
+    cases = g["cases"]
+    if m["task"] == "text-classification":
+        labels = m["text"]["labels"]
+        truth = [c["true_label"] for c in cases]
+        assert set(truth) == set(labels), "golden truth must hold every class"
+        x = np.array([c["input"] for c in cases], dtype=object)
+        probs = sess.run([m["text"]["scores_output"]], {m["inputs"][0]["name"]: x})[0]
+        predicted = [labels[int(p.argmax())] for p in probs]
+        accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
+        majority = max(truth.count(lab) for lab in labels) / len(truth)
+        wrong = [(c["source"], p, t) for c, p, t in zip(cases, predicted, truth) if p != t]
+        assert accuracy >= 0.95, (accuracy, wrong)
+        # Well above what always answering the commonest class scores on the same cases.
+        assert accuracy >= majority + 0.3, (accuracy, majority)
+    else:
+        targets = m["timeseries"]["targets"]
+        x = np.array([c["input"] for c in cases], dtype=np.float32)
+        y = np.array([[c["true"][t] for t in targets] for c in cases], dtype=np.float64)
+        out = sess.run([m["outputs"][0]["name"]], {m["inputs"][0]["name"]: x})[0]
+        assert out.shape == y.shape
+        # Naive forecast: the last reading of each window (features == targets here).
+        assert m["timeseries"]["features"] == targets
+        naive = x[:, -1, :].astype(np.float64)
+        model_rmse = float(np.sqrt(np.mean((out.astype(np.float64) - y) ** 2)))
+        naive_rmse = float(np.sqrt(np.mean((naive - y) ** 2)))
+        assert naive_rmse > 0.1, naive_rmse  # the truth is not the last value echoed
+        assert model_rmse <= 0.9 * naive_rmse, (model_rmse, naive_rmse)
+
+
+def test_manifest_states_quality_meets_the_bar(model):
+    """What the model card / manifest tells users (full held-out split) meets the
+    same bar; the golden-sample recomputation above is what checks the model."""
     _, m, _, _ = model
     met = m["metrics"]
     if m["task"] == "text-classification":
         assert met["stratified_accuracy"] >= 0.97
-        assert met["stratified_accuracy"] > met["stratified_majority_accuracy"]
+        assert met["stratified_accuracy"] >= met["stratified_majority_accuracy"] + 0.2
     else:
         assert met["test_rmse"] <= 0.9 * met["naive_rmse"]
+        expected_pct = 100.0 * (1 - met["test_rmse"] / met["naive_rmse"])
+        # The manifest rounds every figure to 4 decimals before writing it.
+        assert abs(met["rmse_improvement_vs_naive_pct"] - expected_pct) <= 0.05
