@@ -23,7 +23,7 @@ use crate::api::AppState;
 use crate::config::{CacheMode, PredLogMode, ServeConfig};
 use crate::core::admission::Admission;
 use crate::core::backend::onnx::{self, OrtLoader};
-use crate::core::backend::BackendOptions;
+use crate::core::backend::{BackendOptions, Loader};
 use crate::core::cache::{Cache, RedisSettings};
 use crate::core::lifecycle::{Lifecycle, Phase};
 use crate::core::pipeline::{Limits, Pipeline};
@@ -108,8 +108,16 @@ pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
     })
 }
 
+/// Builds the loader for the models from the backend options. `run` uses ONNX
+/// Runtime's; tests wrap it (a slowed backend makes overlaps certain).
+pub type MakeLoader = Box<dyn FnOnce(BackendOptions) -> Box<dyn Loader> + Send>;
+
+fn ort_loader() -> MakeLoader {
+    Box::new(|opts| Box::new(OrtLoader(opts)))
+}
+
 /// Loads ONNX Runtime and every model, then warms each session up. Blocking.
-pub fn load_models(config: &ServeConfig) -> anyhow::Result<Repository> {
+pub fn load_models(config: &ServeConfig, make_loader: MakeLoader) -> anyhow::Result<Repository> {
     let dylib =
         onnx::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
     onnx::init(&dylib).map_err(anyhow::Error::msg)?;
@@ -118,7 +126,7 @@ pub fn load_models(config: &ServeConfig) -> anyhow::Result<Repository> {
         device: config.device,
         pool_size: config.concurrency(),
     };
-    let repo = Repository::load(&config.models_dir, &OrtLoader(opts.clone()))?;
+    let repo = Repository::load(&config.models_dir, make_loader(opts.clone()).as_ref())?;
     for model in repo.iter() {
         // Round-robin through the pool: every session runs `warmup_runs` times.
         model.warm_up(config.warmup_runs * opts.pool_size)?;
@@ -139,6 +147,16 @@ pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_loader(config, listener, shutdown, ort_loader()).await
+}
+
+/// `run`, with the models' backends built by `make_loader`.
+pub async fn run_with_loader(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    make_loader: MakeLoader,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let state = Arc::new(build_state(config.clone())?);
@@ -173,7 +191,7 @@ pub async fn run(
 
     let loader = {
         let cfg = config.clone();
-        tokio::task::spawn_blocking(move || load_models(&cfg))
+        tokio::task::spawn_blocking(move || load_models(&cfg, make_loader))
     };
     tokio::select! {
         loaded = loader => {

@@ -31,6 +31,7 @@ pub struct Timings {
     pub inference: Duration,
 }
 
+#[derive(Debug)]
 pub struct Predicted {
     pub predictions: Vec<Prediction>,
     pub cached: Vec<bool>,
@@ -310,3 +311,7 @@ impl Pipeline {
         Ok(predictions)
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

@@ -176,6 +176,43 @@ impl Backend for TestBackend {
     }
 }
 
+/// Another backend, slowed down: every call first sleeps. Wraps a real model
+/// when a test needs requests to overlap for certain.
+pub struct Slowed {
+    inner: Arc<dyn Backend>,
+    latency: Duration,
+}
+
+impl Backend for Slowed {
+    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError> {
+        std::thread::sleep(self.latency);
+        self.inner.infer(input)
+    }
+
+    fn inputs(&self) -> &[TensorInfo] {
+        self.inner.inputs()
+    }
+
+    fn outputs(&self) -> &[TensorInfo] {
+        self.inner.outputs()
+    }
+}
+
+/// Loads through `inner`, then slows every backend by `latency`.
+pub struct SlowLoader {
+    pub inner: Box<dyn Loader>,
+    pub latency: Duration,
+}
+
+impl Loader for SlowLoader {
+    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(Slowed {
+            inner: self.inner.load(graph, task)?,
+            latency: self.latency,
+        }))
+    }
+}
+
 /// Hands out one prepared backend for every graph (repository tests).
 pub struct FixedLoader(pub Arc<TestBackend>);
 
