@@ -56,6 +56,9 @@ venv "$VENV" tests/python/requirements.txt --find-links "$ROOT/.ort/wheel"
 step "Model checks (manifest vs graph, sha256, golden outputs)"
 "$VENV/bin/python" -m pytest -q tests/python
 
+step "Layers: module graph one-way, no import cycles, no web crate in src/core, files within 600 lines"
+python3 scripts/layers.py --quiet
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -15,61 +15,30 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod v1;
 pub mod v2;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub use error::ApiError;
 use error::{method_not_allowed, route_not_found, ErrorFormat, JsonApi};
+pub use routes::{api_routes, document};
+use routes::{doc_routes, v1_routes, Routes};
 pub use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-type Routes = OpenApiRouter<Arc<AppState>>;
-
-/// inferd's JSON API and the probes.
-fn v1_routes() -> Routes {
-    OpenApiRouter::new()
-        .routes(routes!(v1::predict_any))
-        .routes(routes!(v1::list_models))
-        .routes(routes!(v1::get_model))
-        .routes(routes!(v1::predict_named))
-        .routes(routes!(v1::predict_versioned))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
-}
-
-/// The API's own description.
-fn doc_routes() -> Routes {
-    OpenApiRouter::new()
-        .routes(routes!(openapi::openapi_json))
-        .routes(routes!(openapi::reference))
-}
-
-/// Every route with its description, in the order the document lists them:
-/// `openapi::document()` is built from this, so the committed
-/// `docs/openapi.json` comes from the same lists as the router.
-pub fn api_routes() -> Routes {
-    OpenApiRouter::with_openapi(openapi::base())
-        .merge(v1_routes())
-        .nest("/v2", v2::routes())
-        .merge(doc_routes())
-}
 
 /// Fallbacks and API keys in the router's own error format.
 fn with_format<F: ErrorFormat>(routes: Routes, keys: &Arc<auth::ApiKeys>) -> Router<Arc<AppState>> {
@@ -99,18 +68,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn ms(d: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
-        .unwrap_or(HeaderValue::from_static("0"))
-}
-
 /// `x-response-time` (milliseconds in the server) on every response.
 async fn response_time(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(
         HeaderName::from_static("x-response-time"),
-        ms(start.elapsed()),
+        serve::ms(start.elapsed()),
     );
     resp
 }

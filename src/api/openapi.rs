@@ -1,11 +1,9 @@
-//! The OpenAPI 3.1 description of the whole HTTP API, generated from the route
-//! annotations (utoipa): `GET /openapi.json` serves it, `docs/openapi.json` holds
-//! a committed copy that a test keeps equal to it, and the conformance suite
+//! The OpenAPI 3.1 document's skeleton (title, tags, the bearer scheme) and its
+//! rendering as an HTML reference. The routes add their own paths and schemas
+//! (`routes`): `GET /openapi.json` serves the result, `docs/openapi.json` holds a
+//! committed copy that a test keeps equal to it, and the conformance suite
 //! (schemathesis) checks the live server against it.
 
-use std::sync::OnceLock;
-
-use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
@@ -54,30 +52,6 @@ pub fn base() -> Document {
     ApiDoc::openapi()
 }
 
-/// The complete document, built once.
-pub fn document() -> &'static Document {
-    static DOC: OnceLock<Document> = OnceLock::new();
-    DOC.get_or_init(|| super::api_routes().split_for_parts().1)
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health",
-    responses((status = 200, description = "OpenAPI 3.1 description of this API", body = Object)))]
-pub async fn openapi_json() -> Json<&'static Document> {
-    Json(document())
-}
-
-/// This API's reference as one self-contained HTML page (no scripts, fonts or
-/// styles from elsewhere, so it works on an air-gapped network), rendered from
-/// the same document.
-#[utoipa::path(get, path = "/docs", tag = "health",
-    responses((status = 200, description = "HTML reference of this API",
-        content_type = "text/html", body = String)))]
-pub async fn reference() -> axum::response::Html<&'static str> {
-    static PAGE: OnceLock<String> = OnceLock::new();
-    axum::response::Html(PAGE.get_or_init(|| render(document())))
-}
-
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -104,7 +78,8 @@ fn schema_name(v: &serde_json::Value) -> String {
     }
 }
 
-fn render(doc: &Document) -> String {
+/// The document as one self-contained HTML page.
+pub fn render(doc: &Document) -> String {
     let v = serde_json::to_value(doc).unwrap_or_default();
     let text = |p: &serde_json::Value| esc(p.as_str().unwrap_or(""));
     let mut out = String::from(

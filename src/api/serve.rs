@@ -17,7 +17,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::ms;
 use super::state::AppState;
 use crate::config::LogInputs;
 use crate::core::deployment::{Deployment, Target};
@@ -239,4 +238,10 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// A duration as a header value in milliseconds.
+pub(crate) fn ms(d: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+        .unwrap_or(HeaderValue::from_static("0"))
 }

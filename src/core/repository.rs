@@ -141,7 +141,7 @@ fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError> {
         ));
     }
     let task = Task::from_manifest(&manifest).map_err(|m| err(&manifest_path, m))?;
-    let backend = loader.load(&onnx_path, &task).map_err(|m| {
+    let backend = loader.load(&onnx_path, task.output_name()).map_err(|m| {
         err(
             &onnx_path,
             format!("cannot load the graph (corrupt or not ONNX?): {m}"),

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::writer::append_jsonl;
-use super::{record_written, Record};
+use super::record::append_jsonl;
+use super::record::{record_written, Record};
 use crate::metrics::Metrics;
 
 pub(super) struct JsonlSink {
@@ -92,8 +92,8 @@ pub(super) async fn write_shared(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_record as record;
     use super::*;
+    use crate::predlog::record::test_record as record;
 
     #[test]
     fn jsonl_rotation_keeps_a_bounded_number_of_files() {

@@ -18,63 +18,20 @@
 
 mod jsonl;
 mod postgres;
+mod record;
 mod writer;
 
-use std::path::PathBuf;
+pub use record::Record;
+pub use writer::{SinkConfig, WriterConfig};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::metrics::Metrics;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    pub id: Uuid,
-    pub ts: DateTime<Utc>,
-    pub request_id: String,
-    pub model: String,
-    pub version: String,
-    pub status: u16,
-    /// The instance as sent, when `INFERD_PREDLOG_INPUTS=full`.
-    pub instance: Option<serde_json::Value>,
-    /// SHA-256 of the instance's canonical encoding (the cache key's hash).
-    pub instance_sha256: Option<String>,
-    pub prediction: Option<serde_json::Value>,
-    pub cached: bool,
-    pub latency_ms: f32,
-    pub client: Option<String>,
-    pub error: Option<String>,
-}
-
-pub enum SinkConfig {
-    Off,
-    Jsonl {
-        path: PathBuf,
-        max_bytes: u64,
-        keep: usize,
-    },
-    Postgres {
-        url: String,
-        spill_path: PathBuf,
-    },
-}
-
-pub struct WriterConfig {
-    pub sink: SinkConfig,
-    /// At shutdown, how long to keep writing to the sink before spilling the
-    /// rest to disk (a later start replays it).
-    pub shutdown_budget: Duration,
-    pub channel_capacity: usize,
-    pub batch_rows: usize,
-    pub flush_interval: Duration,
-    pub buffer_rows: usize,
-}
 
 /// The request-path handle.
 pub struct PredLog {
@@ -135,42 +92,11 @@ impl PredLog {
     }
 }
 
-/// Both sinks count their writes the same way, so dashboards need not care
-/// which one is configured.
-fn record_written(metrics: &Metrics, sink: &str, rows: usize, took: Duration) {
-    metrics
-        .predlog_written
-        .with_label_values(&[sink])
-        .inc_by(rows as u64);
-    metrics
-        .predlog_write_duration
-        .with_label_values(&[sink])
-        .observe(took.as_secs_f64());
-}
-
-/// A filled-in record for the submodules' tests.
-#[cfg(test)]
-fn test_record(i: u32) -> Record {
-    Record {
-        id: Uuid::new_v4(),
-        ts: Utc::now(),
-        request_id: format!("r{i}"),
-        model: "m".into(),
-        version: "1".into(),
-        status: 200,
-        instance: Some(serde_json::json!("text")),
-        instance_sha256: Some("ab".into()),
-        prediction: Some(serde_json::json!({"label": "ham"})),
-        cached: false,
-        latency_ms: 0.5,
-        client: Some("127.0.0.1:1".into()),
-        error: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::record::{read_spill, test_record};
     use super::*;
+    use uuid::Uuid;
 
     /// With the database unreachable and no shutdown budget, every logged
     /// record must end up in the spill file (past the buffer bound while
@@ -200,7 +126,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         log.shutdown(Duration::from_secs(10)).await;
 
-        let mut back: Vec<Uuid> = writer::read_spill(&spill_path)
+        let mut back: Vec<Uuid> = read_spill(&spill_path)
             .unwrap()
             .into_iter()
             .map(|r| r.unwrap().id)

@@ -15,8 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::writer::{read_spill, replaying};
-use super::{record_written, Record};
+use super::record::{read_spill, replaying};
+use super::record::{record_written, Record};
 use crate::metrics::Metrics;
 
 /// One schema change. `version` is recorded once applied and never reused;

@@ -11,8 +11,6 @@
 //! loses records that a later start could still write.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +22,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::jsonl::{self, JsonlSink};
 use super::postgres::PgSink;
-use super::{Record, SinkConfig, WriterConfig};
+use super::record::{append_jsonl, replaying, Record};
 use crate::metrics::Metrics;
+
+pub enum SinkConfig {
+    Off,
+    Jsonl {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
+    Postgres {
+        url: String,
+        spill_path: PathBuf,
+    },
+}
+
+pub struct WriterConfig {
+    pub sink: SinkConfig,
+    /// At shutdown, how long to keep writing to the sink before spilling the
+    /// rest to disk (a later start replays it).
+    pub shutdown_budget: Duration,
+    pub channel_capacity: usize,
+    pub batch_rows: usize,
+    pub flush_interval: Duration,
+    pub buffer_rows: usize,
+}
 
 /// Opens the sink and starts the writer on it. `cfg.sink` must not be `Off`.
 pub(super) fn spawn(
@@ -295,68 +317,5 @@ impl Writer {
                 );
             }
         }
-    }
-}
-
-/// The spill file while it is being replayed: appends go to a fresh spill file
-/// meanwhile, so nothing appended during a replay is removed with it.
-pub(super) fn replaying(spill: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.replaying", spill.display()))
-}
-
-/// The batch goes out in one write, so a crash mid-append tears at most the
-/// last line, which `read_spill` then reports as unreadable.
-pub(super) fn append_jsonl(path: &Path, records: &[Record]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut out = Vec::with_capacity(records.len() * 512);
-    for r in records {
-        serde_json::to_writer(&mut out, r)?;
-        out.push(b'\n');
-    }
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(&out)?;
-    f.flush()
-}
-
-/// One entry per line; `None` for a line that does not parse (a torn append).
-pub(super) fn read_spill(path: &Path) -> std::io::Result<Vec<Option<Record>>> {
-    let f = File::open(path)?;
-    BufReader::new(f)
-        .lines()
-        .map(|l| l.map(|l| serde_json::from_str::<Record>(&l).ok()))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::test_record as record;
-    use super::*;
-
-    /// Replay trusts `read_spill` to give back every appended record intact and
-    /// to count, not fail on, a line torn by a crash mid-append.
-    #[test]
-    fn spill_append_reads_back_and_counts_a_torn_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/spill.jsonl");
-        let first: Vec<Record> = (0..3).map(record).collect();
-        let second: Vec<Record> = (3..5).map(record).collect();
-        append_jsonl(&path, &first).unwrap();
-        append_jsonl(&path, &second).unwrap();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"id":"0b6f"#).unwrap();
-        drop(f);
-
-        let back = read_spill(&path).unwrap();
-        assert_eq!(back.len(), 6);
-        let good: Vec<Record> = back.iter().flatten().cloned().collect();
-        let want: Vec<Record> = first.into_iter().chain(second).collect();
-        assert_eq!(good, want);
-        assert!(back[5].is_none());
-        assert_eq!(
-            replaying(&path),
-            dir.path().join("nested/spill.jsonl.replaying")
-        );
     }
 }

@@ -15,8 +15,6 @@ use std::sync::Arc;
 
 use crate::config::Device;
 
-use super::task::Task;
-
 /// A batch in the layout the graph takes.
 #[derive(Debug, Clone)]
 pub enum InputBatch {
@@ -151,8 +149,9 @@ pub struct BackendOptions {
     pub pool_size: usize,
 }
 
-/// Builds the backend for one model version. The error is a message for the
+/// Builds the backend for one model version from its graph file; `output` is
+/// the graph output whose rows the task reads. The error is a message for the
 /// start-up log; the repository adds the file it was loading.
 pub trait Loader: Send + Sync {
-    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String>;
+    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String>;
 }

@@ -17,7 +17,6 @@ use super::{
     Backend, BackendError, BackendOptions, DType, InputBatch, Loader, OutputBatch, TensorInfo,
 };
 use crate::config::Device;
-use crate::core::task::Task;
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
@@ -221,11 +220,7 @@ impl Backend for OrtBackend {
 pub struct OrtLoader(pub BackendOptions);
 
 impl Loader for OrtLoader {
-    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(OrtBackend::load(
-            graph,
-            &self.0,
-            task.output_name(),
-        )?))
+    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(OrtBackend::load(graph, &self.0, output)?))
     }
 }

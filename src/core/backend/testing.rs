@@ -205,9 +205,9 @@ pub struct SlowLoader {
 }
 
 impl Loader for SlowLoader {
-    fn load(&self, graph: &Path, task: &Task) -> Result<Arc<dyn Backend>, String> {
+    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String> {
         Ok(Arc::new(Slowed {
-            inner: self.inner.load(graph, task)?,
+            inner: self.inner.load(graph, output)?,
             latency: self.latency,
         }))
     }
@@ -217,7 +217,7 @@ impl Loader for SlowLoader {
 pub struct FixedLoader(pub Arc<TestBackend>);
 
 impl Loader for FixedLoader {
-    fn load(&self, _graph: &Path, _task: &Task) -> Result<Arc<dyn Backend>, String> {
+    fn load(&self, _graph: &Path, _output: &str) -> Result<Arc<dyn Backend>, String> {
         Ok(self.0.clone())
     }
 }
