@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
         ("text-classifier", golden("text-classifier")),
         ("lstm-forecaster", golden("lstm-forecaster")),
     ] {
-        let model = repo.get(name, None).ok().expect("model");
+        let model = repo.get(name, None).expect("model");
         let mut group = c.benchmark_group(format!("ort/{name}"));
         for batch in [1usize, 8, 32] {
             let instances: Vec<Value> = cases.iter().cycle().take(batch).cloned().collect();

@@ -56,6 +56,8 @@ fn rig(max_batch_size: usize, cached: bool) -> Rig {
     }
 }
 
+type Handle = tokio::task::JoinHandle<Result<Predicted, CoreError>>;
+
 fn windows(values: &[f32]) -> InputBatch {
     InputBatch::Windows {
         data: values.iter().flat_map(|v| [*v, 0.0]).collect(),
@@ -77,7 +79,7 @@ impl Rig {
         predict(&self.pipeline, &self.target, values).await
     }
 
-    fn spawn(&self, values: &[f32]) -> tokio::task::JoinHandle<Result<Predicted, CoreError>> {
+    fn spawn(&self, values: &[f32]) -> Handle {
         let (p, t, v) = (self.pipeline.clone(), self.target.clone(), values.to_vec());
         tokio::spawn(async move { predict(&p, &t, &v).await })
     }
@@ -88,6 +90,25 @@ impl Rig {
             assert!(t.elapsed() < Duration::from_secs(5), "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// A leader for `v` parked inside the model, and `followers` more requests
+    /// for `v` that have missed the cache and joined its flight.
+    async fn flight(&self, v: f32, followers: usize) -> (Handle, Vec<Handle>) {
+        self.backend.close_gate();
+        let leader = self.spawn(&[v]);
+        self.until("the leader runs", |r| r.backend.running() == 1)
+            .await;
+        let misses = self.misses();
+        let rest: Vec<_> = (0..followers).map(|_| self.spawn(&[v])).collect();
+        // Each follower joins the flight right after its miss, with no await in
+        // between; the pause covers the gap between the count and the join.
+        self.until("the followers missed", |r| {
+            r.misses() == misses + followers as u64
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (leader, rest)
     }
 
     fn misses(&self) -> u64 {
@@ -121,15 +142,7 @@ async fn large_requests_split_into_bounded_batches_and_keep_their_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_misses_run_the_model_once() {
     let r = rig(8, true);
-    r.backend.close_gate();
-    let leader = r.spawn(&[7.0]);
-    r.until("the leader runs", |r| r.backend.running() == 1)
-        .await;
-    let followers: Vec<_> = (0..2).map(|_| r.spawn(&[7.0])).collect();
-    // Both followers looked the key up and missed; they join the flight right
-    // after, with no await in between.
-    r.until("both followers missed", |r| r.misses() == 3).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (leader, followers) = r.flight(7.0, 2).await;
     r.backend.open_gate();
     let lead = leader.await.unwrap().unwrap();
     assert_eq!(forecast(&lead.predictions[0]), 7.0);
@@ -149,13 +162,8 @@ async fn concurrent_identical_misses_run_the_model_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_leader_leaves_runs_the_instance_itself() {
     let r = rig(8, true);
-    r.backend.close_gate();
-    let leader = r.spawn(&[3.0]);
-    r.until("the leader runs", |r| r.backend.running() == 1)
-        .await;
-    let follower = r.spawn(&[3.0]);
-    r.until("the follower missed", |r| r.misses() == 2).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (leader, mut followers) = r.flight(3.0, 1).await;
+    let follower = followers.remove(0);
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
     r.backend.open_gate();
@@ -170,14 +178,9 @@ async fn a_follower_whose_leader_leaves_runs_the_instance_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_failure_reaches_its_followers_and_is_not_cached() {
     let r = rig(8, true);
-    r.backend.close_gate();
     r.backend.fail_next(1);
-    let leader = r.spawn(&[9.0]);
-    r.until("the leader runs", |r| r.backend.running() == 1)
-        .await;
-    let follower = r.spawn(&[9.0]);
-    r.until("the follower missed", |r| r.misses() == 2).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (leader, mut followers) = r.flight(9.0, 1).await;
+    let follower = followers.remove(0);
     r.backend.open_gate();
     assert!(matches!(leader.await.unwrap(), Err(CoreError::Backend(_))));
     assert!(matches!(

@@ -253,3 +253,76 @@ impl Model {
         Ok(())
     }
 }
+
+/// Verification on the scripted backend: the checks that stop a bad model
+/// version from serving, without ONNX Runtime.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::backend::testing::{forecaster_manifest, FixedLoader, TestBackend};
+
+    /// `root/m/1/{model.toml, model.onnx}` with a correct hash, then `edit`.
+    fn repo_dir(edit: impl FnOnce(&mut Manifest)) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m/1");
+        fs::create_dir_all(&dir).unwrap();
+        let graph = b"not a real graph: the scripted backend ignores it";
+        fs::write(dir.join("model.onnx"), graph).unwrap();
+        let mut manifest = forecaster_manifest("m", 3, 4);
+        manifest.onnx_sha256 = hex::encode(Sha256::digest(graph));
+        edit(&mut manifest);
+        fs::write(dir.join("model.toml"), toml::to_string(&manifest).unwrap()).unwrap();
+        root
+    }
+
+    fn load(root: &Path) -> Result<Repository, LoadError> {
+        Repository::load(root, &FixedLoader(TestBackend::forecaster(3, 1, 1)))
+    }
+
+    fn refusal(root: &Path) -> LoadError {
+        match load(root) {
+            Ok(_) => panic!("{} loaded, but must be refused", root.display()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_matching_version_loads_and_resolves() {
+        let root = repo_dir(|_| {});
+        let repo = load(root.path()).unwrap();
+        assert_eq!(repo.get("m", None).unwrap().manifest.version, "1");
+        assert_eq!(
+            repo.get("m", Some("2")).err(),
+            Some(CoreError::VersionNotFound("m".into(), "2".into()))
+        );
+        assert_eq!(
+            repo.get("x", None).err(),
+            Some(CoreError::ModelNotFound("x".into()))
+        );
+    }
+
+    #[test]
+    fn a_wrong_hash_is_refused_naming_the_file() {
+        let root = repo_dir(|m| m.onnx_sha256 = "00".repeat(32));
+        let e = refusal(root.path());
+        assert!(e.path.ends_with("m/1/model.onnx"), "{e}");
+        assert!(e.message.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_that_disagrees_with_the_graph_is_refused() {
+        // The backend's graph takes windows of 3; the manifest claims 5.
+        let root = repo_dir(|m| m.inputs[0].shape = vec![-1, 5, 1]);
+        let e = refusal(root.path());
+        assert!(e.message.contains("shape"), "{e}");
+        let root = repo_dir(|m| m.outputs[0].name = "other".into());
+        assert!(refusal(root.path()).message.contains("outputs"));
+    }
+
+    #[test]
+    fn a_version_in_the_wrong_directory_is_refused() {
+        let root = repo_dir(|m| m.version = "2".into());
+        let e = refusal(root.path());
+        assert!(e.message.contains("lives in m/1"), "{e}");
+    }
+}

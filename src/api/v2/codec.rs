@@ -72,7 +72,7 @@ pub fn decode(datatype: &str, raw: &[u8], count: usize) -> Result<Vec<Value>, St
     }
     let size = element_size(datatype)
         .ok_or_else(|| format!("datatype {datatype} has no binary form here"))?;
-    if raw.len() % size != 0 {
+    if !raw.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes of binary data is not a whole number of {datatype} elements",
             raw.len()

@@ -41,10 +41,10 @@ impl InputBatch {
         self.len() == 0
     }
 
-    /// The instances at `idx`, in that order.
-    pub fn select(&self, idx: &[usize]) -> InputBatch {
+    /// Instance `i`'s values, for a batch of windows.
+    pub fn window(&self, i: usize) -> Option<&[f32]> {
         match self {
-            InputBatch::Text(t) => InputBatch::Text(idx.iter().map(|&i| t[i].clone()).collect()),
+            InputBatch::Text(_) => None,
             InputBatch::Windows {
                 data,
                 steps,
@@ -52,9 +52,21 @@ impl InputBatch {
                 ..
             } => {
                 let n = steps * features;
-                let mut out = Vec::with_capacity(idx.len() * n);
+                data.get(i * n..(i + 1) * n)
+            }
+        }
+    }
+
+    /// The instances at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> InputBatch {
+        match self {
+            InputBatch::Text(t) => InputBatch::Text(idx.iter().map(|&i| t[i].clone()).collect()),
+            InputBatch::Windows {
+                steps, features, ..
+            } => {
+                let mut out = Vec::with_capacity(idx.len() * steps * features);
                 for &i in idx {
-                    out.extend_from_slice(&data[i * n..(i + 1) * n]);
+                    out.extend_from_slice(self.window(i).unwrap_or_default());
                 }
                 InputBatch::Windows {
                     data: out,

@@ -30,15 +30,7 @@ pub fn expected_row(input: &InputBatch, i: usize, cols: usize) -> Vec<f32> {
 pub fn instance_value(input: &InputBatch, i: usize) -> f32 {
     match input {
         InputBatch::Text(t) => t[i].len() as f32,
-        InputBatch::Windows {
-            data,
-            steps,
-            features,
-            ..
-        } => {
-            let n = steps * features;
-            data[i * n..(i + 1) * n].iter().sum()
-        }
+        InputBatch::Windows { .. } => input.window(i).unwrap_or_default().iter().sum(),
     }
 }
 
