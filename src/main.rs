@@ -1,3 +1,7 @@
+//! The `inferd` binary: parses the command line (flags with `INFERD_*`
+//! fallbacks), logs the effective configuration with secrets redacted, binds the
+//! listener and hands everything to `inferd::run`, or runs `healthcheck`.
+
 use clap::Parser;
 
 use inferd::config::{Cli, Command};
@@ -19,7 +23,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!("listening on {}", config.listen);
+    let bound = listener.local_addr().map_or(config.listen, |a| a);
+    tracing::info!("listening on {bound}");
     match inferd::run(config, listener, inferd::server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

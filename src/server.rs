@@ -226,8 +226,10 @@ async fn serve_until_drained(
     server: &mut tokio::task::JoinHandle<std::io::Result<()>>,
     draining: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // Biased, shutdown first: when the server ends because a drain finished,
+    // both arms are ready, and the drain's arm is the one that says so.
     tokio::select! {
-        res = &mut *server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
+        biased;
         _ = draining.cancelled() => {
             let grace = config.drain_delay() + config.shutdown_grace();
             match tokio::time::timeout(grace, &mut *server).await {
@@ -242,6 +244,7 @@ async fn serve_until_drained(
                 }
             }
         }
+        res = &mut *server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
     }
 }
 

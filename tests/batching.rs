@@ -3,15 +3,10 @@
 
 mod common;
 
-use common::{golden, long_texts, uncached, TestServer};
-use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
-fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{golden, long_texts, metric, metric_sum, uncached, TestServer};
+use serde_json::{json, Value};
 
 async fn concurrent(s: &TestServer, bodies: Vec<Value>) -> Vec<(u16, Value)> {
     let tasks: Vec<_> = bodies
@@ -101,44 +96,100 @@ async fn a_large_request_is_split_across_batches_in_order() {
                 &json!({"model": "lstm-forecaster", "instances": [w]}),
             )
             .await;
+        assert_eq!(one["cached"], json!([false]), "instance {i} computed alone");
         assert_eq!(one["predictions"][0], preds[i], "instance {i}");
     }
     let m = s.get("/metrics").await.1;
+    let series = |name: &str, le: Option<&str>| {
+        let le = le.map(|b| format!(",le=\"{b}\"")).unwrap_or_default();
+        metric(
+            &m,
+            &format!("inferd_batch_size_{name}{{model=\"lstm-forecaster\",version=\"1\"{le}}}"),
+        )
+    };
+    // The histogram is cumulative: every batch counted up to le="8" is every
+    // batch there was, so none held more than 8 instances.
+    let (calls, up_to_8) = (series("count", None), series("bucket", Some("8")));
+    assert_eq!(up_to_8, calls, "a batch held more than 8 instances:\n{m}");
     assert!(
-        m.contains("inferd_batch_size_bucket{model=\"lstm-forecaster\",version=\"1\",le=\"8\"}")
+        series("bucket", Some("1")) < calls,
+        "no batch held more than one instance:\n{m}"
     );
-    assert!(
-        metric_sum(&m, "inferd_batches_total{model=\"lstm-forecaster\"") >= 13.0,
-        "100 instances in batches of 8"
+    // Exactly: the request in 13 calls (12 of 8, one of 4), then 12 alone.
+    assert_eq!(calls, 25.0, "{m}");
+    assert_eq!(series("sum", None), 112.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "inferd_batches_total{model=\"lstm-forecaster\",version=\"1\"}"
+        ),
+        25.0,
+        "100 instances in batches of 8, then 12 alone"
     );
     s.stop().await.unwrap();
 }
 
+/// Jobs whose deadline passed while they queued are dropped, never computed.
+///
+/// One slot, and every model call takes 300 ms (the real model, slowed). Each
+/// request is 64 instances, one call of its own. All are sent at once with a
+/// 1050 ms deadline: the calls run back to back, so about three finish in time
+/// (200), one is running when the deadlines pass (504, though it reached the
+/// model before its deadline), and every later one has expired in the queue
+/// (504, and must never reach the model).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_requests_never_reach_the_model() {
+    const N: usize = 12;
+    const SIZE: usize = 64;
     let mut cfg = uncached();
     cfg.max_concurrency = Some(1);
-    // 24 requests of 2 jobs of 32 long texts is about 48 x 7 ms of model time on
-    // one slot: well past the deadline for the last ones, far within it for the first.
-    cfg.request_timeout_ms = 200;
-    let s = TestServer::start(cfg).await;
-    let body = json!({"model": "text-classifier", "instances": long_texts(64)});
-    let results = concurrent(&s, vec![body; 24]).await;
+    cfg.max_batch_size = Some(SIZE); // one request, one call: none merge
+    cfg.request_timeout_ms = 1050;
+    let s = TestServer::start_slowed(cfg, Duration::from_millis(300)).await;
+    let series = "inferd_model_instances_total{model=\"text-classifier\",version=\"1\"}";
+    let calls = "inferd_batches_total{model=\"text-classifier\",version=\"1\"}";
+    // Born with the first call: none yet (warm-up bypasses the batcher).
+    assert_eq!(common::metric_opt(&s.metrics().await, series), None);
+
+    let body = json!({"model": "text-classifier", "instances": long_texts(SIZE)});
+    let results = concurrent(&s, vec![body; N]).await;
     let ok = results.iter().filter(|(st, _)| *st == 200).count();
     let late = results
         .iter()
         .filter(|(st, v)| *st == 504 && v["error"]["code"] == "deadline_exceeded")
         .count();
-    assert_eq!(ok + late, 24, "{results:?}");
+    assert_eq!(ok + late, N, "{results:?}");
     assert!(ok >= 1 && late >= 1, "ok {ok}, late {late}");
-    // Let the slot drain, then count what the model computed: expired jobs were
-    // dropped in the queue, so fewer than 24 x 64 instances ran.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let m = s.get("/metrics").await.1;
-    let ran = metric_sum(&m, "inferd_model_instances_total{model=\"text-classifier\"");
+
+    // Let the call running at the deadline finish, then count what the model
+    // computed.
+    let t = Instant::now();
+    let m = loop {
+        let m = s.metrics().await;
+        if metric(&m, "inferd_inferences_in_flight") == 0.0
+            && metric(&m, "inferd_queue_depth") == 0.0
+        {
+            break m;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "never drained:\n{m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let ran = metric(&m, series) as usize;
+    let batches = metric(&m, calls) as usize;
+    eprintln!("{ok} in time, {late} late; {ran} instances in {batches} calls");
+    // Everything answered 200 ran; beyond that, at most the one call that was
+    // running when the deadlines passed. No request that expired in the queue
+    // reached the model.
     assert!(
-        ran < (24.0 - 1.0) * 64.0,
-        "{ran} instances ran for {ok} answered requests"
+        ran == ok * SIZE || ran == (ok + 1) * SIZE,
+        "{ran} instances computed for {ok} answered requests of {SIZE}: \
+         {} of the {late} late requests reached the model",
+        (ran as f64 - (ok * SIZE) as f64) / SIZE as f64
+    );
+    assert_eq!(batches * SIZE, ran, "one call per request");
+    assert!(
+        late >= 4,
+        "the deadline fell too late to test anything: {ok} in time, {late} late"
     );
     s.stop().await.unwrap();
 }

@@ -205,7 +205,7 @@ async fn api_keys_guard_model_routes_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_committed_and_every_documented_route_exists() {
-    let doc = serde_json::to_value(inferd::api::openapi::document()).unwrap();
+    let doc = serde_json::to_value(inferd::api::document()).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let rendered = serde_json::to_string_pretty(&doc).unwrap() + "\n";
     let committed_path = root().join("docs/openapi.json");
@@ -263,4 +263,62 @@ async fn openapi_document_is_committed_and_every_documented_route_exists() {
             );
         }
     }
+}
+
+/// `{...}garbage` is not JSON: every front door answers 400 in its own error
+/// shape, though the document before the garbage is a valid request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_characters_after_the_json_document_are_400_on_every_front_door() {
+    let s = TestServer::start(common::uncached()).await;
+    let window = golden("lstm-forecaster")["cases"][0]["input"].clone();
+    let flat: Vec<f64> = window
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_f64().unwrap())
+        .collect();
+    let v1_doc = json!({"model": "lstm-forecaster", "instances": [window]}).to_string();
+    let v1_path_doc = json!({"instances": [window]}).to_string();
+    let v2_doc = json!({"inputs": [{"name": "window", "shape": [1, 26, 1], "datatype": "FP32", "data": flat}]})
+        .to_string();
+    let v1 = [
+        ("/predict", v1_doc.as_str()),
+        ("/v1/models/lstm-forecaster/predict", v1_path_doc.as_str()),
+    ];
+    let v2 = "/v2/models/lstm-forecaster/infer";
+    let post =
+        |path: &'static str, body: String| s.post_raw(path, "application/json", body.into_bytes());
+
+    // The documents are valid requests, trailing whitespace included.
+    for (path, doc) in v1.iter().copied().chain([(v2, v2_doc.as_str())]) {
+        let (st, body) = post(path, format!("{doc} \n\t")).await;
+        assert_eq!(st, 200, "{path}: {body}");
+    }
+    for tail in ["garbage", "{}", " 1", "]"] {
+        for (path, doc) in v1 {
+            let (st, body) = post(path, format!("{doc}{tail}")).await;
+            assert_eq!(st, 400, "{path} + {tail:?}: {body}");
+            assert_eq!(body["error"]["code"], "malformed_json", "{path}: {body}");
+            let msg = body["error"]["message"].as_str().unwrap_or("");
+            assert!(msg.starts_with("malformed JSON"), "{path}: {body}");
+        }
+        let (st, body) = post(v2, format!("{v2_doc}{tail}")).await;
+        assert_eq!(st, 400, "{v2} + {tail:?}: {body}");
+        let msg = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v2}: a string error: {body}"));
+        assert!(msg.starts_with("malformed JSON: "), "{v2}: {msg}");
+    }
+    // None of them reached the model: only the three valid requests did (the
+    // cache is off).
+    let (_, m) = s.get("/metrics").await;
+    assert_eq!(
+        common::metric(
+            &m,
+            "inferd_model_instances_total{model=\"lstm-forecaster\",version=\"1\"}"
+        ),
+        3.0,
+        "the garbage never got that far"
+    );
+    s.stop().await.unwrap();
 }

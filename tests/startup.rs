@@ -31,6 +31,18 @@ fn set_sha(manifest: &std::path::Path, onnx: &std::path::Path) {
     std::fs::write(manifest, fixed).unwrap();
 }
 
+/// The real binary, configured only by the test: none of the caller's
+/// `INFERD_*` variables reach it.
+fn inferd_binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferd"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("INFERD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 async fn start_error(models: &std::path::Path) -> String {
     let mut cfg = config();
     cfg.models_dir = models.to_path_buf();
@@ -119,7 +131,7 @@ fn the_binary_exits_non_zero_naming_the_file() {
         std::fs::write(p.join("text-classifier/1/model.onnx"), b"garbage").unwrap();
     });
     let cfg = config();
-    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+    let out = inferd_binary()
         .args(["serve", "--listen", "127.0.0.1:0", "--models-dir"])
         .arg(d.path())
         .env("ORT_DYLIB_PATH", cfg.ort_dylib_path.unwrap())
@@ -135,7 +147,7 @@ fn the_binary_exits_non_zero_naming_the_file() {
 
 #[test]
 fn missing_onnx_runtime_says_how_to_install_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_inferd"))
+    let out = inferd_binary()
         .args(["--listen", "127.0.0.1:0", "--models-dir"])
         .arg(root().join("models"))
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
@@ -147,4 +159,240 @@ fn missing_onnx_runtime_says_how_to_install_it() {
         stderr.contains("ORT_DYLIB_PATH") && stderr.contains("make ort"),
         "{stderr}"
     );
+}
+
+/// Runs one test of this binary in a child process with `env` added, and
+/// checks that it ran and passed.
+fn run_test_in_child(name: &str, env: &[(&str, &str)]) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads", "1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} failed in the child:\n{text}");
+    assert!(
+        text.contains(&format!("test {name} ... ok")) && text.contains("1 passed"),
+        "{name} did not run in the child:\n{text}"
+    );
+}
+
+const MARKER_ORT: &str = "/nonexistent/marker/libonnxruntime.so";
+
+/// The harness's `config()` is the documented defaults (plus the test
+/// settings), whatever `INFERD_*` variables are set. Run alone it checks the
+/// caller's environment; `harness_config_ignores_inferd_environment` runs it
+/// again with a hostile one.
+#[test]
+fn harness_config_is_the_documented_defaults() {
+    let child = std::env::var_os("INFERD_TEST_CHILD").is_some();
+    if child {
+        // The variables did reach this process: clap alone would read them.
+        let plain = <inferd::config::Cli as clap::Parser>::try_parse_from(["inferd"])
+            .expect("parse")
+            .serve;
+        assert_eq!(plain.max_queue, 1);
+        assert_eq!(plain.max_instances, 3);
+        assert_eq!(plain.api_keys.as_deref(), Some("leaked-key"));
+    }
+    for c in [common::default_config(), config()] {
+        assert_eq!(c.max_queue, 512);
+        assert_eq!(c.max_instances, 64);
+        assert_eq!(c.request_timeout_ms, 10_000);
+        assert_eq!(c.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.cache, inferd::config::CacheMode::On);
+        assert_eq!(c.cache_ttl_secs, 3600);
+        assert_eq!(c.api_keys, None);
+        assert_eq!(c.api_keys_file, None);
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.database_url, None);
+        assert_eq!(c.max_batch_size, None);
+        assert_eq!(c.drain_delay_ms, 0);
+        assert_eq!(c.log_format, inferd::config::LogFormat::Text);
+        assert!(c.validate().is_ok());
+    }
+    assert_eq!(common::default_config().max_concurrency, None);
+    assert_eq!(
+        common::default_config().listen,
+        "0.0.0.0:8080".parse().unwrap()
+    );
+    let c = config();
+    assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(c.models_dir, root().join("models"));
+    // ONNX Runtime: the caller's ORT_DYLIB_PATH when set, else the local install.
+    let want = match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => root().join(inferd::config::LOCAL_ORT_LIB),
+    };
+    assert_eq!(c.ort_dylib_path.as_deref(), Some(want.as_path()));
+    if child {
+        assert_eq!(
+            c.ort_dylib_path.as_deref(),
+            Some(std::path::Path::new(MARKER_ORT))
+        );
+    }
+}
+
+#[test]
+fn harness_config_ignores_inferd_environment() {
+    run_test_in_child(
+        "harness_config_is_the_documented_defaults",
+        &[
+            ("INFERD_TEST_CHILD", "1"),
+            ("INFERD_MAX_QUEUE", "1"),
+            ("INFERD_MAX_INSTANCES", "3"),
+            ("INFERD_REQUEST_TIMEOUT_MS", "1"),
+            ("INFERD_MAX_BODY_BYTES", "10"),
+            ("INFERD_CACHE", "off"),
+            ("INFERD_CACHE_TTL_SECS", "1"),
+            ("INFERD_API_KEYS", "leaked-key"),
+            ("INFERD_API_KEYS_FILE", "/nonexistent/keys"),
+            ("INFERD_REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("INFERD_DATABASE_URL", "postgres://u:p@127.0.0.1:1/x"),
+            ("INFERD_MAX_BATCH_SIZE", "2"),
+            ("INFERD_MAX_CONCURRENCY", "7"),
+            ("INFERD_DRAIN_DELAY_MS", "5000"),
+            ("INFERD_LOG_FORMAT", "json"),
+            ("INFERD_LISTEN", "127.0.0.1:9"),
+            ("ORT_DYLIB_PATH", MARKER_ORT),
+        ],
+    );
+}
+
+/// The real binary, started with API keys and a database password in its
+/// environment, logs its configuration at start-up without either.
+#[test]
+fn startup_log_shows_the_config_without_keys_or_passwords() {
+    const KEY_A: &str = "kz-alpha-51f0c2e7d9";
+    const KEY_B: &str = "kz-bravo-8a3b6e04c1";
+    const PASSWORD: &str = "topsecretpw";
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::services::free_port();
+        let mut cmd = inferd_binary();
+        cmd.current_dir(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--models-dir"])
+            .arg(root().join("models"))
+            .args([
+                "--max-concurrency",
+                "1",
+                "--warmup-runs",
+                "1",
+                "--shutdown-grace-ms",
+                "3000",
+                "--log-format",
+                format,
+            ])
+            .env("INFERD_API_KEYS", format!("{KEY_A},{KEY_B}"))
+            .env(
+                "INFERD_DATABASE_URL",
+                format!("postgres://u:{PASSWORD}@127.0.0.1:1/x"),
+            )
+            .env("INFERD_PREDLOG_SPILL_PATH", dir.path().join("spill.jsonl"))
+            .env("ORT_DYLIB_PATH", common::ort_dylib_path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers: Vec<_> = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|pipe| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            })
+        })
+        .collect();
+        // The "ready" event itself (the config line mentions /readyz).
+        let ready = |l: &str| {
+            l.lines().any(|line| {
+                line.trim_end().ends_with(" ready") || line.contains("\"message\":\"ready\"")
+            })
+        };
+        let t = std::time::Instant::now();
+        while !ready(&log.lock().unwrap()) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "inferd exited ({status}) before ready:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+            if t.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("inferd not ready after 30 s:\n{}", log.lock().unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // It serves, and its keys guard the model routes.
+        let probe = |path: &str| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            use std::io::{Read, Write};
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r.lines().next().unwrap_or("").to_string()
+        };
+        assert!(probe("/readyz").contains(" 200 "), "{format}");
+        assert!(probe("/v1/models").contains(" 401 "), "{format}");
+
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("inferd ignored SIGTERM:\n{}", log.lock().unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for r in readers {
+            r.join().unwrap();
+        }
+        let out = log.lock().unwrap().clone();
+        assert!(status.success(), "{format}: exit {status}:\n{out}");
+        let config_line = out
+            .lines()
+            .find(|l| l.contains("starting inferd"))
+            .unwrap_or_else(|| panic!("{format}: no start-up line:\n{out}"));
+        for shown in ["<2 keys>", "postgres://u:***@127.0.0.1:1/x", "max_queue"] {
+            assert!(
+                config_line.contains(shown),
+                "{format}: {shown} missing from the start-up line: {config_line}"
+            );
+        }
+        for secret in [KEY_A, KEY_B, PASSWORD] {
+            assert!(!out.contains(secret), "{format}: {secret} logged:\n{out}");
+        }
+        // SIGTERM was handled (a clean exit, not the signal's default).
+        assert!(
+            out.contains("shutdown requested"),
+            "{format}: SIGTERM not handled:\n{out}"
+        );
+    }
 }

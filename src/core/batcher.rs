@@ -94,18 +94,22 @@ struct Worker {
 }
 
 impl Worker {
+    /// The job, unless it must not reach the model: its deadline passed (the
+    /// request was answered 504, or is about to be), or its client left before
+    /// that. The deadline is checked first, so a request that timed out (and
+    /// dropped its receiver) is not also counted as a client that went away.
     fn live(&self, job: Job) -> Option<Job> {
+        if Instant::now() >= job.deadline {
+            let _ = job
+                .reply
+                .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
+            return None;
+        }
         if job.reply.is_closed() {
             self.metrics
                 .rejections
                 .with_label_values(&["client_gone"])
                 .inc();
-            return None;
-        }
-        if Instant::now() >= job.deadline {
-            let _ = job
-                .reply
-                .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
             return None;
         }
         Some(job)

@@ -7,9 +7,13 @@ pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use inferd::config::{Cli, ServeConfig};
+use inferd::core::backend::onnx::OrtLoader;
+use inferd::core::backend::testing::SlowLoader;
+use inferd::server::MakeLoader;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,17 +29,48 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The documented defaults, whatever `INFERD_*` variables the caller's shell
+/// exports: every argument's environment fallback is removed before parsing, so
+/// a test server is configured only by the test.
+pub fn default_config() -> ServeConfig {
+    let no_env = |a: clap::Arg| a.env(None::<&'static str>);
+    let cmd = Cli::command()
+        .mut_args(no_env)
+        .mut_subcommands(|s| s.mut_args(no_env));
+    let matches = cmd.try_get_matches_from(["inferd"]).expect("defaults");
+    Cli::from_arg_matches(&matches).expect("defaults").serve
+}
+
+/// Where ONNX Runtime is: `ORT_DYLIB_PATH` when the caller sets it (CI does),
+/// else the project-local install.
+pub fn ort_dylib_path() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(inferd::config::LOCAL_ORT_LIB))
+}
+
 pub fn config() -> ServeConfig {
-    let mut c = Cli::try_parse_from(["inferd"]).expect("defaults").serve;
+    let mut c = default_config();
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.models_dir = root().join("models");
     c.max_concurrency = Some(2);
     c.warmup_runs = 1;
     c.predlog = inferd::config::PredLogMode::Off;
-    if c.ort_dylib_path.is_none() {
-        c.ort_dylib_path = Some(root().join(inferd::config::LOCAL_ORT_LIB));
-    }
+    c.ort_dylib_path = Some(ort_dylib_path());
     c
+}
+
+/// A loader of the real models (ONNX Runtime) whose every inference first
+/// sleeps `latency`: requests overlap for certain, whatever the machine's
+/// speed. Warm-up pays the latency too (warmup_runs x sessions per model).
+pub fn slowed(latency: Duration) -> MakeLoader {
+    Box::new(move |opts| {
+        Box::new(SlowLoader {
+            inner: Box::new(OrtLoader(opts)),
+            latency,
+        })
+    })
 }
 
 pub struct TestServer {
@@ -53,16 +88,44 @@ impl TestServer {
         s
     }
 
+    /// Starts a server whose models are built by `make_loader` (see `slowed`)
+    /// and waits until `/readyz` says ready.
+    pub async fn start_with_loader(config: ServeConfig, make_loader: MakeLoader) -> TestServer {
+        let s = Self::spawn_with_loader(config, make_loader).await;
+        s.wait_ready().await;
+        s
+    }
+
+    /// Starts a server on the real models, every inference slowed by `latency`.
+    pub async fn start_slowed(config: ServeConfig, latency: Duration) -> TestServer {
+        Self::start_with_loader(config, slowed(latency)).await
+    }
+
     /// Starts a server without waiting for readiness.
     pub async fn spawn(config: ServeConfig) -> TestServer {
+        Self::spawn_with(config, None).await
+    }
+
+    /// `spawn`, with the models' backends built by `make_loader`.
+    pub async fn spawn_with_loader(config: ServeConfig, make_loader: MakeLoader) -> TestServer {
+        Self::spawn_with(config, Some(make_loader)).await
+    }
+
+    async fn spawn_with(config: ServeConfig, make_loader: Option<MakeLoader>) -> TestServer {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(inferd::run(config, listener, async move {
+        let shutdown = async move {
             let _ = rx.await;
-        }));
+        };
+        let handle = match make_loader {
+            None => tokio::spawn(inferd::run(config, listener, shutdown)),
+            Some(make) => tokio::spawn(inferd::server::run_with_loader(
+                config, listener, shutdown, make,
+            )),
+        };
         TestServer {
             addr,
             client: reqwest::Client::new(),
@@ -132,6 +195,13 @@ impl TestServer {
         (r.status().as_u16(), r.text().await.expect("body"))
     }
 
+    /// The server's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let (st, m) = self.get("/metrics").await;
+        assert_eq!(st, 200, "GET /metrics: {m}");
+        m
+    }
+
     /// Triggers shutdown and returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -145,6 +215,45 @@ impl TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// The value of one series (`name{labels}` exactly as exposed, or a bare name)
+/// in a Prometheus text, or `None` when the server does not expose it.
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .map(|l| {
+            let v = l.rsplit(' ').next().unwrap_or("");
+            v.parse()
+                .unwrap_or_else(|_| panic!("series {series}: unreadable value in `{l}`"))
+        })
+}
+
+/// The value of one series, which must exist: a renamed or missing metric fails
+/// the test, naming it, rather than reading as 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    metric_opt(text, series)
+        .unwrap_or_else(|| panic!("metric series `{series}` missing from /metrics:\n{text}"))
+}
+
+/// The sum of every series whose line starts with `prefix` (e.g. one metric
+/// over all its label sets); at least one must exist.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{prefix}: unreadable value in `{l}`"))
+        })
+        .collect();
+    assert!(
+        !values.is_empty(),
+        "no metric series starting with `{prefix}` in /metrics:\n{text}"
+    );
+    values.iter().sum()
 }
 
 /// A config whose cache is off: load tests need every request to reach the model.
