@@ -90,7 +90,7 @@ pub async fn serve_prediction<T>(
     let mut resp = match result {
         Ok((model, done, extra)) => {
             if st.predlog.enabled() {
-                log_success(&st, &caller, &model, &done, ctx.instances.take(), latency);
+                log_success(&st, &caller, &model, &done, &mut ctx, latency);
             }
             answer.ok(&model, &done, extra)
         }
@@ -115,6 +115,7 @@ pub async fn serve_prediction<T>(
                     status: e.status().as_u16(),
                     instance: None,
                     instance_sha256: None,
+                    input_sha256: None,
                     prediction: None,
                     cached: false,
                     latency_ms: latency.as_secs_f32() * 1e3,
@@ -154,8 +155,10 @@ struct RequestCtx {
     /// (model, version) once resolved to a loaded model: metric labels stay bounded
     /// to real models, whatever names clients send.
     labels: Option<(String, String)>,
-    /// The instances as sent, kept for the prediction log.
+    /// The instances as the model saw them, kept for the prediction log.
     instances: Option<Vec<Value>>,
+    /// SHA-256 of each instance as sent.
+    raw_sha256: Vec<String>,
 }
 
 async fn run<T>(
@@ -169,10 +172,20 @@ async fn run<T>(
     let model = &target.model;
     ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
     let (instances, extra) = instances?;
-    let batch = st.pipeline.decode(&target, &instances)?;
-    if st.predlog.enabled() && st.config.predlog_inputs == LogInputs::Full {
-        ctx.instances = Some(instances);
+    let decoded = st.pipeline.decode(&target, &instances)?;
+    if st.predlog.enabled() {
+        // The log keeps the instance the model saw (the cache key's input) and
+        // the hash of the one that was sent.
+        ctx.raw_sha256 = instances.iter().map(raw_sha256).collect();
+        if st.config.predlog_inputs == LogInputs::Full {
+            ctx.instances = Some(if model.task.preprocesses() {
+                decoded.batch.to_json()
+            } else {
+                instances
+            });
+        }
     }
+    let (batch, filled) = (decoded.batch, decoded.filled);
     st.metrics
         .instances
         .with_label_values(&[&model.manifest.name])
@@ -188,6 +201,7 @@ async fn run<T>(
             &mut ctx.timings,
         )
         .await?;
+    let done = Predicted { filled, ..done };
     Ok((target.model, done, extra))
 }
 
@@ -196,12 +210,13 @@ fn log_success(
     caller: &Caller,
     model: &Model,
     done: &Predicted,
-    instances: Option<Vec<Value>>,
+    ctx: &mut RequestCtx,
     latency: Duration,
 ) {
     let full = st.config.predlog_inputs == LogInputs::Full;
     let ts = chrono::Utc::now();
-    let mut instances = instances.unwrap_or_default().into_iter();
+    let mut instances = ctx.instances.take().unwrap_or_default().into_iter();
+    let mut raw = std::mem::take(&mut ctx.raw_sha256).into_iter();
     for (i, (p, cached)) in done.predictions.iter().zip(&done.cached).enumerate() {
         let instance = instances.next();
         let key = done.keys.get(i);
@@ -214,6 +229,7 @@ fn log_success(
             status: 200,
             instance: if full { instance } else { None },
             instance_sha256: key.map(hex::encode),
+            input_sha256: raw.next(),
             prediction: serde_json::to_value(p).ok(),
             cached: *cached,
             latency_ms: latency.as_secs_f32() * 1e3,
@@ -244,4 +260,13 @@ impl Drop for InFlight<'_> {
 pub(crate) fn ms(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
         .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// SHA-256 of an instance as it was sent: a text's bytes, else its JSON.
+fn raw_sha256(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    match v {
+        Value::String(s) => hex::encode(Sha256::digest(s.as_bytes())),
+        other => hex::encode(Sha256::digest(other.to_string().as_bytes())),
+    }
 }

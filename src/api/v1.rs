@@ -36,8 +36,10 @@ pub struct PredictRequest {
     /// A model version; default the latest.
     #[serde(default)]
     pub version: Option<String>,
-    /// What to predict, one entry per instance. `text-classifier`: a string.
-    /// `lstm-forecaster`: 26 rows of 1 number (weekly CO2 in ppm, oldest first).
+    /// What to predict, one entry per instance. `text-classifier`: a string
+    /// (version 2 and later: an email message, raw RFC 822 source or plain text).
+    /// `lstm-forecaster`: 26 rows of 1 number (weekly CO2 in ppm, oldest first;
+    /// `null` for a missing reading where the model fills gaps).
     #[serde(default)]
     #[schema(nullable = false, min_items = 1, example = json!(["Subject: hi\n\nlunch at noon?"]))]
     pub instances: Option<Vec<Value>>,
@@ -51,6 +53,10 @@ pub struct PredictResponse<'a> {
     pub predictions: &'a [Prediction],
     /// Per instance: whether the prediction came from the cache.
     pub cached: &'a [bool],
+    /// Per instance, how many `null` readings the server filled in (models
+    /// whose manifest says `missing = "interpolate"`; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filled: Option<&'a [usize]>,
 }
 
 /// The JSON API's answer: the prediction list, or the `ErrorBody` shape.
@@ -63,6 +69,7 @@ impl Answer<()> for V1 {
             version: &model.manifest.version,
             predictions: &done.predictions,
             cached: &done.cached,
+            filled: done.filled.as_deref(),
         })
         .into_response()
     }

@@ -17,8 +17,40 @@ pub struct TensorSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TextSection {
     pub labels: Vec<String>,
+    /// The largest input accepted, in bytes, before any preprocessing.
     pub max_text_bytes: usize,
     pub scores_output: String,
+    /// What the server does to an input before the graph sees it.
+    #[serde(default)]
+    pub preprocess: TextPreprocess,
+    /// With a preprocessing step: the cleaned text is cut to this many
+    /// characters, as in training.
+    #[serde(default)]
+    pub truncate_chars: Option<usize>,
+}
+
+/// A text model's preprocessing, part of the model version's contract.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextPreprocess {
+    /// The text goes to the graph as sent.
+    #[default]
+    None,
+    /// An email message, raw RFC 822 source or plain text: MIME parts decoded,
+    /// HTML stripped, whitespace collapsed (`preprocess::email`).
+    Email,
+}
+
+/// What a forecaster does with missing readings (`null`) in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Missing {
+    /// A window with a gap is invalid input.
+    #[default]
+    Refuse,
+    /// Gaps are filled by linear interpolation, as training filled them
+    /// (`preprocess::series`), up to `max_missing` per window.
+    Interpolate,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -29,6 +61,11 @@ pub struct TimeSeriesSection {
     pub targets: Vec<String>,
     pub target_units: Vec<String>,
     pub scaling: String,
+    #[serde(default)]
+    pub missing: Missing,
+    /// With `missing = "interpolate"`: the most readings one window may lack.
+    #[serde(default)]
+    pub max_missing: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -21,7 +21,7 @@ use super::coalesce::{follow, Flights, Join, Lead};
 use super::deployment::{Deployment, Target};
 use super::error::CoreError;
 use super::repository::Repository;
-use super::task::Prediction;
+use super::task::{Decoded, Prediction};
 use crate::metrics::Metrics;
 
 /// Where a request's time went (accumulated over its model calls).
@@ -38,6 +38,9 @@ pub struct Predicted {
     /// Per-instance canonical hashes (for the prediction log); empty when
     /// neither the cache nor the caller needed them.
     pub keys: Vec<Key>,
+    /// Per instance, how many readings preprocessing filled in (forecasters
+    /// that fill gaps); set by the caller from the decode step.
+    pub filled: Option<Vec<usize>>,
 }
 
 /// The pipeline's limits.
@@ -76,7 +79,7 @@ impl Pipeline {
 
     /// Checks the instance count and has the model's task validate and convert
     /// the instances.
-    pub fn decode(&self, target: &Target, instances: &[Value]) -> Result<InputBatch, CoreError> {
+    pub fn decode(&self, target: &Target, instances: &[Value]) -> Result<Decoded, CoreError> {
         if instances.is_empty() {
             return Err(CoreError::invalid(
                 "instances",
@@ -124,6 +127,7 @@ impl Pipeline {
                 predictions,
                 cached: vec![false; n],
                 keys,
+                filled: None,
             });
         };
 
@@ -241,6 +245,7 @@ impl Pipeline {
             predictions,
             cached,
             keys,
+            filled: None,
         })
     }
 

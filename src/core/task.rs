@@ -11,21 +11,38 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::backend::{DType, InputBatch, OutputBatch, TensorInfo};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Missing, TextPreprocess};
+use super::preprocess::{email, series};
 
 #[derive(Debug, Clone)]
 pub enum Task {
     TextClassification {
         labels: Vec<String>,
+        /// The largest input, before preprocessing.
         max_text_bytes: usize,
         output: String,
+        /// `Some(truncate_chars)`: inputs are email messages, cleaned as in
+        /// training (`preprocess::email`); `None`: the text goes in as sent.
+        email: Option<usize>,
     },
     Forecast {
         window: usize,
         features: Vec<String>,
         targets: Vec<String>,
         output: String,
+        /// `Some(max_missing)`: `null` readings are filled as in training
+        /// (`preprocess::series`); `None`: a gap is invalid input.
+        fill: Option<usize>,
     },
+}
+
+/// Instances as the graph takes them, and what preprocessing did to them.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub batch: InputBatch,
+    /// Per instance, how many readings were filled in; `None` for tasks that
+    /// never fill.
+    pub filled: Option<Vec<usize>>,
 }
 
 /// Which field is wrong and what was expected (an invalid-input refusal).
@@ -77,10 +94,18 @@ impl Task {
                 if t.labels.is_empty() {
                     return Err("[text].labels is empty".into());
                 }
+                let email = match (t.preprocess, t.truncate_chars) {
+                    (TextPreprocess::None, _) => None,
+                    (TextPreprocess::Email, Some(n)) if n > 0 => Some(n),
+                    (TextPreprocess::Email, _) => {
+                        return Err("[text] preprocess = \"email\" needs truncate_chars > 0".into())
+                    }
+                };
                 Ok(Task::TextClassification {
                     labels: t.labels.clone(),
                     max_text_bytes: t.max_text_bytes,
                     output: t.scores_output.clone(),
+                    email,
                 })
             }
             "time-series-forecast" => {
@@ -92,11 +117,19 @@ impl Task {
                     return Err("[timeseries] needs window > 0, features and targets".into());
                 }
                 let out = m.outputs.first().ok_or("no outputs declared")?;
+                let fill = match t.missing {
+                    Missing::Refuse => None,
+                    Missing::Interpolate if t.max_missing < t.window => Some(t.max_missing),
+                    Missing::Interpolate => {
+                        return Err("[timeseries] max_missing must be below window".into())
+                    }
+                };
                 Ok(Task::Forecast {
                     window: t.window,
                     features: t.features.clone(),
                     targets: t.targets.clone(),
                     output: out.name.clone(),
+                    fill,
                 })
             }
             other => Err(format!(
@@ -109,6 +142,14 @@ impl Task {
         match self {
             Task::TextClassification { .. } => "text-classification",
             Task::Forecast { .. } => "time-series-forecast",
+        }
+    }
+
+    /// Whether the instance the model sees can differ from the one sent.
+    pub fn preprocesses(&self) -> bool {
+        match self {
+            Task::TextClassification { email, .. } => email.is_some(),
+            Task::Forecast { fill, .. } => fill.is_some(),
         }
     }
 
@@ -182,103 +223,44 @@ impl Task {
         Ok(())
     }
 
-    /// Validates and converts request instances. `instances` is never empty here.
-    pub fn decode(&self, instances: &[Value]) -> Result<InputBatch, InvalidInput> {
+    /// Validates, preprocesses and converts request instances. `instances` is
+    /// never empty here.
+    pub fn decode(&self, instances: &[Value]) -> Result<Decoded, InvalidInput> {
         match self {
-            Task::TextClassification { max_text_bytes, .. } => {
+            Task::TextClassification {
+                max_text_bytes,
+                email,
+                ..
+            } => {
                 let mut texts = Vec::with_capacity(instances.len());
                 for (i, v) in instances.iter().enumerate() {
-                    let Value::String(s) = v else {
-                        return Err(invalid(
-                            format!("instances[{i}]"),
-                            format!(
-                                "expected a string (the text to classify), got {}",
-                                json_kind(v)
-                            ),
-                        ));
-                    };
-                    if s.len() > *max_text_bytes {
-                        return Err(invalid(
-                            format!("instances[{i}]"),
-                            format!(
-                                "text is {} bytes; this model accepts at most {max_text_bytes}",
-                                s.len()
-                            ),
-                        ));
-                    }
-                    if s.contains('\0') {
-                        return Err(invalid(
-                            format!("instances[{i}]"),
-                            "text contains a NUL character",
-                        ));
-                    }
-                    texts.push(s.clone());
+                    texts.push(decode_text(i, v, *max_text_bytes, *email)?);
                 }
-                Ok(InputBatch::Text(texts))
+                Ok(Decoded {
+                    batch: InputBatch::Text(texts),
+                    filled: None,
+                })
             }
             Task::Forecast {
-                window, features, ..
+                window,
+                features,
+                fill,
+                ..
             } => {
                 let f = features.len();
                 let mut data = Vec::with_capacity(instances.len() * window * f);
+                let mut filled = Vec::with_capacity(instances.len());
                 for (i, v) in instances.iter().enumerate() {
-                    let Value::Array(rows) = v else {
-                        return Err(invalid(
-                            format!("instances[{i}]"),
-                            format!(
-                                "expected an array of {window} rows of {f} numbers, got {}",
-                                json_kind(v)
-                            ),
-                        ));
-                    };
-                    if rows.len() != *window {
-                        return Err(invalid(
-                            format!("instances[{i}]"),
-                            format!("expected {window} rows (time steps), got {}", rows.len()),
-                        ));
-                    }
-                    for (t, row) in rows.iter().enumerate() {
-                        let Value::Array(cols) = row else {
-                            return Err(invalid(
-                                format!("instances[{i}][{t}]"),
-                                format!(
-                                    "expected a row of {f} numbers ({}), got {}",
-                                    features.join(", "),
-                                    json_kind(row)
-                                ),
-                            ));
-                        };
-                        if cols.len() != f {
-                            return Err(invalid(
-                                format!("instances[{i}][{t}]"),
-                                format!(
-                                    "expected {f} numbers ({}), got {}",
-                                    features.join(", "),
-                                    cols.len()
-                                ),
-                            ));
-                        }
-                        for (k, x) in cols.iter().enumerate() {
-                            let val = x.as_f64().map(|d| d as f32).filter(|d| d.is_finite());
-                            let Some(val) = val else {
-                                return Err(invalid(
-                                    format!("instances[{i}][{t}][{k}]"),
-                                    format!(
-                                        "expected a finite number ({}) within float32 range, got {}",
-                                        features[k],
-                                        if x.is_number() { "an out-of-range number" } else { json_kind(x) }
-                                    ),
-                                ));
-                            };
-                            data.push(val);
-                        }
-                    }
+                    filled.push(decode_window(i, v, *window, features, *fill, &mut data)?);
                 }
-                Ok(InputBatch::Windows {
-                    data,
-                    batch: instances.len(),
-                    steps: *window,
-                    features: f,
+                Ok(Decoded {
+                    batch: InputBatch::Windows {
+                        data,
+                        batch: instances.len(),
+                        steps: *window,
+                        features: f,
+                    },
+                    filled: fill.map(|_| filled),
                 })
             }
         }
@@ -328,17 +310,181 @@ impl Task {
     /// What an instance is, for the model listing.
     pub fn instance_doc(&self) -> String {
         match self {
-            Task::TextClassification { max_text_bytes, .. } => {
-                format!("a string of at most {max_text_bytes} bytes (UTF-8, no NUL)")
-            }
-            Task::Forecast {
-                window, features, ..
+            Task::TextClassification {
+                max_text_bytes,
+                email: None,
+                ..
+            } => format!("a string of at most {max_text_bytes} bytes (UTF-8, no NUL)"),
+            Task::TextClassification {
+                max_text_bytes,
+                email: Some(chars),
+                ..
             } => format!(
-                "an array of {window} rows (oldest first), each [{}]",
-                features.join(", ")
+                "an email message of at most {max_text_bytes} bytes, raw RFC 822 source or \
+                 plain text; the server decodes its MIME parts, strips HTML, collapses \
+                 whitespace and keeps the first {chars} characters, as in training"
             ),
+            Task::Forecast {
+                window,
+                features,
+                fill,
+                ..
+            } => {
+                let gaps = match fill {
+                    Some(n) => format!(
+                        "; up to {n} readings may be null, filled by linear interpolation \
+                         as in training"
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "an array of {window} rows (oldest first), each [{}]{gaps}",
+                    features.join(", ")
+                )
+            }
         }
     }
+}
+
+/// One text instance: a string within the size limit, cleaned as an email
+/// message when the model says so.
+fn decode_text(
+    i: usize,
+    v: &Value,
+    max_bytes: usize,
+    email: Option<usize>,
+) -> Result<String, InvalidInput> {
+    let field = || format!("instances[{i}]");
+    let Value::String(s) = v else {
+        return Err(invalid(
+            field(),
+            format!(
+                "expected a string (the text to classify), got {}",
+                json_kind(v)
+            ),
+        ));
+    };
+    if s.len() > max_bytes {
+        let what = if email.is_some() { "message" } else { "text" };
+        return Err(invalid(
+            field(),
+            format!(
+                "{what} is {} bytes; this model accepts at most {max_bytes}",
+                s.len()
+            ),
+        ));
+    }
+    match email {
+        // Cleaning removes NULs, as training did.
+        Some(truncate_chars) => Ok(email::clean(s, truncate_chars)),
+        None if s.contains('\0') => Err(invalid(field(), "text contains a NUL character")),
+        None => Ok(s.clone()),
+    }
+}
+
+/// One window: `window` rows of one number per feature, appended to `data`.
+/// With `fill`, `null` readings are filled per feature column, up to that many
+/// per window; returns how many were filled.
+fn decode_window(
+    i: usize,
+    v: &Value,
+    window: usize,
+    features: &[String],
+    fill: Option<usize>,
+    data: &mut Vec<f32>,
+) -> Result<usize, InvalidInput> {
+    let f = features.len();
+    let Value::Array(rows) = v else {
+        return Err(invalid(
+            format!("instances[{i}]"),
+            format!(
+                "expected an array of {window} rows of {f} numbers, got {}",
+                json_kind(v)
+            ),
+        ));
+    };
+    if rows.len() != window {
+        return Err(invalid(
+            format!("instances[{i}]"),
+            format!("expected {window} rows (time steps), got {}", rows.len()),
+        ));
+    }
+    // Column-major while reading, so each feature's gaps fill along time.
+    let mut columns: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(window); f];
+    for (t, row) in rows.iter().enumerate() {
+        let Value::Array(cols) = row else {
+            return Err(invalid(
+                format!("instances[{i}][{t}]"),
+                format!(
+                    "expected a row of {f} numbers ({}), got {}",
+                    features.join(", "),
+                    json_kind(row)
+                ),
+            ));
+        };
+        if cols.len() != f {
+            return Err(invalid(
+                format!("instances[{i}][{t}]"),
+                format!(
+                    "expected {f} numbers ({}), got {}",
+                    features.join(", "),
+                    cols.len()
+                ),
+            ));
+        }
+        for (k, x) in cols.iter().enumerate() {
+            if x.is_null() && fill.is_some() {
+                columns[k].push(None);
+                continue;
+            }
+            let val = x.as_f64().filter(|d| (*d as f32).is_finite());
+            let Some(val) = val else {
+                let allowed = if fill.is_some() { " or null" } else { "" };
+                return Err(invalid(
+                    format!("instances[{i}][{t}][{k}]"),
+                    format!(
+                        "expected a finite number ({}) within float32 range{allowed}, got {}",
+                        features[k],
+                        if x.is_number() {
+                            "an out-of-range number"
+                        } else {
+                            json_kind(x)
+                        }
+                    ),
+                ));
+            };
+            columns[k].push(Some(val));
+        }
+    }
+    let Some(max_missing) = fill else {
+        for t in 0..window {
+            data.extend(columns.iter().map(|c| c[t].unwrap_or_default() as f32));
+        }
+        return Ok(0);
+    };
+    let missing: usize = columns.iter().flatten().filter(|x| x.is_none()).count();
+    if missing > max_missing {
+        return Err(invalid(
+            format!("instances[{i}]"),
+            format!(
+                "{missing} readings are null; this model fills at most {max_missing} per window"
+            ),
+        ));
+    }
+    let mut filled_cols = Vec::with_capacity(f);
+    for (k, col) in columns.iter().enumerate() {
+        let done = series::fill(col, max_missing).map_err(|e| {
+            invalid(
+                format!("instances[{i}]"),
+                format!("feature {} ({}): {e}", k, features[k]),
+            )
+        })?;
+        filled_cols.push(done.values);
+    }
+    for t in 0..window {
+        data.extend(filled_cols.iter().map(|c| c[t]));
+    }
+    Ok(missing)
 }
 
 #[cfg(test)]
@@ -352,6 +498,7 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             targets: vec!["a".into()],
             output: "y".into(),
+            fill: None,
         }
     }
 
@@ -381,6 +528,7 @@ mod tests {
             labels: vec!["ham".into(), "spam".into()],
             max_text_bytes: 4,
             output: "p".into(),
+            email: None,
         };
         assert!(t.decode(&[json!("abcd")]).is_ok());
         assert_eq!(
@@ -406,5 +554,70 @@ mod tests {
             serde_json::to_value(t.encode(&out)).unwrap(),
             json!([{"label": "spam", "scores": {"ham": 0.25, "spam": 0.75}}])
         );
+    }
+
+    fn filling() -> Task {
+        Task::Forecast {
+            window: 4,
+            features: vec!["a".into()],
+            targets: vec!["a".into()],
+            output: "y".into(),
+            fill: Some(2),
+        }
+    }
+
+    fn windows(d: &Decoded) -> Vec<f32> {
+        match &d.batch {
+            InputBatch::Windows { data, .. } => data.clone(),
+            _ => panic!("windows"),
+        }
+    }
+
+    #[test]
+    fn nulls_are_filled_up_to_the_limit_and_counted() {
+        let t = filling();
+        let d = t
+            .decode(&[json!([[1], [null], [3], [4]]), json!([[1], [2], [3], [4]])])
+            .unwrap();
+        assert_eq!(windows(&d), vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(d.filled, Some(vec![1, 0]));
+        let e = t
+            .decode(&[json!([[null], [null], [null], [4]])])
+            .unwrap_err();
+        assert_eq!(e.field, "instances[0]");
+        assert!(e.message.contains("at most 2"), "{}", e.message);
+        // A model that does not fill refuses a null, naming the value.
+        let e = forecast()
+            .decode(&[json!([[1, 2], [null, 4], [5, 6]])])
+            .unwrap_err();
+        assert_eq!(e.field, "instances[0][1][0]");
+        assert_eq!(
+            forecast()
+                .decode(&[json!([[1, 2], [3, 4], [5, 6]])])
+                .unwrap()
+                .filled,
+            None
+        );
+    }
+
+    #[test]
+    fn email_models_clean_and_refuse_only_by_raw_size() {
+        let t = Task::TextClassification {
+            labels: vec!["ham".into(), "spam".into()],
+            max_text_bytes: 64,
+            output: "p".into(),
+            email: Some(10),
+        };
+        let d = t
+            .decode(&[json!("Subject: hi\n\nlunch   at\u{0} noon, ok?")])
+            .unwrap();
+        let InputBatch::Text(texts) = d.batch else {
+            panic!("text")
+        };
+        assert!(texts[0].chars().count() <= 10, "{texts:?}");
+        assert!(!texts[0].contains('\0'));
+        assert!(t.preprocesses());
+        let e = t.decode(&[json!("x".repeat(65))]).unwrap_err();
+        assert!(e.message.contains("message is 65 bytes"), "{}", e.message);
     }
 }

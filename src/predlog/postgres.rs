@@ -29,11 +29,18 @@ struct Migration {
 
 /// Versioned schema migrations, applied in order, each once. A new one is a new
 /// file in `migrations/` plus a line here; an applied one is never edited.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "predictions table",
-    sql: include_str!("migrations/0001_predictions_table.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "predictions table",
+        sql: include_str!("migrations/0001_predictions_table.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "input sha256",
+        sql: include_str!("migrations/0002_input_sha256.sql"),
+    },
+];
 
 /// Taken by the migrating transaction so several workers starting at once do
 /// not race each other.
@@ -42,9 +49,9 @@ const MIGRATION_LOCK: i64 = 0x696e_6665_7264;
 /// One statement per batch: the columns go as arrays, so a batch costs one
 /// round trip whatever its size.
 const INSERT: &str = "INSERT INTO predictions
-    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error)
+    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error, input_sha256)
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::smallint[],
-        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[])
+        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[], $14::text[])
     ON CONFLICT (id) DO NOTHING";
 
 pub(super) struct PgSink {
@@ -134,6 +141,7 @@ impl PgSink {
         let latency: Vec<f32> = rows.iter().map(|r| r.latency_ms).collect();
         let client_addr: Vec<Option<&str>> = rows.iter().map(|r| r.client.as_deref()).collect();
         let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
+        let input_sha: Vec<Option<&str>> = rows.iter().map(|r| r.input_sha256.as_deref()).collect();
         client
             .execute(
                 INSERT,
@@ -151,6 +159,7 @@ impl PgSink {
                     &latency,
                     &client_addr,
                     &error,
+                    &input_sha,
                 ],
             )
             .await?;

@@ -22,8 +22,13 @@ pub struct Record {
     pub status: u16,
     /// The instance as sent, when `INFERD_PREDLOG_INPUTS=full`.
     pub instance: Option<serde_json::Value>,
-    /// SHA-256 of the instance's canonical encoding (the cache key's hash).
+    /// SHA-256 of the instance's canonical encoding after preprocessing (the
+    /// cache key's hash).
     pub instance_sha256: Option<String>,
+    /// SHA-256 of the instance as sent, before preprocessing. Absent from
+    /// records spilled by older versions.
+    #[serde(default)]
+    pub input_sha256: Option<String>,
     pub prediction: Option<serde_json::Value>,
     pub cached: bool,
     pub latency_ms: f32,
@@ -87,6 +92,7 @@ pub(super) fn test_record(i: u32) -> Record {
         status: 200,
         instance: Some(serde_json::json!("text")),
         instance_sha256: Some("ab".into()),
+        input_sha256: Some("cd".into()),
         prediction: Some(serde_json::json!({"label": "ham"})),
         cached: false,
         latency_ms: 0.5,

@@ -348,10 +348,18 @@ impl Answer<Plan> for V2Answer {
         } else {
             Json(body).into_response()
         };
-        // Per instance, whether the cache answered (the JSON API's `cached`).
+        // Per instance, whether the cache answered (the JSON API's `cached`),
+        // and how many readings were filled (its `filled`).
         if let Ok(v) = HeaderValue::from_str(&cached) {
             resp.headers_mut()
                 .insert(HeaderName::from_static("x-inferd-cached"), v);
+        }
+        if let Some(filled) = &done.filled {
+            let list: Vec<String> = filled.iter().map(usize::to_string).collect();
+            if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-inferd-filled"), v);
+            }
         }
         resp
     }

@@ -57,6 +57,27 @@ impl InputBatch {
         }
     }
 
+    /// Each instance as JSON, in the request's shape: a string, or rows of
+    /// numbers (for the prediction log).
+    pub fn to_json(&self) -> Vec<serde_json::Value> {
+        use serde_json::Value;
+        match self {
+            InputBatch::Text(t) => t.iter().cloned().map(Value::String).collect(),
+            InputBatch::Windows {
+                batch, features, ..
+            } => (0..*batch)
+                .map(|i| {
+                    let w = self.window(i).unwrap_or_default();
+                    Value::Array(
+                        w.chunks(*features)
+                            .map(|row| row.iter().map(|x| Value::from(*x as f64)).collect())
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// The instances at `idx`, in that order.
     pub fn select(&self, idx: &[usize]) -> InputBatch {
         match self {
