@@ -36,6 +36,30 @@ pub enum Command {
     /// Probe a running server (exit 0 when it answers 200): the container
     /// HEALTHCHECK, for images that carry no curl or shell.
     Healthcheck(HealthcheckConfig),
+    /// Apply a model's preprocessing to JSON lines on stdin, writing them to
+    /// stdout: the training scripts clean their data with this, so training
+    /// and serving share one implementation.
+    Preprocess(PreprocessConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreprocessKind {
+    /// Email messages (raw RFC 822 or plain text), as `[text] preprocess = "email"`.
+    Email,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreprocessConfig {
+    /// Which preprocessing.
+    #[arg(value_enum)]
+    pub kind: PreprocessKind,
+    /// The cleaned text is cut to this many characters (`[text] truncate_chars`).
+    #[arg(long)]
+    pub truncate_chars: usize,
+    /// The field of each JSON object that holds the text; the other fields are
+    /// copied through.
+    #[arg(long, default_value = "text")]
+    pub field: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,10 +1,14 @@
 //! The `inferd` binary: parses the command line (flags with `INFERD_*`
 //! fallbacks), logs the effective configuration with secrets redacted, binds the
-//! listener and hands everything to `inferd::run`, or runs `healthcheck`.
+//! listener and hands everything to `inferd::run`; or runs `healthcheck`, or
+//! `preprocess` (a model's preprocessing over JSON lines, for training).
 
 use clap::Parser;
 
-use inferd::config::{Cli, Command};
+use std::io::{BufRead, Write};
+
+use inferd::config::{Cli, Command, PreprocessConfig, PreprocessKind};
+use inferd::core::preprocess::email;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,6 +16,7 @@ async fn main() -> std::process::ExitCode {
     let config = match cli.command {
         Some(Command::Serve(c)) => c,
         Some(Command::Healthcheck(h)) => return inferd::server::healthcheck(&h).await,
+        Some(Command::Preprocess(p)) => return preprocess(&p),
         None => cli.serve,
     };
     inferd::telemetry::init(config.log_format);
@@ -30,6 +35,41 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("inferd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferd preprocess`: one JSON object per line in, the same object with its
+/// text field cleaned out. A line that is not an object holding a string there
+/// is an error naming the line, and the command exits 1.
+fn preprocess(cfg: &PreprocessConfig) -> std::process::ExitCode {
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in stdin.lines().enumerate() {
+        let result = line.map_err(|e| e.to_string()).and_then(|line| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            let text = v
+                .get_mut(&cfg.field)
+                .and_then(|t| t.as_str().map(str::to_string))
+                .ok_or_else(|| format!("no string field `{}`", cfg.field))?;
+            let cleaned = match cfg.kind {
+                PreprocessKind::Email => email::clean(&text, cfg.truncate_chars),
+            };
+            v[&cfg.field] = serde_json::Value::String(cleaned);
+            serde_json::to_writer(&mut out, &v).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(|e| e.to_string())
+        });
+        if let Err(e) = result {
+            eprintln!("inferd preprocess: line {}: {e}", n + 1);
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    match out.flush() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inferd preprocess: {e}");
             std::process::ExitCode::FAILURE
         }
     }

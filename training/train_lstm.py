@@ -30,6 +30,9 @@ from common import seed_everything, sha256_file, write_golden, write_toml
 SEED = 20261123
 NAME, VERSION = "lstm-forecaster", "1"
 T = 26  # half a year of weekly readings
+# The most interpolated readings any window of the series holds (an 18-week gap
+# and its neighbours): the server fills up to this many per window, no more.
+MAX_MISSING = 20
 FEATURES = [("co2_ppm", "ppm (parts per million, dry air mole fraction)")]
 TARGETS = [("co2_ppm", "ppm")]
 HIDDEN = 32
@@ -90,7 +93,12 @@ ignores.
 ## Limits
 - One feature: the `[T, F]` contract is general, but this model has F = 1.
 - Trained on 1958-2001; the growth rate has since increased. Expect larger errors on recent data.
-- Windows must be complete: 26 rows, no gaps; fill missing weeks before calling.
+- Missing weeks may be sent as `null`, up to {max_missing} per window (the most any training window
+  had): the server fills them by linear interpolation, as training filled the series
+  (`[timeseries] missing = "interpolate"`), and says per instance how many it filled. Inside a
+  window this equals training's filling exactly; a gap at the window's start or end has no
+  neighbour on one side and takes the nearest reading (within 2.1 ppm of training's filling on
+  the series' real gaps, `training/gap_parity.py`).
 """
 
 
@@ -235,7 +243,8 @@ def main() -> None:
                               "feature_units": [u for _, u in FEATURES],
                               "targets": [t for t, _ in TARGETS], "target_units": [u for _, u in TARGETS],
                               "scaling": "in-graph: each window minus its last row, divided by scaling_std; output = last row + delta * scaling_std",
-                              "scaling_std": std.tolist(), "step": "1 week"}),
+                              "scaling_std": std.tolist(), "step": "1 week",
+                              "missing": "interpolate", "max_missing": MAX_MISSING}),
             ("[batching]", {"max_batch_size": 64, "max_batch_delay_ms": 0}),
             ("[cache]", {"enabled": True}),
             ("[data]", {"source": "Mauna Loa weekly CO2 (statsmodels 0.14 datasets.co2; NOAA/Scripps)",
@@ -250,7 +259,7 @@ def main() -> None:
         n=n, missing=int((~observed).sum()), n_train=len(tr_fit), n_val=len(va_idx),
         n_test=len(te_idx), test_from=dates[te_idx[0]].date(), test_to=dates[te_idx[-1]].date(),
         size=onnx_path.stat().st_size, digest=digest, parity=parity, std=std[0],
-        epoch=best[2], **m))
+        epoch=best[2], max_missing=MAX_MISSING, **m))
     print(f"[lstm] wrote {dest} (model.onnx {onnx_path.stat().st_size} bytes, sha256 {digest})")
 
 
