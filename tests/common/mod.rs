@@ -263,19 +263,31 @@ pub fn uncached() -> ServeConfig {
     c
 }
 
+/// The golden file of the model's latest version: the one the unversioned
+/// routes serve.
 pub fn golden(model: &str) -> Value {
-    let p = root().join("models").join(model).join("1/golden.json");
+    let dir = root().join("models").join(model);
+    let latest = std::fs::read_dir(&dir)
+        .expect("model dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .expect("a version");
+    let p = dir.join(latest.to_string()).join("golden.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("golden JSON")
 }
 
-/// The longest golden texts: the heaviest inputs the text model has.
+/// The longest golden texts as the model sees them (cleaned, where the model
+/// takes raw messages): the heaviest inputs for the graph, within any body limit.
 pub fn long_texts(n: usize) -> Vec<Value> {
     let g = golden("text-classifier");
     let mut texts: Vec<String> = g["cases"]
         .as_array()
         .expect("cases")
         .iter()
-        .map(|c| c["input"].as_str().expect("text").to_string())
+        .map(|c| {
+            let v = c.get("model_input").unwrap_or(&c["input"]);
+            v.as_str().expect("text").to_string()
+        })
         .collect();
     texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
     texts

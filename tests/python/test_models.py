@@ -89,7 +89,7 @@ def test_golden_reproduced(model):
     tol = g["tolerance"]
     if m["task"] == "text-classification":
         labels = m["text"]["labels"]
-        x = np.array([c["input"] for c in cases], dtype=object)
+        x = np.array([c.get("model_input", c["input"]) for c in cases], dtype=object)
         probs = sess.run([m["text"]["scores_output"]], {m["inputs"][0]["name"]: x})[0]
         for c, p in zip(cases, probs):
             assert labels[int(p.argmax())] == c["expected"]["label"]
@@ -127,7 +127,7 @@ def test_quality_recomputed_from_golden_truth(model):
         labels = m["text"]["labels"]
         truth = [c["true_label"] for c in cases]
         assert set(truth) == set(labels), "golden truth must hold every class"
-        x = np.array([c["input"] for c in cases], dtype=object)
+        x = np.array([c.get("model_input", c["input"]) for c in cases], dtype=object)
         probs = sess.run([m["text"]["scores_output"]], {m["inputs"][0]["name"]: x})[0]
         predicted = [labels[int(p.argmax())] for p in probs]
         accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
