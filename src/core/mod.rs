@@ -28,6 +28,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;
+pub mod preprocess;
 pub mod repository;
 pub mod task;
 
