@@ -27,8 +27,9 @@ models:
 ## Retrain and replace the committed models.
 models-install:
 	MODELS_OUT=$(CURDIR)/.models-new ./scripts/train-models.sh
-	for m in text-classifier/1 lstm-forecaster/1; do \
-	  cp .models-new/$$m/{model.onnx,model.toml,golden.json,README.md} models/$$m/; done
+	for m in text-classifier/1 text-classifier/2 lstm-forecaster/1; do \
+	  mkdir -p models/$$m; cp .models-new/$$m/{model.onnx,model.toml,golden.json,README.md} models/$$m/; \
+	  if [ -f .models-new/$$m/heldout.json ]; then cp .models-new/$$m/heldout.json models/$$m/; fi; done
 	rm -rf .models-new
 
 lint:

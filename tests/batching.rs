@@ -146,8 +146,8 @@ async fn expired_requests_never_reach_the_model() {
     cfg.max_batch_size = Some(SIZE); // one request, one call: none merge
     cfg.request_timeout_ms = 1050;
     let s = TestServer::start_slowed(cfg, Duration::from_millis(300)).await;
-    let series = "inferd_model_instances_total{model=\"text-classifier\",version=\"1\"}";
-    let calls = "inferd_batches_total{model=\"text-classifier\",version=\"1\"}";
+    let series = &common::latest_series("inferd_model_instances_total", "text-classifier");
+    let calls = &common::latest_series("inferd_batches_total", "text-classifier");
     // Born with the first call: none yet (warm-up bypasses the batcher).
     assert_eq!(common::metric_opt(&s.metrics().await, series), None);
 

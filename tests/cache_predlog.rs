@@ -27,7 +27,7 @@ async fn instances_computed(s: &TestServer, model: &str) -> f64 {
     let m = s.get("/metrics").await.1;
     metric(
         &m,
-        &format!("inferd_model_instances_total{{model=\"{model}\",version=\"1\"}}"),
+        &common::latest_series("inferd_model_instances_total", model),
     )
 }
 
@@ -159,7 +159,8 @@ async fn concurrent_identical_requests_run_the_model_once() {
         let s = TestServer::start_slowed(cfg, Duration::from_secs(1)).await;
         let m = s.metrics().await;
         // Born with the model's first call: none yet.
-        let model_series = "inferd_model_instances_total{model=\"text-classifier\",version=\"1\"}";
+        let model_series =
+            &common::latest_series("inferd_model_instances_total", "text-classifier");
         assert_eq!(metric_opt(&m, model_series), None, "{backend}");
         let coalesced_before = metric(&m, "inferd_cache_coalesced_total");
         let body = json!({"model": "text-classifier", "instances": [common::long_texts(1)[0].as_str().unwrap().to_string() + " coalesce"]});
@@ -193,7 +194,7 @@ async fn concurrent_identical_requests_run_the_model_once() {
         assert_eq!(
             metric(
                 &m,
-                "inferd_batches_total{model=\"text-classifier\",version=\"1\"}"
+                &common::latest_series("inferd_batches_total", "text-classifier")
             ),
             1.0,
             "{backend}: one model call"
@@ -449,7 +450,12 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
     assert!(!spill.exists(), "the spill file was replayed and removed");
     assert_eq!(
         pg.psql("SELECT count(*) FROM inferd_schema_migrations"),
-        "1"
+        "2"
+    );
+    // Every served row has the hash of the input as sent (migration 2).
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM predictions WHERE status = 200 AND input_sha256 IS NULL"),
+        "0"
     );
     let row = pg.psql("SELECT model, version, status, cached, instance IS NOT NULL, prediction->'forecast' ? 'co2_ppm' FROM predictions LIMIT 1");
     assert_eq!(row, "lstm-forecaster|1|200|f|t|t");

@@ -171,3 +171,31 @@ async fn hostile_messages_get_a_prediction_or_a_4xx() {
         }
     }
 }
+
+/// Version 2 takes raw messages: its size limit is on the raw input (1 MiB,
+/// above the corpus's largest message), not on the cleaned text, which is cut
+/// to the training length instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_messages_are_limited_by_raw_size_and_long_ones_are_cut_not_refused() {
+    let s = TestServer::start(uncached()).await;
+    let long = format!("Subject: long\n\n{}", "word ".repeat(150_000));
+    let (st, _, body) = s
+        .post_json(
+            "/v1/models/text-classifier/versions/2/predict",
+            &json!({"instances": [long]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, body) = s
+        .post_json(
+            "/v1/models/text-classifier/versions/2/predict",
+            &json!({"instances": ["x".repeat(1_048_577)]}),
+        )
+        .await;
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(body["error"]["field"], "instances[0]");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 1048576"));
+}

@@ -41,7 +41,7 @@ async fn text_classifier_reproduces_golden_one_by_one_and_batched() {
             .await;
         assert_eq!(st, 200, "{body}");
         assert_eq!(body["model"], "text-classifier");
-        assert_eq!(body["version"], "1");
+        assert_eq!(body["version"], common::latest_version("text-classifier"));
         assert!(h.contains_key("x-request-id") && h.contains_key("x-inference-time"));
         assert_eq!(body["cached"], json!([false]), "computed by the model");
         check(&body["predictions"][0], case);
@@ -68,7 +68,7 @@ async fn text_classifier_reproduces_golden_one_by_one_and_batched() {
     // Every instance of both passes reached the model.
     let ran = metric(
         &s.metrics().await,
-        "inferd_model_instances_total{model=\"text-classifier\",version=\"1\"}",
+        &common::latest_series("inferd_model_instances_total", "text-classifier"),
     );
     assert_eq!(ran as usize, 8 + cases.len());
     s.stop().await.unwrap();
@@ -208,16 +208,17 @@ async fn every_client_error_is_json_with_status_code_and_field() {
             "invalid_input",
             Some("instances[1]"),
         ),
+        // Version 1 takes clean text: its own size limit, and no NUL.
         c(
-            "/predict",
-            json!({"model": "text-classifier", "instances": ["x".repeat(16385)]}),
+            "/v1/models/text-classifier/versions/1/predict",
+            json!({"instances": ["x".repeat(16385)]}),
             422,
             "invalid_input",
             Some("instances[0]"),
         ),
         c(
-            "/predict",
-            json!({"model": "text-classifier", "instances": ["a\u{0}b"]}),
+            "/v1/models/text-classifier/versions/1/predict",
+            json!({"instances": ["a\u{0}b"]}),
             422,
             "invalid_input",
             Some("instances[0]"),
@@ -387,17 +388,28 @@ async fn model_listing_describes_inputs_outputs_and_labels() {
     assert_eq!(v["ready"], true);
     let models = v["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["lstm-forecaster", "text-classifier"]);
-    let text = &models[1];
-    assert_eq!(text["status"], "ready");
-    assert_eq!(text["labels"], json!(["ham", "spam"]));
-    assert_eq!(text["inputs"][0]["name"], "text");
+    assert_eq!(
+        names,
+        ["lstm-forecaster", "text-classifier", "text-classifier"]
+    );
+    for (text, version) in models[1..].iter().zip(["1", "2"]) {
+        assert_eq!(text["version"], version);
+        assert_eq!(text["status"], "ready");
+        assert_eq!(text["labels"], json!(["ham", "spam"]));
+        assert_eq!(text["inputs"][0]["name"], "text");
+    }
+    // Version 2 says it takes raw messages and how the server prepares them.
+    let instance = models[2]["instance"].as_str().unwrap();
+    assert!(
+        instance.contains("raw RFC 822") && instance.contains("4000 characters"),
+        "{instance}"
+    );
     let lstm = &models[0];
     assert_eq!(lstm["inputs"][0]["shape"], json!([-1, 26, 1]));
     assert_eq!(lstm["timeseries"]["features"], json!(["co2_ppm"]));
     let (st, body) = s.get("/v1/models/text-classifier").await;
     assert_eq!(st, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["latest"], "1");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["latest"], "2");
     let (st, _) = s.get("/v1/models/nope").await;
     assert_eq!(st, 404);
     s.stop().await.unwrap();
@@ -420,8 +432,12 @@ async fn metrics_and_request_ids() {
     let (st, body) = s.get("/healthz").await;
     assert_eq!(st, 200, "{body}");
     let (_, m) = s.get("/metrics").await;
+    let requests = format!(
+        "inferd_requests_total{{model=\"text-classifier\",status=\"200\",version=\"{}\"}} 1",
+        common::latest_version("text-classifier")
+    );
     for needle in [
-        "inferd_requests_total{model=\"text-classifier\",status=\"200\",version=\"1\"} 1",
+        requests.as_str(),
         "inferd_inference_duration_seconds_bucket",
         "inferd_queue_wait_seconds_bucket",
         "inferd_request_duration_seconds_bucket",
@@ -554,7 +570,7 @@ async fn deadline_returns_504() {
     // asked for, at most the calls that started before the deadline ran.
     let ran = metric(
         &m,
-        "inferd_model_instances_total{model=\"text-classifier\",version=\"1\"}",
+        &common::latest_series("inferd_model_instances_total", "text-classifier"),
     );
     // Calls take at least 50 ms each, so at most 4 of the 16 start before the
     // 200 ms deadline; the first starts at once.

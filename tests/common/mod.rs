@@ -263,16 +263,29 @@ pub fn uncached() -> ServeConfig {
     c
 }
 
-/// The golden file of the model's latest version: the one the unversioned
-/// routes serve.
-pub fn golden(model: &str) -> Value {
-    let dir = root().join("models").join(model);
-    let latest = std::fs::read_dir(&dir)
+/// The model's latest version: the one the unversioned routes serve.
+pub fn latest_version(model: &str) -> String {
+    std::fs::read_dir(root().join("models").join(model))
         .expect("model dir")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()
-        .expect("a version");
-    let p = dir.join(latest.to_string()).join("golden.json");
+        .expect("a version")
+        .to_string()
+}
+
+/// `metric{model="...",version="<latest>"}`: a per-version series of the
+/// version the unversioned routes serve.
+pub fn latest_series(metric: &str, model: &str) -> String {
+    format!(
+        "{metric}{{model=\"{model}\",version=\"{}\"}}",
+        latest_version(model)
+    )
+}
+
+/// The golden file of the model's latest version.
+pub fn golden(model: &str) -> Value {
+    let dir = root().join("models").join(model);
+    let p = dir.join(latest_version(model)).join("golden.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("golden JSON")
 }
 

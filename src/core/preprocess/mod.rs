@@ -6,3 +6,4 @@
 //! text it is served cannot drift apart.
 
 pub mod email;
+pub mod series;
