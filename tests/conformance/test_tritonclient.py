@@ -39,7 +39,7 @@ def test_server_and_model_metadata(client, auth):
     meta = client.get_server_metadata(headers=auth)
     assert meta["name"] == "inferd" and "binary_tensor_data" in meta["extensions"]
     text = client.get_model_metadata("text-classifier", headers=auth)
-    assert text["platform"] == "onnx_onnxv1" and text["versions"] == ["1"]
+    assert text["platform"] == "onnx_onnxv1" and text["versions"] == ["2", "1"]
     assert text["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert {o["name"]: o["datatype"] for o in text["outputs"]} == {"label": "INT64", "probabilities": "FP32"}
     lstm = client.get_model_metadata("lstm-forecaster", "1", headers=auth)
