@@ -2,7 +2,7 @@
 //! same `Backend` the server uses (no HTTP, no JSON, no admission): the floor
 //! that serving overhead is measured against. Then the serving hot path around
 //! that call: body parsing, instance decoding, the cache key, batch assembly and
-//! prediction encoding.
+//! prediction encoding; and the email preprocessing of raw messages.
 //!
 //! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench runtime`
 
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ort/{name}"));
         for batch in [1usize, 8, 32] {
             let instances: Vec<Value> = cases.iter().cycle().take(batch).cloned().collect();
-            let input: InputBatch = model.task.decode(&instances).expect("decode");
+            let input: InputBatch = model.task.decode(&instances).expect("decode").batch;
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new("batch", batch), &input, |b, input| {
                 b.iter(|| model.backend.infer(input).expect("infer"))
@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
         hot.bench_function("decode_instance", |b| {
             b.iter(|| model.task.decode(&one).expect("decode"))
         });
-        let input = model.task.decode(&one).expect("decode");
+        let input = model.task.decode(&one).expect("decode").batch;
         hot.bench_function("cache_key", |b| {
             b.iter(|| cache::instance_key(name, "1", &input, 0))
         });
@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
                     .task
                     .decode(&[cases[i % cases.len()].clone()])
                     .expect("decode")
+                    .batch
             })
             .collect();
         hot.bench_function("assemble_batch_of_32", |b| {
@@ -100,5 +101,31 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The email preprocessing of `text-classifier` 2, which runs on every raw
+/// message: the median and the largest raw message of its golden set.
+fn bench_preprocess(c: &mut Criterion) {
+    let p = root().join("models/text-classifier/2/golden.json");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("json");
+    let mut raws: Vec<String> = v["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["input"].as_str().expect("raw message").to_string())
+        .collect();
+    raws.sort_by_key(String::len);
+    let mut group = c.benchmark_group("preprocess/email");
+    for (label, raw) in [
+        ("median", &raws[raws.len() / 2]),
+        ("largest", &raws[raws.len() - 1]),
+    ] {
+        group.throughput(Throughput::Bytes(raw.len() as u64));
+        group.bench_with_input(BenchmarkId::new(label, raw.len()), raw, |b, raw| {
+            b.iter(|| inferd::core::preprocess::email::clean(raw, 4000))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_preprocess);
 criterion_main!(benches);

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
                         let inst: Vec<Value> = (0..batch)
                             .map(|i| cases[(t * 7 + k + i) % cases.len()].clone())
                             .collect();
-                        m.task.decode(&inst).expect("decode")
+                        m.task.decode(&inst).expect("decode").batch
                     })
                     .collect();
                 let mut k = 0;

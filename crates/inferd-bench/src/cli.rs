@@ -22,6 +22,15 @@ pub struct BenchConfig {
     /// Directory holding `<model>/1/golden.json` (the server's models directory).
     #[arg(long, env = "INFERD_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
+    /// Model version to request and to take the golden inputs from; default:
+    /// the server's latest, with version 1's inputs.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The golden cases' field to send: `input` (as a client sends it; raw
+    /// messages for text-classifier 2) or `model_input` (as the model sees it
+    /// after the server's preprocessing, where the golden file keeps it).
+    #[arg(long, default_value = "input")]
+    pub golden_field: String,
     /// Instances per request.
     #[arg(long, default_value_t = 1)]
     pub instances: usize,

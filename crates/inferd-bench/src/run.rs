@@ -110,7 +110,13 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             .timeout(Duration::from_secs(60))
             .build()?,
         url: format!("{}/predict", cfg.url.trim_end_matches('/')).into(),
-        bodies: Arc::new(payloads(&cfg.models_dir, &cfg.model, cfg.instances)?),
+        bodies: Arc::new(payloads(
+            &cfg.models_dir,
+            &cfg.model,
+            cfg.version.as_deref(),
+            &cfg.golden_field,
+            cfg.instances,
+        )?),
         next: Arc::new(AtomicU64::new(0)),
     };
     let begin = Instant::now();
