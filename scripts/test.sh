@@ -82,7 +82,7 @@ step "Python venv for the KServe v2 conformance tests (hash-pinned)"
 CVENV="$ROOT/.venv-conformance"
 venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 
-step "Conformance: tritonclient (JSON and binary) and schemathesis against a live server"
+step "Conformance: tritonclient (JSON and binary), schemathesis, and the whole SpamAssassin corpus raw (npm package) against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
 
 step "Loopback topology end to end: nginx + 3 workers + Redis + PostgreSQL, k6 through nginx, rolling restart"
