@@ -199,3 +199,56 @@ async fn raw_messages_are_limited_by_raw_size_and_long_ones_are_cut_not_refused(
         .unwrap()
         .contains("at most 1048576"));
 }
+
+/// The KServe v2 front door prepares inputs as `/predict` does: a raw message as
+/// a `BYTES` element, and `null` readings in a JSON tensor, give the same
+/// predictions as the JSON API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_v2_inputs_are_preprocessed_like_predict() {
+    let s = TestServer::start(uncached()).await;
+    let raw = "From: a@b.c\nSubject: =?utf-8?q?Free_prize?=\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n<p>Claim your <b>FREE</b> prize=21</p>\n";
+    let (st, _, v1) = s
+        .post_json(
+            "/v1/models/text-classifier/predict",
+            &json!({"instances": [raw]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v1}");
+    let (st, _, v2) = s
+        .post_json(
+            "/v2/models/text-classifier/infer",
+            &json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [raw]}],
+                    "outputs": [{"name": "probabilities"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v2}");
+    assert_eq!(v2["model_version"], "2");
+    let p = &v2["outputs"][0]["data"];
+    assert_eq!(p[1], v1["predictions"][0]["scores"]["spam"], "{v2} vs {v1}");
+
+    let mut window: Vec<Value> = (0..26).map(|t| json!(350.0 + t as f64 * 0.1)).collect();
+    window[10] = Value::Null;
+    window[11] = Value::Null;
+    let (st, _, a) = s
+        .post_json(
+            "/v1/models/lstm-forecaster/predict",
+            &json!({"instances": [rows(&Value::Array(window.clone()))]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["filled"], json!([2]));
+    let r = s
+        .client
+        .post(s.url("/v2/models/lstm-forecaster/infer"))
+        .json(&json!({"inputs": [{"name": "window", "shape": [1, 26, 1], "datatype": "FP32", "data": window}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-inferd-filled"], "2");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b["outputs"][0]["data"][0],
+        a["predictions"][0]["forecast"]["co2_ppm"]
+    );
+}

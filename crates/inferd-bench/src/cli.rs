@@ -25,7 +25,7 @@ pub struct BenchConfig {
     /// Model version to request and to take the golden inputs from; default:
     /// the server's latest, with version 1's inputs.
     #[arg(long)]
-    pub version: Option<String>,
+    pub model_version: Option<String>,
     /// The golden cases' field to send: `input` (as a client sends it; raw
     /// messages for text-classifier 2) or `model_input` (as the model sees it
     /// after the server's preprocessing, where the golden file keeps it).

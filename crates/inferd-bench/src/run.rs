@@ -113,7 +113,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
         bodies: Arc::new(payloads(
             &cfg.models_dir,
             &cfg.model,
-            cfg.version.as_deref(),
+            cfg.model_version.as_deref(),
             &cfg.golden_field,
             cfg.instances,
         )?),
