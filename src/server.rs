@@ -25,6 +25,7 @@ use crate::core::admission::Admission;
 use crate::core::backend::onnx::{self, OrtLoader};
 use crate::core::backend::{BackendOptions, Loader};
 use crate::core::cache::{Cache, RedisSettings};
+use crate::core::golden;
 use crate::core::lifecycle::{Lifecycle, Phase};
 use crate::core::pipeline::{Limits, Pipeline};
 use crate::core::repository::Repository;
@@ -130,6 +131,22 @@ pub fn load_models(config: &ServeConfig, make_loader: MakeLoader) -> anyhow::Res
     for model in repo.iter() {
         // Round-robin through the pool: every session runs `warmup_runs` times.
         model.warm_up(config.warmup_runs * opts.pool_size)?;
+        // No version serves before it reproduces its golden outputs.
+        match golden::check(model)? {
+            Some(r) => tracing::info!(
+                model = %model.manifest.name,
+                version = %model.manifest.version,
+                cases = r.cases,
+                max_diff = r.max_diff,
+                tolerance = r.tolerance,
+                "golden gate passed"
+            ),
+            None => tracing::warn!(
+                model = %model.manifest.name,
+                version = %model.manifest.version,
+                "no golden.json: the version serves without a golden gate"
+            ),
+        }
         tracing::info!(
             model = %model.manifest.name,
             version = %model.manifest.version,

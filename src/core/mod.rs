@@ -6,7 +6,8 @@
 //!
 //! What each part owns:
 //! - `manifest`, `repository`: model versions on disk, verified against their
-//!   graphs, loaded through a `backend::Loader`.
+//!   graphs, loaded through a `backend::Loader`; `golden`: the gate a version
+//!   passes by reproducing its held-out golden outputs.
 //! - `backend`: the `Backend` trait, ONNX Runtime behind it, and a scripted test
 //!   backend.
 //! - `task`: instances to tensors and output rows to predictions, per task.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod coalesce;
 pub mod deployment;
 pub mod error;
+pub mod golden;
 pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;
