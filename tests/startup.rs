@@ -94,18 +94,25 @@ async fn manifest_that_does_not_match_the_graph() {
     );
 }
 
+/// Rewrites `<version>/golden.json` under the repository copy `p`.
+fn edit_golden(p: &std::path::Path, version: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let g = p.join(version).join("golden.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
+    edit(&mut doc);
+    std::fs::write(g, doc.to_string()).unwrap();
+}
+
 /// A version whose outputs miss its golden file never serves: here the
 /// golden forecast of one case is moved by 1 ppm (tolerance 1e-3), which is
 /// what a graph that computes something else would look like.
 #[tokio::test]
 async fn outputs_that_miss_the_golden_file() {
     let d = broken_repo(|p| {
-        let g = p.join("lstm-forecaster/1/golden.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
-        let v = &mut doc["cases"][3]["expected"]["forecast"]["co2_ppm"];
-        *v = serde_json::json!(v.as_f64().unwrap() + 1.0);
-        std::fs::write(g, doc.to_string()).unwrap();
+        edit_golden(p, "lstm-forecaster/1", |doc| {
+            let v = &mut doc["cases"][3]["expected"]["forecast"]["co2_ppm"];
+            *v = serde_json::json!(v.as_f64().unwrap() + 1.0);
+        })
     });
     let e = start_error(d.path()).await;
     assert!(
@@ -116,13 +123,11 @@ async fn outputs_that_miss_the_golden_file() {
     // A raw-message golden case the server's preprocessing would label
     // differently: the gate runs the preprocessing too.
     let d = broken_repo(|p| {
-        let g = p.join("text-classifier/2/golden.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
-        doc["cases"][0]["input"] = serde_json::json!(
-            "Subject: FREE PRIZE\n\nClick here now to claim your free prize, act now, limited offer, free money!"
-        );
-        std::fs::write(g, doc.to_string()).unwrap();
+        edit_golden(p, "text-classifier/2", |doc| {
+            doc["cases"][0]["input"] = serde_json::json!(
+                "Subject: FREE PRIZE\n\nClick here now to claim your free prize, act now, limited offer, free money!"
+            );
+        })
     });
     let e = start_error(d.path()).await;
     assert!(
