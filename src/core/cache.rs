@@ -38,16 +38,12 @@ pub fn instance_key(model: &str, version: &str, batch: &InputBatch, i: usize) ->
             h.update(texts[i].as_bytes());
         }
         InputBatch::Windows {
-            data,
-            steps,
-            features,
-            ..
+            steps, features, ..
         } => {
             h.update(b"f32\0");
             h.update((*steps as u64).to_le_bytes());
             h.update((*features as u64).to_le_bytes());
-            let n = steps * features;
-            for v in &data[i * n..(i + 1) * n] {
+            for v in batch.window(i).unwrap_or_default() {
                 // -0.0 and 0.0 are the same input to the model.
                 let v = if *v == 0.0 { 0.0f32 } else { *v };
                 h.update(v.to_bits().to_le_bytes());

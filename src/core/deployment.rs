@@ -14,8 +14,9 @@ use super::repository::{Model, Repository};
 
 pub struct Deployment {
     repo: Repository,
-    /// By (name, version).
-    batchers: HashMap<(String, String), Batcher>,
+    /// By name, then version: looked up with the model's own strings, so
+    /// resolving a request allocates nothing.
+    batchers: HashMap<String, HashMap<String, Batcher>>,
 }
 
 /// One model version a request runs on, with the batcher that runs it.
@@ -32,7 +33,10 @@ impl Target {
 }
 
 impl Deployment {
-    pub(crate) fn new(repo: Repository, batchers: HashMap<(String, String), Batcher>) -> Self {
+    pub(crate) fn new(
+        repo: Repository,
+        batchers: HashMap<String, HashMap<String, Batcher>>,
+    ) -> Self {
         Deployment { repo, batchers }
     }
 
@@ -43,10 +47,10 @@ impl Deployment {
     /// The version to run: `version`, or the latest when `None`.
     pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<Target, CoreError> {
         let model = self.repo.get(name, version)?;
-        let key = (model.manifest.name.clone(), model.manifest.version.clone());
         let batcher = self
             .batchers
-            .get(&key)
+            .get(&model.manifest.name)
+            .and_then(|v| v.get(&model.manifest.version))
             .ok_or(CoreError::Internal("a deployed model has no batcher"))?;
         Ok(Target {
             model: model.clone(),

@@ -269,10 +269,10 @@ impl Pipeline {
                 Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
                 self.limits.timeout_ms,
             );
-            batchers.insert(
-                (m.manifest.name.clone(), m.manifest.version.clone()),
-                batcher,
-            );
+            batchers
+                .entry(m.manifest.name.clone())
+                .or_insert_with(HashMap::new)
+                .insert(m.manifest.version.clone(), batcher);
         }
         Deployment::new(repo, batchers)
     }

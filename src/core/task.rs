@@ -409,8 +409,10 @@ fn decode_window(
             format!("expected {window} rows (time steps), got {}", rows.len()),
         ));
     }
-    // Column-major while reading, so each feature's gaps fill along time.
-    let mut columns: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(window); f];
+    // Readings go straight into the batch; a gap is a NaN placeholder, filled
+    // below only when the window has one, so complete windows cost nothing more.
+    let start = data.len();
+    let mut missing = 0;
     for (t, row) in rows.iter().enumerate() {
         let Value::Array(cols) = row else {
             return Err(invalid(
@@ -434,10 +436,11 @@ fn decode_window(
         }
         for (k, x) in cols.iter().enumerate() {
             if x.is_null() && fill.is_some() {
-                columns[k].push(None);
+                missing += 1;
+                data.push(f32::NAN);
                 continue;
             }
-            let val = x.as_f64().filter(|d| (*d as f32).is_finite());
+            let val = x.as_f64().map(|d| d as f32).filter(|d| d.is_finite());
             let Some(val) = val else {
                 let allowed = if fill.is_some() { " or null" } else { "" };
                 return Err(invalid(
@@ -453,16 +456,12 @@ fn decode_window(
                     ),
                 ));
             };
-            columns[k].push(Some(val));
+            data.push(val);
         }
     }
-    let Some(max_missing) = fill else {
-        for t in 0..window {
-            data.extend(columns.iter().map(|c| c[t].unwrap_or_default() as f32));
-        }
+    let Some(max_missing) = fill.filter(|_| missing > 0) else {
         return Ok(0);
     };
-    let missing: usize = columns.iter().flatten().filter(|x| x.is_none()).count();
     if missing > max_missing {
         return Err(invalid(
             format!("instances[{i}]"),
@@ -471,18 +470,19 @@ fn decode_window(
             ),
         ));
     }
-    let mut filled_cols = Vec::with_capacity(f);
-    for (k, col) in columns.iter().enumerate() {
-        let done = series::fill(col, max_missing).map_err(|e| {
+    // Each feature fills along time, from the readings as sent (f64), as
+    // training interpolated in f64 before the cast.
+    for (k, feature) in features.iter().enumerate() {
+        let column: Vec<Option<f64>> = rows.iter().map(|row| row[k].as_f64()).collect();
+        let done = series::fill(&column, max_missing).map_err(|e| {
             invalid(
                 format!("instances[{i}]"),
-                format!("feature {} ({}): {e}", k, features[k]),
+                format!("feature {k} ({feature}): {e}"),
             )
         })?;
-        filled_cols.push(done.values);
-    }
-    for t in 0..window {
-        data.extend(filled_cols.iter().map(|c| c[t]));
+        for (t, v) in done.values.into_iter().enumerate() {
+            data[start + t * f + k] = v;
+        }
     }
     Ok(missing)
 }
