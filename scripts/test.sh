@@ -68,8 +68,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (the server and crates/inferd-bench)"
 cargo test --workspace --all-targets
 
-step "Release build (the binary the deployment and conformance tests run)"
-cargo build --release --bin inferd
+step "Release build (the binaries the deployment, conformance and lifecycle tests run)"
+cargo build --release --workspace --bins
 
 step "Python venv for the deployment checks (hash-pinned)"
 DVENV="$ROOT/.venv-deploy"
@@ -84,6 +84,10 @@ venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 
 step "Conformance: tritonclient (JSON and binary), schemathesis, and the whole SpamAssassin corpus raw (npm package) against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
+
+step "Model lifecycle: swap under load (inferd-bench), RSS over load/unload cycles, refused versions, auth"
+INFERD_BIN="$ROOT/target/release/inferd" INFERD_BENCH_BIN="$ROOT/target/release/inferd-bench" \
+  "$DVENV/bin/python" -m pytest -q -s tests/lifecycle
 
 step "Loopback topology end to end: nginx + 3 workers + Redis + PostgreSQL, k6 through nginx, rolling restart"
 INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/deploy/test_stack.py
