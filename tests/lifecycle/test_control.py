@@ -155,7 +155,7 @@ def test_unload_and_reload_under_traffic(start_server, models_without_v2):
     try:
         time.sleep(1)
         r = server.unload("text-classifier")
-        assert r.status == 200 and r.json() == {}, r
+        assert r.status == 200 and isinstance(r.json(), dict), r
         states = server.states("text-classifier")
         assert "READY" not in states.values(), states
         assert server.predict("text-classifier", TEXTS[:1]).status in (404, 503)
