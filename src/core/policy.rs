@@ -203,6 +203,17 @@ mod tests {
         let p = Policy::from_toml("default_version = 1\n[canary]\nversion = 2\nweight = 0.25\n")
             .unwrap();
         assert_eq!(p.canary.as_ref().map(|c| c.version), Some(2));
+        // The README's policy.toml.
+        let p = Policy::from_toml(
+            "version_policy = { specific = { versions = [1, 2] } }\ndefault_version = 1\n\
+             canary = { version = 2, weight = 0.1 }\n",
+        )
+        .unwrap();
+        assert_eq!(p.select(&set(&[1, 2, 3])), set(&[1, 2]));
+        let p = Policy::from_toml("version_policy = { all = {} }\n").unwrap();
+        assert_eq!(p.version_policy, VersionPolicy::All {});
+        let p = Policy::from_toml("[version_policy.latest]\nnum_versions = 1\n").unwrap();
+        assert_eq!(p.select(&set(&[1, 2])), set(&[2]));
         for bad in [
             r#"{"version_policy": {"latest": {"num_versions": 0}}}"#,
             r#"{"version_policy": {"specific": {"versions": []}}}"#,
