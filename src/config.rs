@@ -90,6 +90,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `INFERD_MODEL_CONTROL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelControlMode {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
@@ -283,6 +292,29 @@ pub struct ServeConfig {
     )]
     pub auth_exempt: Vec<String>,
 
+    /// Bearer tokens for the model control routes (`/v2/repository/...`),
+    /// comma-separated, separate from the inference keys: an inference key
+    /// is refused there (403), and an admin key is not an inference key.
+    /// Whenever any key is configured, those routes need an admin key.
+    #[arg(long, env = "INFERD_ADMIN_KEYS", hide_env_values = true)]
+    pub admin_keys: Option<String>,
+
+    /// A file of admin tokens, one per line (`#` starts a comment).
+    #[arg(long, env = "INFERD_ADMIN_KEYS_FILE")]
+    pub admin_keys_file: Option<PathBuf>,
+
+    /// Whether the repository API may load and unload models: `auto` (on when
+    /// admin keys are configured), `on`, or `off` (the index stays readable).
+    /// Without any keys, `on` leaves the routes open to anyone who can reach
+    /// the port: keep them behind the proxy or a network policy.
+    #[arg(long, env = "INFERD_MODEL_CONTROL", value_enum, default_value_t = ModelControlMode::Auto)]
+    pub model_control: ModelControlMode,
+
+    /// Poll the models directory every this many seconds, loading new or
+    /// changed version directories and retiring removed ones (0: off).
+    #[arg(long, env = "INFERD_MODEL_POLL_SECS", default_value_t = 0)]
+    pub model_poll_secs: u64,
+
     /// Path of `libonnxruntime.so`. Default: the project-local install made by `make run`.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -355,7 +387,31 @@ impl ServeConfig {
                 )
             })
             .into();
+        v["admin_keys"] = self
+            .admin_keys
+            .as_deref()
+            .map(|k| {
+                format!(
+                    "<{} keys>",
+                    k.split(',').filter(|k| !k.trim().is_empty()).count()
+                )
+            })
+            .into();
         v
+    }
+
+    /// Whether the repository API's load and unload are on.
+    pub fn model_control_on(&self) -> bool {
+        match self.model_control {
+            ModelControlMode::On => true,
+            ModelControlMode::Off => false,
+            ModelControlMode::Auto => {
+                self.admin_keys
+                    .as_deref()
+                    .is_some_and(|k| k.split(',').any(|k| !k.trim().is_empty()))
+                    || self.admin_keys_file.is_some()
+            }
+        }
     }
 }
 

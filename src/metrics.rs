@@ -44,6 +44,11 @@ pub struct Metrics {
     pub predlog_replayed: IntCounter,
     pub predlog_dropped: IntCounterVec,
     pub predlog_write_duration: HistogramVec,
+    pub model_state: IntGaugeVec,
+    pub model_loads: IntCounterVec,
+    pub model_gate_failures: IntCounterVec,
+    pub model_swap_duration: HistogramVec,
+    pub model_unloads: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -67,13 +72,13 @@ impl Metrics {
             request_duration: histogram(
                 "inferd_request_duration_seconds",
                 "Time from request arrival to response, prediction routes",
-                &["model"],
+                &["model", "version"],
                 lat(),
             ),
             queue_wait: histogram(
                 "inferd_queue_wait_seconds",
                 "Time a request's instances waited in the batch queue (batch queue delay)",
-                &["model"],
+                &["model", "version"],
                 lat(),
             ),
             inference_duration: histogram(
@@ -217,6 +222,44 @@ impl Metrics {
                 &["sink"],
                 lat(),
             ),
+            model_state: IntGaugeVec::new(
+                Opts::new(
+                    "inferd_model_state",
+                    "1 on a model version's current state (READY, LOADING or UNAVAILABLE), 0 on the others",
+                ),
+                &["model", "version", "state"],
+            )
+            .expect("valid"),
+            model_loads: IntCounterVec::new(
+                Opts::new(
+                    "inferd_model_loads_total",
+                    "Model version loads after start-up, by result (ok or failed)",
+                ),
+                &["model", "version", "result"],
+            )
+            .expect("valid"),
+            model_gate_failures: IntCounterVec::new(
+                Opts::new(
+                    "inferd_model_gate_failures_total",
+                    "Versions refused, by the stage that refused them (verify, warmup, golden)",
+                ),
+                &["model", "version", "stage"],
+            )
+            .expect("valid"),
+            model_swap_duration: histogram(
+                "inferd_model_swap_seconds",
+                "From a load or unload call (or poll) to the new versions serving",
+                &["model"],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+            ),
+            model_unloads: IntCounterVec::new(
+                Opts::new(
+                    "inferd_model_unloads_total",
+                    "Model versions taken out of service after start-up",
+                ),
+                &["model"],
+            )
+            .expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -248,6 +291,11 @@ impl Metrics {
             Box::new(m.predlog_replayed.clone()),
             Box::new(m.predlog_dropped.clone()),
             Box::new(m.predlog_write_duration.clone()),
+            Box::new(m.model_state.clone()),
+            Box::new(m.model_loads.clone()),
+            Box::new(m.model_gate_failures.clone()),
+            Box::new(m.model_swap_duration.clone()),
+            Box::new(m.model_unloads.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }

@@ -10,6 +10,7 @@
 //! closing the listener), lets in-flight requests finish within the grace period,
 //! and returns.
 
+use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +26,10 @@ use crate::core::admission::Admission;
 use crate::core::backend::onnx::{self, OrtLoader};
 use crate::core::backend::{BackendOptions, Loader};
 use crate::core::cache::{Cache, RedisSettings};
-use crate::core::golden;
+use crate::core::control::{self, ModelControl};
 use crate::core::lifecycle::{Lifecycle, Phase};
 use crate::core::pipeline::{Limits, Pipeline};
+use crate::core::policy::Routing;
 use crate::core::repository::Repository;
 use crate::metrics::Metrics;
 use crate::predlog::{PredLog, SinkConfig, WriterConfig};
@@ -98,13 +100,20 @@ pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
             "API keys required on the model routes"
         );
     }
+    if api_keys.admin_count() > 0 {
+        tracing::info!(
+            keys = api_keys.admin_count(),
+            "admin keys required on the model control routes"
+        );
+    }
     let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
     Ok(AppState {
         api_keys: Arc::new(api_keys),
-        lifecycle: Lifecycle::new(metrics.clone()),
+        lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
+        control: std::sync::OnceLock::new(),
         config,
         metrics,
-        pipeline,
+        pipeline: Arc::new(pipeline),
         predlog,
     })
 }
@@ -117,8 +126,21 @@ fn ort_loader() -> MakeLoader {
     Box::new(|opts| Box::new(OrtLoader(opts)))
 }
 
-/// Loads ONNX Runtime and every model, then warms each session up. Blocking.
-pub fn load_models(config: &ServeConfig, make_loader: MakeLoader) -> anyhow::Result<Repository> {
+/// What start-up loaded: the model control that loaded it, the repository
+/// and each model's routing.
+pub struct Loaded {
+    pub control: Arc<ModelControl>,
+    pub repo: Repository,
+    pub routing: HashMap<String, Routing>,
+}
+
+/// Loads ONNX Runtime and every model version its policy selects, each
+/// verified, warmed up and gated by its golden file. Blocking.
+pub fn load_models(
+    config: &ServeConfig,
+    state: &AppState,
+    make_loader: MakeLoader,
+) -> anyhow::Result<Loaded> {
     let dylib =
         onnx::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
     onnx::init(&dylib).map_err(anyhow::Error::msg)?;
@@ -127,35 +149,26 @@ pub fn load_models(config: &ServeConfig, make_loader: MakeLoader) -> anyhow::Res
         device: config.device,
         pool_size: config.concurrency(),
     };
-    let repo = Repository::load(&config.models_dir, make_loader(opts.clone()).as_ref())?;
-    for model in repo.iter() {
-        // Round-robin through the pool: every session runs `warmup_runs` times.
-        model.warm_up(config.warmup_runs * opts.pool_size)?;
-        // No version serves before it reproduces its golden outputs.
-        match golden::check(model)? {
-            Some(r) => tracing::info!(
-                model = %model.manifest.name,
-                version = %model.manifest.version,
-                cases = r.cases,
-                max_diff = r.max_diff,
-                tolerance = r.tolerance,
-                "golden gate passed"
-            ),
-            None => tracing::warn!(
-                model = %model.manifest.name,
-                version = %model.manifest.version,
-                "no golden.json: the version serves without a golden gate"
-            ),
-        }
-        tracing::info!(
-            model = %model.manifest.name,
-            version = %model.manifest.version,
-            task = model.task.name(),
-            sessions = opts.pool_size,
-            "model loaded and warmed up"
-        );
-    }
-    Ok(repo)
+    let loader: Arc<dyn Loader> = Arc::from(make_loader(opts.clone()));
+    let control = Arc::new(ModelControl::new(
+        control::Settings {
+            root: config.models_dir.clone(),
+            // Round-robin through the pool: every session runs `warmup_runs` times.
+            warmup_runs: config.warmup_runs * opts.pool_size,
+            max_batch_size: config.max_batch_size,
+            max_batch_delay_ms: config.max_batch_delay_ms,
+        },
+        loader,
+        state.pipeline.clone(),
+        state.lifecycle.clone(),
+        state.metrics.clone(),
+    ));
+    let (repo, routing) = control.load_initial()?;
+    Ok(Loaded {
+        control,
+        repo,
+        routing,
+    })
 }
 
 /// Serves until `shutdown` completes, then drains. Returns an error if the models
@@ -207,25 +220,29 @@ pub async fn run_with_loader(
     );
 
     let loader = {
-        let cfg = config.clone();
-        tokio::task::spawn_blocking(move || load_models(&cfg, make_loader))
+        let (cfg, st) = (config.clone(), state.clone());
+        tokio::task::spawn_blocking(move || load_models(&cfg, &st, make_loader))
     };
     tokio::select! {
         loaded = loader => {
-            let repo = match loaded {
-                Ok(Ok(repo)) => repo,
+            let loaded = match loaded {
+                Ok(Ok(l)) => l,
                 Ok(Err(e)) => { server.abort(); return Err(e); }
                 Err(e) => { server.abort(); return Err(anyhow::anyhow!("model loader failed: {e}")); }
             };
-            for m in repo.iter() {
-                state.metrics.model_info
-                    .with_label_values(&[&m.manifest.name, &m.manifest.version, m.task.name(), &m.manifest.onnx_sha256])
-                    .set(1);
-            }
-            let deployment = state.pipeline.deploy(repo, config.max_batch_size, config.max_batch_delay_ms);
-            if state.lifecycle.deploy(deployment) == Phase::Serving {
+            let control = loaded.control;
+            tracing::info!(
+                api = config.model_control_on(),
+                poll_secs = config.model_poll_secs,
+                "model control"
+            );
+            if control.deploy_initial(loaded.repo, loaded.routing) == Phase::Serving {
                 tracing::info!("ready");
             }
+            if config.model_poll_secs > 0 {
+                control.spawn_poller(Duration::from_secs(config.model_poll_secs));
+            }
+            let _ = state.control.set(control);
         }
         res = &mut server => {
             return res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into);

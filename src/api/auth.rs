@@ -22,7 +22,40 @@ use crate::config::ServeConfig;
 
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
+    /// Keys for the model control routes (`INFERD_ADMIN_KEYS`).
+    admin: Vec<[u8; 32]>,
     exempt: HashSet<String>,
+}
+
+/// The routes that change what serves: only admin keys open them.
+pub const ADMIN_PREFIX: &str = "/v2/repository/";
+
+fn read_keys(
+    list: Option<&str>,
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<Vec<[u8; 32]>> {
+    let mut keys: Vec<String> = list
+        .unwrap_or("")
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the {what} file {}: {e}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim().to_string()),
+        );
+        if keys.iter().all(|k| k.is_empty()) {
+            anyhow::bail!("the {what} file {} holds no key", path.display());
+        }
+    }
+    Ok(keys
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| digest(k.as_bytes()))
+        .collect())
 }
 
 fn digest(key: &[u8]) -> [u8; 32] {
@@ -33,31 +66,17 @@ impl ApiKeys {
     /// The keys from the config and the key file. An unreadable key file is a
     /// start-up error: silently serving without auth would be worse.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
-        let mut keys: Vec<String> = config
-            .api_keys
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(|k| k.trim().to_string())
-            .collect();
-        if let Some(path) = &config.api_keys_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the API key file {}: {e}", path.display())
-            })?;
-            keys.extend(
-                text.lines()
-                    .map(|l| l.split('#').next().unwrap_or("").trim().to_string()),
-            );
-            if keys.iter().all(|k| k.is_empty()) {
-                anyhow::bail!("the API key file {} holds no key", path.display());
-            }
-        }
         Ok(ApiKeys {
-            digests: keys
-                .iter()
-                .filter(|k| !k.is_empty())
-                .map(|k| digest(k.as_bytes()))
-                .collect(),
+            digests: read_keys(
+                config.api_keys.as_deref(),
+                config.api_keys_file.as_deref(),
+                "API key",
+            )?,
+            admin: read_keys(
+                config.admin_keys.as_deref(),
+                config.admin_keys_file.as_deref(),
+                "admin key",
+            )?,
             exempt: config.auth_exempt.iter().cloned().collect(),
         })
     }
@@ -70,15 +89,39 @@ impl ApiKeys {
         self.digests.len()
     }
 
+    pub fn admin_count(&self) -> usize {
+        self.admin.len()
+    }
+
     /// Constant time in the token and over all keys: no early exit.
     fn accepts(&self, token: &str) -> bool {
-        let d = digest(token.as_bytes());
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |ok, k| ok | k.ct_eq(&d))
-            .into()
+        any_matches(&self.digests, token)
+    }
+
+    fn accepts_admin(&self, token: &str) -> bool {
+        any_matches(&self.admin, token)
     }
 }
+
+fn any_matches(digests: &[[u8; 32]], token: &str) -> bool {
+    let d = digest(token.as_bytes());
+    digests
+        .iter()
+        .fold(subtle::Choice::from(0), |ok, k| ok | k.ct_eq(&d))
+        .into()
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+}
+
+impl ApiKeys {}
 
 /// The middleware: refusals are rendered by `F`, the router's error format.
 pub async fn require_api_key<F: ErrorFormat>(
@@ -92,17 +135,28 @@ pub async fn require_api_key<F: ErrorFormat>(
         .get::<OriginalUri>()
         .map(|u| u.path())
         .unwrap_or_else(|| req.uri().path());
+    if path.starts_with(ADMIN_PREFIX) {
+        // Open only when no key of either kind is configured (and then
+        // `INFERD_MODEL_CONTROL` decides whether loads are allowed at all).
+        if !keys.enabled() && keys.admin.is_empty() {
+            return next.run(req).await;
+        }
+        let refusal = match bearer(&req) {
+            Some(t) if keys.accepts_admin(t) => return next.run(req).await,
+            Some(t) if keys.accepts(t) => ApiError::Forbidden(
+                "an inference key cannot control models: use an admin key (INFERD_ADMIN_KEYS)",
+            ),
+            Some(_) => ApiError::Unauthorized("the admin key is not valid"),
+            None => ApiError::Unauthorized(
+                "an admin key is required: `Authorization: Bearer <admin key>`",
+            ),
+        };
+        return F::render(refusal);
+    }
     if !keys.enabled() || keys.exempt.contains(path) {
         return next.run(req).await;
     }
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
+    let token = bearer(&req);
     let refusal = match token {
         Some(t) if keys.accepts(t) => return next.run(req).await,
         Some(_) => ApiError::Unauthorized("the API key is not valid"),

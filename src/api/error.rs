@@ -32,6 +32,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Authenticated, but not allowed: an inference key on an admin route, or
+    /// model control switched off.
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 /// Core messages, with a pointer to the listing route where one helps.
@@ -70,6 +74,8 @@ impl ApiError {
                 CoreError::NotReady | CoreError::Draining => StatusCode::SERVICE_UNAVAILABLE,
                 CoreError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
                 CoreError::Backend(_) | CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                CoreError::ModelBusy(_) => StatusCode::CONFLICT,
+                CoreError::LoadFailed(_) => StatusCode::BAD_REQUEST,
             },
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -77,6 +83,7 @@ impl ApiError {
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -92,6 +99,8 @@ impl ApiError {
                 CoreError::DeadlineExceeded(_) => "deadline_exceeded",
                 CoreError::Backend(_) => "inference_failed",
                 CoreError::Internal(_) => "internal",
+                CoreError::ModelBusy(_) => "model_busy",
+                CoreError::LoadFailed(_) => "load_failed",
             },
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -99,6 +108,7 @@ impl ApiError {
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -209,6 +219,8 @@ mod tests {
             CoreError::DeadlineExceeded(10),
             CoreError::Backend(BackendError::EmptyBatch),
             CoreError::Internal("x"),
+            CoreError::ModelBusy("m".into()),
+            CoreError::LoadFailed("m/2: golden".into()),
         ];
         for e in all {
             let api = ApiError::from(e.clone());

@@ -78,13 +78,13 @@ pub trait Answer<T> {
 pub async fn serve_prediction<T>(
     st: Arc<AppState>,
     caller: Caller,
-    prepare: impl FnOnce(&Deployment) -> Prepared<T>,
+    prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
     answer: impl Answer<T>,
 ) -> Response {
     let start = Instant::now();
     let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
     let mut ctx = RequestCtx::default();
-    let result = run(&st, prepare, start, &mut ctx).await;
+    let result = run(&st, prepare, &caller.request_id, start, &mut ctx).await;
     let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
     let latency = start.elapsed();
     let mut resp = match result {
@@ -133,7 +133,7 @@ pub async fn serve_prediction<T>(
         .inc();
     st.metrics
         .request_duration
-        .with_label_values(&[&model_label])
+        .with_label_values(&[&model_label, &version_label])
         .observe(latency.as_secs_f64());
     let t = ctx.timings;
     let h = resp.headers_mut();
@@ -163,12 +163,13 @@ struct RequestCtx {
 
 async fn run<T>(
     st: &Arc<AppState>,
-    prepare: impl FnOnce(&Deployment) -> Prepared<T>,
+    prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
+    request_id: &str,
     start: Instant,
     ctx: &mut RequestCtx,
 ) -> Result<(Arc<Model>, Predicted, T), ApiError> {
     let deployment = st.lifecycle.admit()?;
-    let (target, instances) = prepare(&deployment)?;
+    let (target, instances) = prepare(&deployment, request_id)?;
     let model = &target.model;
     ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
     let (instances, extra) = instances?;

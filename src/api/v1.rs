@@ -17,6 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use super::serve::{serve_prediction, Answer, Caller, Prepared};
 use super::state::AppState;
+use crate::api::v2::repository::{item, IndexItem};
 use crate::core::deployment::Deployment;
 use crate::core::lifecycle::Phase;
 use crate::core::manifest::{BatchingSection, CacheSection, TensorSpec, TimeSeriesSection};
@@ -82,6 +83,7 @@ impl Answer<()> for V1 {
 /// Resolves the model from the path (or the body) and takes the instances.
 fn prepare(
     deployment: &Deployment,
+    request_id: &str,
     path_name: Option<String>,
     path_version: Option<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
@@ -100,7 +102,7 @@ fn prepare(
         }
     }
     let version = path_version.or(req.version);
-    let target = deployment.resolve(&name, version.as_deref())?;
+    let target = deployment.resolve(&name, version.as_deref(), Some(request_id))?;
     let instances = req.instances.map(|i| (i, ())).ok_or_else(|| {
         ApiError::invalid("instances", "required: an array of instances to predict")
     });
@@ -157,7 +159,7 @@ pub async fn predict_any(
     caller: Caller,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
-    serve_prediction(st, caller, |d| prepare(d, None, None, body), V1).await
+    serve_prediction(st, caller, |d, id| prepare(d, id, None, None, body), V1).await
 }
 
 /// Predict with the latest version of a model.
@@ -171,7 +173,13 @@ pub async fn predict_named(
     Path(name): Path<String>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Response {
-    serve_prediction(st, caller, |d| prepare(d, Some(name), None, body), V1).await
+    serve_prediction(
+        st,
+        caller,
+        |d, id| prepare(d, id, Some(name), None, body),
+        V1,
+    )
+    .await
 }
 
 /// Predict with one version of a model.
@@ -190,7 +198,7 @@ pub async fn predict_versioned(
     serve_prediction(
         st,
         caller,
-        |d| prepare(d, Some(name), Some(version), body),
+        |d, id| prepare(d, id, Some(name), Some(version), body),
         V1,
     )
     .await
@@ -203,6 +211,12 @@ pub struct ModelDescription {
     pub version: String,
     /// `ready`, or `loading` before warm-up ends.
     pub status: String,
+    /// Whether requests that name no version go here (all but the canary's share).
+    pub default: bool,
+    /// The share of the requests naming no version that this version takes as
+    /// the model's canary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<f64>,
     /// `text-classification` or `time-series-forecast`.
     pub task: String,
     pub description: String,
@@ -232,12 +246,29 @@ pub struct ModelDescription {
     pub timeseries: Option<TimeSeriesSection>,
 }
 
-fn describe(model: &Model, ready: bool) -> ModelDescription {
+fn describe(d: &Deployment, model: &Model, ready: bool) -> ModelDescription {
     let m = &model.manifest;
+    let routing = d.routing(&m.name);
+    let number = m.version.parse::<u64>().ok();
+    let default = match routing {
+        Some(r) => number == Some(r.default),
+        None => {
+            d.repository()
+                .get(&m.name, None)
+                .ok()
+                .map(|x| &x.manifest.version)
+                == Some(&m.version)
+        }
+    };
     ModelDescription {
         name: m.name.clone(),
         version: m.version.clone(),
         status: if ready { "ready" } else { "loading" }.into(),
+        default,
+        canary_weight: routing
+            .and_then(|r| r.canary)
+            .filter(|(v, _)| Some(*v) == number)
+            .map(|(_, w)| w),
         task: model.task.name().into(),
         description: m.description.clone(),
         instance: model.task.instance_doc(),
@@ -257,13 +288,20 @@ fn describe(model: &Model, ready: bool) -> ModelDescription {
 pub struct ModelList {
     /// Whether warm-up has finished.
     pub ready: bool,
+    /// The versions serving.
     pub models: Vec<ModelDescription>,
+    /// Every version in the models directory or known to model control, with
+    /// READY, LOADING or UNAVAILABLE and the reason (what
+    /// `POST /v2/repository/index` answers).
+    pub repository: Vec<IndexItem>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelVersions {
     pub name: String,
-    /// The version `/v1/models/{name}/predict` uses.
+    /// The version a request that names none gets (the policy's default
+    /// version, the highest unless set; a canary takes a share, see
+    /// `canary_weight`).
     pub latest: Option<String>,
     /// Newest first.
     pub versions: Vec<ModelDescription>,
@@ -275,14 +313,27 @@ pub struct ModelVersions {
         (status = 200, description = "The models (empty while loading)", body = ModelList),
         (status = 401, description = "Missing or wrong API key (when INFERD_API_KEYS is set)", body = ErrorBody),
     ))]
-pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
+pub async fn list_models(State(st): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let ready = st.lifecycle.phase() == Phase::Serving;
     let models = st
         .lifecycle
         .deployment()
-        .map(|d| d.repository().iter().map(|m| describe(m, ready)).collect())
+        .map(|d| {
+            d.repository()
+                .iter()
+                .map(|m| describe(&d, m, ready))
+                .collect()
+        })
         .unwrap_or_default();
-    Json(ModelList { ready, models })
+    let repository = match st.control.get() {
+        Some(c) => c.index().await?.into_iter().map(item).collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(ModelList {
+        ready,
+        models,
+        repository,
+    }))
 }
 
 /// The versions of one model.
@@ -304,10 +355,10 @@ pub async fn get_model(
     let list: Vec<ModelDescription> = versions
         .values()
         .rev()
-        .map(|m| describe(m, ready))
+        .map(|m| describe(&deployment, m, ready))
         .collect();
     Ok(Json(ModelVersions {
-        latest: list.first().map(|v| v.version.clone()),
+        latest: list.iter().find(|v| v.default).map(|v| v.version.clone()),
         name,
         versions: list,
     }))

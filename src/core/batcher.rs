@@ -165,13 +165,14 @@ impl Worker {
     fn launch(&self, mut jobs: Vec<Job>, permit: tokio::sync::OwnedSemaphorePermit) {
         let started = Instant::now();
         let name = self.model.manifest.name.clone();
+        let queue_wait = self
+            .metrics
+            .queue_wait
+            .with_label_values(&[&name, &self.model.manifest.version]);
         for j in &mut jobs {
             // Running is not waiting: the queue bound counts only queued jobs.
             j.ticket = None;
-            self.metrics
-                .queue_wait
-                .with_label_values(&[&name])
-                .observe((started - j.enqueued).as_secs_f64());
+            queue_wait.observe((started - j.enqueued).as_secs_f64());
         }
         let merged = merge(jobs.iter().map(|j| &j.input));
         let model = self.model.clone();

@@ -31,6 +31,13 @@ pub enum CoreError {
     DeadlineExceeded(u64),
     #[error("inference failed: {0}")]
     Backend(#[from] BackendError),
+    /// A load or unload of this model is already running; they never overlap.
+    #[error("a load or unload of model `{0}` is already running; retry when it ends")]
+    ModelBusy(String),
+    /// A version failed verification, warm-up or its golden gate and does not
+    /// serve; the message names the version, the stage and the reason.
+    #[error("{0}")]
+    LoadFailed(String),
     /// A broken invariant of the server itself, never the client's doing.
     #[error("internal error: {0}")]
     Internal(&'static str),

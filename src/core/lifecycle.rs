@@ -98,6 +98,25 @@ impl Lifecycle {
         phase
     }
 
+    /// Replaces the serving deployment with one built from it. The writers'
+    /// lock is held while `next` builds it, so two swaps of different models
+    /// never lose each other's change. Refused before the first deployment
+    /// and once draining began.
+    pub fn update(&self, next: impl FnOnce(&Deployment) -> Deployment) -> Result<(), CoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.load();
+        let current = match (s.phase, &s.deployment) {
+            (Phase::Serving, Some(d)) => d.clone(),
+            (Phase::Draining, _) => return Err(CoreError::Draining),
+            _ => return Err(CoreError::NotReady),
+        };
+        self.state.store(Arc::new(State {
+            phase: Phase::Serving,
+            deployment: Some(Arc::new(next(&current))),
+        }));
+        Ok(())
+    }
+
     /// Stops admitting work, for good.
     pub fn drain(&self) {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,7 +164,7 @@ mod tests {
         assert!(l.deployment().is_none());
         assert_eq!(l.deploy(deployment(&p, "a")), Phase::Serving);
         assert_eq!(metrics.ready.get(), 1);
-        assert!(l.admit().unwrap().resolve("a", None).is_ok());
+        assert!(l.admit().unwrap().resolve("a", None, None).is_ok());
         l.drain();
         assert_eq!(l.admit().err(), Some(CoreError::Draining));
         assert_eq!(metrics.ready.get(), 0);
@@ -171,11 +190,11 @@ mod tests {
         l.deploy(deployment(&p, "old"));
         let held = l.admit().unwrap();
         l.deploy(deployment(&p, "new"));
-        assert!(held.resolve("old", None).is_ok());
+        assert!(held.resolve("old", None, None).is_ok());
         let now = l.admit().unwrap();
-        assert!(now.resolve("new", None).is_ok());
+        assert!(now.resolve("new", None, None).is_ok());
         assert_eq!(
-            now.resolve("old", None).err(),
+            now.resolve("old", None, None).err(),
             Some(CoreError::ModelNotFound("old".into()))
         );
     }

@@ -20,6 +20,7 @@ use super::cache::{instance_key, Cache, Key};
 use super::coalesce::{follow, Flights, Join, Lead};
 use super::deployment::{Deployment, Target};
 use super::error::CoreError;
+use super::policy::Routing;
 use super::repository::Repository;
 use super::task::{Decoded, Prediction};
 use crate::metrics::Metrics;
@@ -258,23 +259,40 @@ impl Pipeline {
         size_override: Option<usize>,
         delay_override_ms: Option<u64>,
     ) -> Deployment {
+        self.redeploy(None, repo, HashMap::new(), size_override, delay_override_ms)
+    }
+
+    /// `deploy`, keeping the batchers of `prev` for the versions that stay (the
+    /// same loaded `Model`), so a swap of one model leaves the others' queues
+    /// alone. `routing` says where each model's unversioned requests go.
+    pub fn redeploy(
+        &self,
+        prev: Option<&Deployment>,
+        repo: Repository,
+        routing: HashMap<String, Routing>,
+        size_override: Option<usize>,
+        delay_override_ms: Option<u64>,
+    ) -> Deployment {
         let mut batchers = HashMap::new();
         for m in repo.iter() {
-            let b = &m.manifest.batching;
-            let batcher = Batcher::start(
-                m.clone(),
-                self.admission.slots(),
-                self.metrics.clone(),
-                size_override.unwrap_or(b.max_batch_size),
-                Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
-                self.limits.timeout_ms,
-            );
+            let kept = prev.and_then(|d| d.batcher_of(m)).cloned();
+            let batcher = kept.unwrap_or_else(|| {
+                let b = &m.manifest.batching;
+                Batcher::start(
+                    m.clone(),
+                    self.admission.slots(),
+                    self.metrics.clone(),
+                    size_override.unwrap_or(b.max_batch_size),
+                    Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
+                    self.limits.timeout_ms,
+                )
+            });
             batchers
                 .entry(m.manifest.name.clone())
                 .or_insert_with(HashMap::new)
                 .insert(m.manifest.version.clone(), batcher);
         }
-        Deployment::new(repo, batchers)
+        Deployment::new(repo, batchers, routing)
     }
 
     /// Queues the batch with the model's batcher (split into jobs of at most

@@ -46,7 +46,7 @@ fn rig(max_batch_size: usize, cached: bool) -> Rig {
     ));
     let model = forecaster_model("m", 2, max_batch_size, backend.clone());
     let deployment = pipeline.deploy(Repository::from_models([model]), None, None);
-    let target = deployment.resolve("m", None).expect("deployed");
+    let target = deployment.resolve("m", None, None).expect("deployed");
     Rig {
         backend,
         pipeline,

@@ -105,7 +105,7 @@ fn check_io(
     Ok(())
 }
 
-fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError> {
+pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError> {
     let manifest_path = dir.join("model.toml");
     let onnx_path = dir.join("model.onnx");
     let text = fs::read_to_string(&manifest_path)
@@ -226,6 +226,15 @@ impl Repository {
             None => CoreError::ModelNotFound(name.to_string()),
             Some(v) => CoreError::VersionNotFound(name.to_string(), v.to_string()),
         })
+    }
+
+    /// A version by number.
+    pub fn get_number(&self, name: &str, version: u64) -> Result<&Arc<Model>, CoreError> {
+        self.models
+            .get(name)
+            .ok_or_else(|| CoreError::ModelNotFound(name.to_string()))?
+            .get(&version)
+            .ok_or_else(|| CoreError::VersionNotFound(name.to_string(), version.to_string()))
     }
 
     /// The versions of one model, oldest first.

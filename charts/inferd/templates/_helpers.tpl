@@ -36,5 +36,5 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "inferd.hasSecret" -}}
-{{- if or .Values.secrets.existingSecret .Values.secrets.redisUrl .Values.secrets.databaseUrl .Values.secrets.apiKeys -}}true{{- end -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.redisUrl .Values.secrets.databaseUrl .Values.secrets.apiKeys .Values.secrets.adminKeys -}}true{{- end -}}
 {{- end -}}

@@ -371,12 +371,12 @@ impl Answer<Plan> for V2Answer {
 
 fn prepare(
     deployment: &Deployment,
+    request_id: &str,
     name: String,
     version: Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    max_body: usize,
-    max_instances: usize,
+    (max_body, max_instances): (usize, usize),
 ) -> Prepared<Plan> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -388,7 +388,7 @@ fn prepare(
     let (json, tail) = codec::split_body(headers.get(&HEADER_LENGTH).map(|v| v.as_bytes()), body)
         .map_err(|m| ApiError::invalid(codec::HEADER_LENGTH_NAME, m))?;
     let req: InferRequest = parse(&json)?;
-    let target = deployment.resolve(&name, version.as_deref())?;
+    let target = deployment.resolve(&name, version.as_deref(), Some(request_id))?;
     let model = &target.model;
     let rest = plan(model, &req).and_then(|plan| {
         instances(model, req.inputs, tail, max_instances).map(|inst| (inst, plan))
@@ -456,7 +456,7 @@ async fn run_infer(
     serve_prediction(
         st,
         caller,
-        |d| prepare(d, name, version, &headers, body, max_body, max_n),
+        |d, id| prepare(d, id, name, version, &headers, body, (max_body, max_n)),
         V2Answer,
     )
     .await

@@ -7,11 +7,13 @@
 //! Parts: `wire` (the documents), `codec` (Triton's binary tensor framing, pure
 //! functions), `error` (the protocol's error body and statuses), `infer` (tensors
 //! to instances and predictions back to tensors); this file holds the metadata
-//! and readiness routes and the router.
+//! and readiness routes and the router. `repository` is Triton's model
+//! repository extension (index, load, unload).
 
 pub mod codec;
 pub mod error;
 pub mod infer;
+pub mod repository;
 pub mod wire;
 
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(model_version_ready))
         .routes(routes!(infer::infer))
         .routes(routes!(infer::infer_version))
+        .routes(routes!(repository::index))
+        .routes(routes!(repository::load))
+        .routes(routes!(repository::unload))
 }
 
 fn datatype(dtype: &str) -> &'static str {
@@ -79,7 +84,7 @@ fn metadata(
     version: Option<String>,
 ) -> Result<ModelMetadata, CoreError> {
     let repo = deployment.repository();
-    let model = repo.get(&name, version.as_deref())?;
+    let model = deployment.model(&name, version.as_deref())?;
     let versions = match version {
         Some(v) => vec![v],
         None => repo
@@ -109,7 +114,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "inferd".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec!["binary_tensor_data".into()],
+        extensions: vec!["binary_tensor_data".into(), "model_repository".into()],
     })
 }
 
@@ -165,7 +170,7 @@ fn readiness(
     version: Option<String>,
 ) -> Result<ModelReady, CoreError> {
     let d = deployment(st)?;
-    let model = d.repository().get(&name, version.as_deref())?;
+    let model = d.model(&name, version.as_deref())?;
     let phase = st.lifecycle.phase();
     if phase == Phase::Draining {
         return Err(CoreError::Draining);
