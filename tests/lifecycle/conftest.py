@@ -386,3 +386,53 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=40)
         return dict(self.statuses)
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+
+def _system_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = f[3] + f[4]  # idle + iowait
+    return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a live process, seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """How much of the machine's CPU went to processes other than this test,
+    its children (the bench processes, once reaped) and the server, over a
+    phase. A latency comparison between phases means little when that share is
+    large: the machine was busy with something else."""
+
+    def __init__(self, server_pid: int):
+        import resource
+        self._r = resource
+        self.pid = server_pid
+        self.t0 = time.monotonic()
+        self.busy0 = _system_busy_s()
+        self.ours0 = self._ours()
+
+    def _ours(self) -> float:
+        r = self._r
+        me = r.getrusage(r.RUSAGE_SELF)
+        kids = r.getrusage(r.RUSAGE_CHILDREN)
+        return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+                + _proc_cpu_s(self.pid))
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        busy = _system_busy_s() - self.busy0
+        ours = self._ours() - self.ours0
+        cores = os.cpu_count() or 1
+        others = max(0.0, busy - ours)
+        return {"wall_s": round(wall, 2), "cores": cores,
+                "machine_busy_share": round(busy / (wall * cores), 3),
+                "ours_cpu_s": round(ours, 2),
+                "others_cpu_share": round(others / (wall * cores), 3)}

@@ -20,7 +20,7 @@ The cache is off, so every request runs the model.
 import json
 import time
 
-from conftest import Bench, add_version, figures, write_figures
+from conftest import CpuMeter, add_version, copy_models, figures, write_figures
 
 BASELINE_S = 10
 SWAP_S = 30
@@ -41,19 +41,29 @@ def window_p99_max(report: dict, start_s: float, end_s: float) -> float:
     return max(vals) if vals else 0.0
 
 
-def test_swap_under_load(start_server, models_without_v2, benches, tmp_path):
-    server = start_server(models_without_v2, INFERD_MODEL_CONTROL="on")
+# The p99 comparison holds a phase against another on one machine; when other
+# processes took more than this share of the machine's CPU during either phase
+# the comparison says more about them than about the swap, and the scenario
+# runs once more on a fresh server (the figures of both attempts are kept).
+BUSY_SHARE = 0.10
+ATTEMPTS = 2
+
+
+def run_scenario(start_server, models_dir, benches, reports) -> dict:
+    server = start_server(models_dir, INFERD_MODEL_CONTROL="on")
     assert server.states("text-classifier") == {"1": "READY"}, server.index()
     assert server.states("lstm-forecaster") == {"1": "READY"}, server.index()
-    reports = tmp_path / "bench"
 
     # Baseline: both models, no lifecycle activity.
+    cpu = CpuMeter(server.pid)
     base = {m: benches(server, m, BASELINE_S, reports / f"baseline-{m}.json",
                        connections=CONNECTIONS) for m in MODELS}
     base = {m: b.wait() for m, b in base.items()}
+    base_cpu = cpu.stop()
     v2_before = server.metric_sum("inferd_requests_total", model="text-classifier", version="2")
 
     # Swap phase.
+    cpu = CpuMeter(server.pid)
     swap = {m: benches(server, m, SWAP_S, reports / f"swap-{m}.json", connections=CONNECTIONS)
             for m in MODELS}
     t0 = max(b.measuring_from for b in swap.values())
@@ -83,22 +93,21 @@ def test_swap_under_load(start_server, models_without_v2, benches, tmp_path):
                                         version="2")
 
     swap = {m: b.wait() for m, b in swap.items()}
+    swap_cpu = cpu.stop()
     v2_at_end = server.metric_sum("inferd_requests_total", model="text-classifier", version="2")
     swap_hist = {
         "count": server.metric_sum("inferd_model_swap_seconds_count", model="text-classifier"),
         "sum_s": server.metric_sum("inferd_model_swap_seconds_sum", model="text-classifier"),
     }
     assert server.alive(), server.log_tail()
+    server.stop()
 
-    # The figures, printed and written before any assertion, so a failure shows them.
     result = {
-        "connections_per_model": CONNECTIONS,
-        "baseline_s": BASELINE_S,
-        "swap_s": SWAP_S,
         "phases": {
             "baseline": {m: figures(r) for m, r in base.items()},
             "swap": {m: figures(r) for m, r in swap.items()},
         },
+        "cpu": {"baseline": base_cpu, "swap": swap_cpu},
         "swap_phase_worst_100ms_window_p99_ms": {
             m: {
                 "around_load_v2": window_p99_max(r, load_v2_at - 0.5, load_v2_at + load_v2_s + 1),
@@ -116,39 +125,78 @@ def test_swap_under_load(start_server, models_without_v2, benches, tmp_path):
             m: round(swap[m]["latency_ms"]["p99"] / base[m]["latency_ms"]["p99"], 3)
             for m in MODELS},
     }
-    path = write_figures("swap.json", result)
-    print(f"\nswap under load ({CONNECTIONS} connections per model, cache off); figures in {path}")
+    checks = {
+        "load_v2": load_v2, "back_to_v1": back_to_v1, "states_after_load": states_after_load,
+        "probe": probe, "states_after_unload": states_after_unload, "v2_served": v2_served,
+        "v2_after_unload": v2_after_unload, "v2_at_end": v2_at_end, "base": base, "swap": swap,
+        "log": server.log_tail(),
+    }
+    return result, checks
+
+
+def print_figures(n: int, result: dict):
+    print(f"\nswap under load, attempt {n} ({CONNECTIONS} connections per model, cache off)")
     print(f"{'phase':<9} {'model':<16} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
           f" {'p99.9 ms':>9} {'max ms':>8} {'errors':>7}")
-    for phase, reps in (("baseline", base), ("swap", swap)):
-        for m, r in reps.items():
-            f = figures(r)
+    for phase, reps in result["phases"].items():
+        for m, f in reps.items():
             print(f"{phase:<9} {m:<16} {f['requests']:>9} {f['rps']:>9.1f} {f['p50_ms']:>8.3f}"
                   f" {f['p99_ms']:>8.3f} {f['p999_ms']:>9.3f} {f['max_ms']:>8.3f}"
                   f" {f['requests'] - f['ok']:>7}")
-    print(f"load v2: {load_v2.status} at {load_v2_at:.2f}s, took {load_v2_s:.3f}s; "
-          f"back to v1: {back_to_v1.status} at {back_to_v1_at:.2f}s, took {back_to_v1_s:.3f}s")
+    lv, bv = result["load_v2"], result["back_to_v1"]
+    print(f"load v2: {lv['status']} at {lv['at_s']:.2f}s, took {lv['took_s']:.3f}s; "
+          f"back to v1: {bv['status']} at {bv['at_s']:.2f}s, took {bv['took_s']:.3f}s")
     print(f"p99 swap/baseline: {result['p99_ratio_swap_over_baseline']}; "
-          f"text-classifier v2 responses: {result['text_classifier_v2_responses']:.0f}; "
-          f"worst 100 ms window p99 around the swaps: "
-          f"{json.dumps(result['swap_phase_worst_100ms_window_p99_ms'])}")
+          f"text-classifier v2 responses: {result['text_classifier_v2_responses']:.0f}")
+    print("worst 100 ms window p99 around the swaps: "
+          + json.dumps(result["swap_phase_worst_100ms_window_p99_ms"]))
+    print("CPU: " + json.dumps(result["cpu"]))
 
-    assert load_v2.status == 200, (load_v2, server.log_tail())
-    assert isinstance(load_v2.json(), dict), load_v2  # the contract says {}; details may be added
-    assert back_to_v1.status == 200, (back_to_v1, server.log_tail())
-    assert states_after_load == {"1": "READY", "2": "READY"}, states_after_load
-    assert probe.status == 200 and probe.json()["version"] == "2", probe
-    assert states_after_unload.get("1") == "READY", states_after_unload
-    assert states_after_unload.get("2") != "READY", states_after_unload
-    for phase, reps in (("baseline", base), ("swap", swap)):
-        for m, r in reps.items():
-            assert r["requests"] > 0, (phase, m, r["requests"])
-            assert r["ok"] == r["requests"] and not r["errors_by_status"], \
-                f"{phase} {m}: non-2xx or failed requests {r['errors_by_status']}"
-    assert v2_served > 0, "no request named no version was answered by text-classifier 2"
-    assert v2_at_end == v2_after_unload, \
-        f"text-classifier 2 answered {v2_at_end - v2_after_unload} requests after its unload"
-    for m in MODELS:
-        b, s = base[m]["latency_ms"]["p99"], swap[m]["latency_ms"]["p99"]
-        assert s <= P99_FACTOR * b, f"{m}: p99 {s:.3f} ms during the swap > {P99_FACTOR}x " \
-                                    f"baseline {b:.3f} ms"
+
+def test_swap_under_load(start_server, benches, tmp_path):
+    attempts = []
+    for n in range(1, ATTEMPTS + 1):
+        models_dir = copy_models(tmp_path / f"models-{n}", without=(("text-classifier", 2),))
+        result, checks = run_scenario(start_server, models_dir, benches, tmp_path / f"bench-{n}")
+        attempts.append(result)
+        # The figures, printed and written before any assertion, so a failure shows them.
+        print_figures(n, result)
+        path = write_figures("swap.json", {
+            "connections_per_model": CONNECTIONS, "baseline_s": BASELINE_S, "swap_s": SWAP_S,
+            "attempts": attempts})
+        print(f"figures in {path}")
+
+        # What must hold on any machine, however busy.
+        load_v2, back_to_v1 = checks["load_v2"], checks["back_to_v1"]
+        assert load_v2.status == 200, (load_v2, checks["log"])
+        assert isinstance(load_v2.json(), dict), load_v2  # the contract says {}; details may be added
+        assert back_to_v1.status == 200, (back_to_v1, checks["log"])
+        assert checks["states_after_load"] == {"1": "READY", "2": "READY"}, checks
+        probe = checks["probe"]
+        assert probe.status == 200 and probe.json()["version"] == "2", probe
+        assert checks["states_after_unload"].get("1") == "READY", checks["states_after_unload"]
+        assert checks["states_after_unload"].get("2") != "READY", checks["states_after_unload"]
+        for phase in ("base", "swap"):
+            for m, r in checks[phase].items():
+                assert r["requests"] > 0, (phase, m, r["requests"])
+                assert r["ok"] == r["requests"] and not r["errors_by_status"], \
+                    f"{phase} {m}: non-2xx or failed requests {r['errors_by_status']}"
+        assert checks["v2_served"] > 0, \
+            "no request that named no version was answered by text-classifier 2"
+        assert checks["v2_at_end"] == checks["v2_after_unload"], \
+            f"text-classifier 2 answered {checks['v2_at_end'] - checks['v2_after_unload']} " \
+            f"requests after its unload"
+
+        # The latency comparison.
+        slow = {m: ratio for m, ratio in result["p99_ratio_swap_over_baseline"].items()
+                if ratio > P99_FACTOR}
+        if not slow:
+            return
+        busy = max(c["others_cpu_share"] for c in result["cpu"].values())
+        if busy <= BUSY_SHARE or n == ATTEMPTS:
+            break
+        print(f"p99 over {P99_FACTOR}x baseline for {slow} while other processes took "
+              f"{busy:.0%} of the CPU: once more on a fresh server")
+    raise AssertionError(
+        f"p99 during the swap over {P99_FACTOR}x the baseline p99: {slow} "
+        f"(attempt {len(attempts)}; CPU {attempts[-1]['cpu']})")
