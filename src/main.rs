@@ -10,8 +10,22 @@ use std::io::{BufRead, Write};
 use inferd::config::{Cli, Command, PreprocessConfig, PreprocessKind};
 use inferd::core::preprocess::email;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime starts any thread.
+    inferd::core::memory::fix_mmap_threshold();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("inferd: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(c)) => c,

@@ -18,6 +18,9 @@
 //! - `pipeline`: the path every prediction takes through the parts above.
 //! - `deployment`, `lifecycle`: which models serve now, and whether the server
 //!   admits work at all.
+//! - `policy`, `control`: which versions serve and how unnamed requests are
+//!   routed; loading, gating, swapping and unloading versions while serving.
+//! - `memory`: giving a retired version's memory back to the system.
 
 pub mod admission;
 pub mod backend;
@@ -30,6 +33,7 @@ pub mod error;
 pub mod golden;
 pub mod lifecycle;
 pub mod manifest;
+pub mod memory;
 pub mod pipeline;
 pub mod policy;
 pub mod preprocess;

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::backend::{Backend, Loader, TensorInfo};
 use super::error::CoreError;
 use super::manifest::{Manifest, TensorSpec};
+use super::memory::TrimOnDrop;
 use super::task::Task;
 
 /// A loaded, verified model version.
@@ -23,6 +24,8 @@ pub struct Model {
     pub task: Task,
     pub backend: Arc<dyn Backend>,
     pub dir: PathBuf,
+    /// Last, so it drops after the backend (see `core::memory`).
+    pub(crate) _release: TrimOnDrop,
 }
 
 /// Every model, by name, then by version number.
@@ -156,6 +159,7 @@ pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError>
         task,
         backend,
         dir: dir.to_path_buf(),
+        _release: TrimOnDrop,
     })
 }
 

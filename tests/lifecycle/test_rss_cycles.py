@@ -25,22 +25,20 @@ few cycles.
 Each test runs twice: with glibc's allocator as the process runs by default
 (the figure that matters), and with glibc pinned down (one arena, fixed 128 KiB
 mmap and trim thresholds), which tells a leak (grows under both) from glibc
-keeping freed memory (grows only under the default):
-- each load builds its sessions on a thread of its own, so their memory lands
-  in whichever arena that thread gets and stays mapped after it is freed;
-- glibc raises its mmap threshold to the size of the largest mmapped block
-  freed, so large buffers move from mmap (given back on free) to the heap (kept)
-  at some cycle: with one arena but dynamic thresholds, RSS jumped between ~70
-  and ~82 MiB from one run to the next.
-Measured on 2 cores (150 cycles): with the default, RSS climbs for ~45 cycles
-and then stays (whole model ~190 MiB, versions ~107 MiB, from ~89 and ~71 after
-the first cycle). Calling malloc_trim(0) in the server (gdb -p PID -batch -ex
-'call (int)malloc_trim(0)') after 30 cycles took RSS from 165.8 to 89.6 MiB
-(whole model) and from 92.9 to 69.9 MiB (versions): the memory was freed, and
-glibc kept it. Pinned, the twenty cycles stay within 0.3-2% (six runs). So the
-default-allocator cases fail until the server gives freed memory back
-(malloc_trim after a retired version is dropped, one long-lived loader thread,
-or a bounded arena count); the pinned cases are the leak check proper.
+keeping freed memory (grows only under the default).
+
+History: before the server trimmed the heap when a version retires and fixed
+glibc's mmap threshold (`core::memory`), the default allocator grew 38%
+(versions) and 127% (whole model) over twenty cycles, and 150 cycles levelled
+off at ~107 and ~190 MiB; `malloc_trim(0)` from gdb brought it back, so the
+memory was freed and glibc kept it (each load runs on a thread of its own,
+whose arena kept the pages). With the trim alone: 5-13%; with the threshold
+fixed too: about 1%.
+
+One RSS reading swings by a few MiB with glibc's dynamic mmap threshold, so
+the check compares the median of cycles 1-3 with the median of cycles 18-20: a
+leak of a version's sessions (10-20 MiB per cycle) still exceeds it many times
+over.
 """
 
 import time
@@ -120,7 +118,8 @@ def test_rss_after_twenty_cycles(start_server, models_without_v2, kind, allocato
         rss.append(settle_rss(server))
     assert server.alive(), server.log_tail()
 
-    base, last = rss[0], rss[-1]
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    base, last = median(rss[:3]), median(rss[-3:])
     growth = (last - base) / base
     result = {
         "kind": kind,
@@ -130,17 +129,17 @@ def test_rss_after_twenty_cycles(start_server, models_without_v2, kind, allocato
         "warm_up_cycles": WARMUP_CYCLES,
         "rss_kib_after_warm_up": rss_warm,
         "rss_kib_after_each_cycle": rss,
-        "growth_cycle_1_to_last": round(growth, 4),
+        "growth_first3_to_last3_median": round(growth, 4),
         "cycle_took_s": {"min": round(min(took), 3), "max": round(max(took), 3),
                          "mean": round(sum(took) / len(took), 3)},
     }
     path = write_figures(f"rss-{kind}-{allocator}.json", result)
     print(f"\nRSS, {CYCLES} {kind} cycles of text-classifier, {allocator} (figures in {path}):")
     print(f"  start {rss_start / 1024:.1f} MiB; after {WARMUP_CYCLES} warm-up cycles {rss_warm / 1024:.1f} MiB;"
-          f" after cycle 1 {base / 1024:.1f} MiB; after cycle {CYCLES} {last / 1024:.1f} MiB;"
+          f" cycles 1-3 (median) {base / 1024:.1f} MiB; cycles {CYCLES - 2}-{CYCLES} (median) {last / 1024:.1f} MiB;"
           f" growth {growth * 100:+.2f}% (limit {TOLERANCE * 100:.0f}%); max "
           f"{max(rss) / 1024:.1f} MiB")
     print("  per cycle (MiB): " + " ".join(f"{v / 1024:.1f}" for v in rss))
     print(f"  a cycle took {result['cycle_took_s']} s")
     assert last <= base * (1 + TOLERANCE), \
-        f"RSS grew {growth * 100:.1f}% from cycle 1 ({base} KiB) to cycle {CYCLES} ({last} KiB)"
+        f"RSS grew {growth * 100:.1f}% from cycles 1-3 ({base} KiB) to cycles {CYCLES - 2}-{CYCLES} ({last} KiB)"

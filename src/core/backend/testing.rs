@@ -257,5 +257,6 @@ pub fn forecaster_model(
         task,
         backend,
         dir: std::path::PathBuf::from(format!("test/{name}/1")),
+        _release: Default::default(),
     }
 }

@@ -208,6 +208,9 @@ pub async fn prepare_in_background(
             let dir = dir.clone();
             move || {
                 let _ = tx.send(prepare(&dir, loader.as_ref(), warmup_runs, true));
+                // The graph bytes, the golden cases and the warm-up's buffers
+                // are freed by now, in this thread's arena.
+                crate::core::memory::trim();
             }
         });
     if let Err(e) = spawned {
