@@ -300,6 +300,7 @@ async fn a_canary_takes_its_share_of_ten_thousand_requests_by_request_id() {
         on_canary += t.await.unwrap();
     }
     let share = on_canary as f64 / n as f64;
+    eprintln!("canary at weight 0.1: {on_canary} of {n} requests ({share:.4}) on version 2");
     assert!(
         (0.085..=0.115).contains(&share),
         "canary share {share} of {n}"
