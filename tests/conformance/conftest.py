@@ -2,6 +2,7 @@
 port, API keys on, cache off (so both protocols really run the model), stopped by
 PID at the end."""
 
+import contextlib
 import json
 import os
 import socket
@@ -23,14 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server():
+@contextlib.contextmanager
+def running_inferd(models_dir: Path, **extra_env):
+    """The release binary on a free loopback port until the block ends; stopped by PID."""
     binary = Path(os.environ.get("INFERD_BIN", ROOT / "target/release/inferd"))
     if not binary.is_file():
         pytest.fail(f"no inferd binary at {binary}: cargo build --release")
     port = free_port()
     env = dict(os.environ, INFERD_LISTEN=f"127.0.0.1:{port}", INFERD_API_KEYS=API_KEY,
-               INFERD_CACHE="off", INFERD_PREDLOG="off", INFERD_MODELS_DIR=str(ROOT / "models"))
+               INFERD_CACHE="off", INFERD_PREDLOG="off", INFERD_MODELS_DIR=str(models_dir))
+    env.update(extra_env)
     env.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort/lib/libonnxruntime.so.1.31.1"))
     log = tempfile.NamedTemporaryFile(prefix="inferd-conformance-", suffix=".log", delete=False)
     proc = subprocess.Popen([binary, "serve"], env=env, cwd=ROOT, stdout=log, stderr=log)
@@ -47,7 +50,8 @@ def server():
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"inferd did not become ready:\n{Path(log.name).read_text()[-4000:]}")
             time.sleep(0.1)
-        yield {"url": url, "host": f"127.0.0.1:{port}", "key": API_KEY}
+        yield {"url": url, "host": f"127.0.0.1:{port}", "key": API_KEY,
+               "log": Path(log.name)}
     finally:
         proc.terminate()
         try:
@@ -56,6 +60,12 @@ def server():
             proc.kill()
         log.close()
         os.unlink(log.name)
+
+
+@pytest.fixture(scope="session")
+def server():
+    with running_inferd(ROOT / "models") as s:
+        yield s
 
 
 def predict_v1(server, model: str, instances: list) -> list:

@@ -324,7 +324,24 @@ impl ModelControl {
                 .map_err(CoreError::LoadFailed)?
                 .unwrap_or_default(),
         };
-        let wanted = policy.select(&on_disk.keys().copied().collect());
+        // Polling leaves out versions that failed and have not changed since,
+        // so that `latest` picks among versions that can serve.
+        let candidates: BTreeSet<u64> = {
+            let table = lock(&self.table);
+            let known = table.get(name);
+            on_disk
+                .iter()
+                .filter(|(v, dir)| {
+                    trigger == Trigger::Api
+                        || !known.and_then(|e| e.versions.get(v)).is_some_and(|s| {
+                            s.state == State::Unavailable
+                                && s.fingerprint.as_ref() == Some(&dir.fingerprint)
+                        })
+                })
+                .map(|(v, _)| *v)
+                .collect()
+        };
+        let wanted = policy.select(&candidates);
         if wanted.is_empty() && trigger == Trigger::Api {
             return Err(CoreError::LoadFailed(format!(
                 "{name}: no version directory the policy selects (a version needs <version>/{})",
@@ -395,6 +412,13 @@ impl ModelControl {
             }
         }
 
+        // A refused version retires nothing: under `latest`, a bad new version
+        // would otherwise push out a good old one and serve nothing in its place.
+        if !failures.is_empty() {
+            for (v, m) in &current {
+                keep.entry(*v).or_insert_with(|| m.clone());
+            }
+        }
         let serving: BTreeSet<u64> = keep.keys().copied().collect();
         let routing = if serving.is_empty() {
             None

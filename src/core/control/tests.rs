@@ -405,3 +405,40 @@ async fn a_canary_takes_its_share_by_request_id() {
         Some((2, 0.1))
     );
 }
+
+#[tokio::test]
+async fn a_refused_version_pushes_no_serving_version_out() {
+    let f = start(|r| {
+        good(r, "m", 1);
+        good(r, "m", 2);
+    });
+    let latest_two =
+        Policy::from_json(r#"{"version_policy": {"latest": {"num_versions": 2}}}"#).unwrap();
+    f.control.load("m", Some(latest_two)).await.unwrap();
+    // 3 would displace 1 under `latest 2`, but it misses its golden file.
+    write_version(&f.root, "m", 3, |a, b| a - b);
+    let e = f.control.load("m", None).await.unwrap_err();
+    assert!(e.to_string().contains("golden"), "{e}");
+    let d = f.lifecycle.admit().unwrap();
+    let serving: Vec<u64> = d
+        .repository()
+        .versions("m")
+        .unwrap()
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(serving, vec![1, 2]);
+    assert_eq!(f.state("m", 1).await.0, State::Ready);
+    assert_eq!(f.default_version("m").unwrap(), "2");
+    // Nor on the polls that follow, which leave the unchanged bad version out.
+    f.control.poll_once().await;
+    let d = f.lifecycle.admit().unwrap();
+    let serving: Vec<u64> = d
+        .repository()
+        .versions("m")
+        .unwrap()
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(serving, vec![1, 2]);
+}
