@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-from conftest import API_KEY, ROOT, golden, running_inferd
+from conftest import API_KEY, ROOT, golden, predict_v1, running_inferd
 
 ADMIN_KEY = "conformance-admin-5d21"
 
@@ -89,6 +89,26 @@ def test_unload_and_load_round_trip(client):
     assert client.is_model_ready("text-classifier", headers=user())
     assert classify(client).get_response()["model_version"] == "2"
     assert classify(client).as_numpy("label").tolist() == before
+
+
+def test_reloaded_model_answers_as_predict_does(client, repo_server):
+    # After the round trip above, v2 answers v2 exactly as /predict does.
+    texts = [c["input"] for c in golden("text-classifier")[:4]]
+    inp = http.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array(texts, dtype=object))
+    result = client.infer("text-classifier", [inp], headers=user())
+    probs = result.as_numpy("probabilities")
+    expected = predict_v1(repo_server, "text-classifier", texts)
+    assert probs.tolist() == [[np.float32(p["scores"][l]) for l in ("ham", "spam")]
+                              for p in expected]
+
+
+def test_file_overrides_are_refused(client):
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("text-classifier", headers=admin(), config="{}",
+                          files={"file:1/model.onnx": b"not a graph"})
+    assert e.value.status() == "400" and "not supported" in e.value.message()
+    assert client.is_model_ready("text-classifier", headers=user())
 
 
 def test_load_with_a_config_override_selects_versions(client):

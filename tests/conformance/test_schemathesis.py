@@ -14,6 +14,8 @@ verify."""
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 MIN_CASES = 1000
@@ -39,4 +41,20 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     cases = rep["test_cases"]
     assert cases["generated"] >= MIN_CASES, cases
     assert cases["with_failures"] == 0 and cases["errored"] == 0, cases
+    # It fuzzed the repository routes with an inference key on a server without
+    # admin keys (model control off): nothing it sent may have unloaded a model.
+    for path in ("/v2/models/text-classifier/ready", "/v2/models/text-classifier/versions/1/ready",
+                 "/v2/models/lstm-forecaster/ready"):
+        req = urllib.request.Request(f"{server['url']}{path}",
+                                     headers={"Authorization": f"Bearer {server['key']}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, path
+    req = urllib.request.Request(f"{server['url']}/v2/repository/models/text-classifier/unload", b"{}",
+                                 {"Authorization": f"Bearer {server['key']}",
+                                  "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("an inference key unloaded a model")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
     print(f"schemathesis: {cases['generated']} cases over {rep['operations']['tested']} operations, 0 failures")
