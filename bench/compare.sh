@@ -3,6 +3,10 @@
 #   raw in-process ONNX Runtime (the ceiling), inferd direct, inferd behind nginx,
 #   and the Python peer (FastAPI + uvicorn + onnxruntime, bench/peers/), for both
 #   models at 1, 16, 64, 100 and 256 connections, single-instance requests.
+#   Then the request path against its HTTP ceiling (examples/ceiling.rs: a bare axum
+#   route parsing the same JSON), for the LSTM at 16, 64 and 256 connections: inferd
+#   with cache and log off (every request runs the model) and with its defaults (every
+#   request a cache hit, JSON-lines log), as shares of the ceiling.
 #   bench/compare.sh [DURATION]   (default 5s per point; output also in bench/out/compare.md)
 set -euo pipefail
 DUR="${1:-5s}"
@@ -10,7 +14,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 OUT="$ROOT/bench/out"; mkdir -p "$OUT"
 TMP="$(mktemp -d /tmp/inferd-compare.XXXXXX)"
-P_INFERD=18301; P_NGINX=18302; P_PEER=18303
+P_INFERD=18301; P_NGINX=18302; P_PEER=18303; P_CEIL=18304; P_DEFAULTS=18305
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -26,7 +30,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 export ORT_DYLIB_PATH="$(./scripts/install-ort.sh | tail -n 1)"
 echo "== building (release)" >&2
-cargo build --release --bin inferd --example raw_ort >&2
+cargo build --release --bin inferd --example raw_ort --example ceiling >&2
 cargo build --release -p inferd-bench >&2
 if [ ! -x .venv-peer/bin/uvicorn ] || ! cmp -s bench/peers/requirements.txt .venv-peer/.requirements; then
   echo "== installing the Python peer's venv" >&2
@@ -59,8 +63,14 @@ http {
 }
 NGX
 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP/" 2>/dev/null
+./target/release/examples/ceiling 127.0.0.1:$P_CEIL >"$TMP/ceiling.log" 2>&1 &
+PIDS+=($!)
+./target/release/inferd --listen 127.0.0.1:$P_DEFAULTS --predlog jsonl --predlog-path "$TMP/predictions.jsonl" \
+  >"$TMP/inferd-defaults.log" 2>&1 &
+PIDS+=($!)
 .venv-peer/bin/uvicorn app:app --app-dir bench/peers --host 127.0.0.1 --port $P_PEER --workers 2 --log-level warning >"$TMP/peer.log" 2>&1 &
 PIDS+=($!)
+wait_up http://127.0.0.1:$P_CEIL/readyz; wait_up http://127.0.0.1:$P_DEFAULTS/readyz
 wait_up http://127.0.0.1:$P_INFERD/readyz; wait_up http://127.0.0.1:$P_NGINX/readyz; wait_up http://127.0.0.1:$P_PEER/healthz
 
 echo "== raw ONNX Runtime ceiling (2 threads = max_concurrency)" >&2
@@ -81,6 +91,15 @@ for m in text-classifier lstm-forecaster; do
       ./target/release/inferd-bench --url http://127.0.0.1:$port --model "$m" -c "$c" -d "$DUR" --warmup 1s --quiet \
         --json "$TMP/$name-$m-$c.json" >/dev/null || true
     done
+  done
+done
+
+for c in 16 64 256; do
+  for t in ceiling:$P_CEIL defaults:$P_DEFAULTS; do
+    name=${t%%:*}; port=${t##*:}
+    echo "== lstm-forecaster c=$c $name" >&2
+    ./target/release/inferd-bench --url http://127.0.0.1:$port --model lstm-forecaster -c "$c" -d "$DUR" --warmup 1s --quiet \
+      --json "$TMP/$name-lstm-forecaster-$c.json" >/dev/null || true
   done
 done
 
@@ -107,4 +126,17 @@ for m in raw:
         errs = "/".join(str(x["requests"] - x["ok"]) if x else "-" for x in (a, n, p))
         print(f"| {c} | {f(a,'rps')} | {f(a,'p99')} | {f(n,'rps')} | {f(n,'p99')} | {f(p,'rps')} | {f(p,'p99')} | {ratio} | {ceil} | {errs} |")
     print()
+m = "lstm-forecaster"
+print(f"### The request path against the HTTP ceiling ({m})\n")
+print("The ceiling is examples/ceiling.rs: a bare axum route that parses the same body and answers the same shape.\n")
+print("| conns | ceiling req/s | p99 ms | miss path (cache, log off) req/s | p99 ms | share | defaults (cache hits, JSONL log) req/s | p99 ms | share |")
+print("|---|---|---|---|---|---|---|---|---|")
+for c in (16, 64, 256):
+    ce, a, d = load("ceiling", m, c), load("inferd", m, c), load("defaults", m, c)
+    def g(x, k):
+        return "-" if x is None else (f"{x['ok'] / x['duration_s']:,.0f}" if k == "rps" else f"{x['latency_ms']['p99']:.2f}")
+    def share(x):
+        return f"{100 * x['ok'] / ce['ok']:.0f}%" if x and ce and ce["ok"] else "-"
+    print(f"| {c} | {g(ce,'rps')} | {g(ce,'p99')} | {g(a,'rps')} | {g(a,'p99')} | {share(a)} | {g(d,'rps')} | {g(d,'p99')} | {share(d)} |")
+print()
 PY
