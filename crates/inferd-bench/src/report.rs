@@ -30,7 +30,11 @@ pub struct Report {
     pub errors_by_status: BTreeMap<String, u64>,
     pub error_rate: f64,
     pub rps: f64,
+    /// 2xx answers per second (the rest were refused or failed).
+    pub goodput_rps: f64,
     pub latency_ms: Latency,
+    /// The same percentiles per HTTP status (or `timeout` / `connect_error`).
+    pub latency_ms_by_status: BTreeMap<String, Latency>,
     /// Per 100 ms window: [seconds since start, requests, p50 ms, p99 ms].
     pub timeline: Vec<[f64; 4]>,
     /// Latency distribution: [bucket upper bound ms, requests], 40 equal buckets
@@ -66,6 +70,9 @@ pub struct Samples {
     windows: BTreeMap<u64, Histogram<u64>>,
     /// Requests by HTTP status, or `timeout` / `connect_error`.
     statuses: BTreeMap<String, u64>,
+    /// Latency per status: under overload, how fast refusals come back and how
+    /// slow admitted requests get are separate questions.
+    by_status: BTreeMap<String, Histogram<u64>>,
 }
 
 impl Default for Samples {
@@ -80,6 +87,7 @@ impl Samples {
             hist: new_hist(),
             windows: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            by_status: BTreeMap::new(),
         }
     }
 
@@ -91,6 +99,11 @@ impl Samples {
         let _ = self
             .windows
             .entry(window)
+            .or_insert_with(new_hist)
+            .record(latency_us);
+        let _ = self
+            .by_status
+            .entry(status.clone())
             .or_insert_with(new_hist)
             .record(latency_us);
         *self.statuses.entry(status).or_insert(0) += 1;
@@ -124,14 +137,12 @@ pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Rep
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let latency = Latency {
-        mean: hist.mean() / 1e3,
-        p50: ms(hist.value_at_quantile(0.50)),
-        p90: ms(hist.value_at_quantile(0.90)),
-        p99: ms(hist.value_at_quantile(0.99)),
-        p999: ms(hist.value_at_quantile(0.999)),
-        max: ms(hist.max()),
-    };
+    let latency = latency_of(hist);
+    let latency_ms_by_status = samples
+        .by_status
+        .iter()
+        .map(|(k, h)| (k.clone(), latency_of(h)))
+        .collect();
     let timeline = samples
         .windows
         .iter()
@@ -164,11 +175,24 @@ pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Rep
         errors_by_status,
         error_rate,
         rps,
+        goodput_rps: ok as f64 / secs,
         latency_ms: latency,
+        latency_ms_by_status,
         timeline,
         distribution: distribution(hist),
         targets,
         passed,
+    }
+}
+
+fn latency_of(hist: &Histogram<u64>) -> Latency {
+    Latency {
+        mean: hist.mean() / 1e3,
+        p50: ms(hist.value_at_quantile(0.50)),
+        p90: ms(hist.value_at_quantile(0.90)),
+        p99: ms(hist.value_at_quantile(0.99)),
+        p999: ms(hist.value_at_quantile(0.999)),
+        max: ms(hist.max()),
     }
 }
 
@@ -233,8 +257,12 @@ pub fn print_table(r: &Report) {
         l.max,
         r.requests - r.ok
     );
+    if !r.errors_by_status.is_empty() {
+        println!("  2xx per second: {:.1}", r.goodput_rps);
+    }
     for (status, n) in &r.errors_by_status {
-        println!("  status {status}: {n}");
+        let p99 = r.latency_ms_by_status.get(status).map_or(0.0, |l| l.p99);
+        println!("  status {status}: {n} (p99 {p99:.3} ms)");
     }
     for t in &r.targets {
         println!(
@@ -281,6 +309,11 @@ mod tests {
         assert_eq!(r.errors_by_status.get("503"), Some(&2));
         assert!((r.error_rate - 0.02).abs() < 1e-9);
         assert!((r.rps - 50.0).abs() < 1e-9);
+        assert!((r.goodput_rps - 49.0).abs() < 1e-9);
+        // The two 503s were the slowest (99 and 100 ms); the 200s' p99 is 98 ms.
+        let by = &r.latency_ms_by_status;
+        assert!((by["503"].p50 - 99.0).abs() < 0.1, "{}", by["503"].p50);
+        assert!((by["200"].max - 98.0).abs() < 0.1, "{}", by["200"].max);
         assert!(
             (r.latency_ms.p50 - 50.0).abs() < 0.1,
             "{}",
