@@ -380,22 +380,12 @@ impl ServeConfig {
         v["api_keys"] = self
             .api_keys
             .as_deref()
-            .map(|k| {
-                format!(
-                    "<{} keys>",
-                    k.split(',').filter(|k| !k.trim().is_empty()).count()
-                )
-            })
+            .map(|k| format!("<{} keys>", key_count(k)))
             .into();
         v["admin_keys"] = self
             .admin_keys
             .as_deref()
-            .map(|k| {
-                format!(
-                    "<{} keys>",
-                    k.split(',').filter(|k| !k.trim().is_empty()).count()
-                )
-            })
+            .map(|k| format!("<{} keys>", key_count(k)))
             .into();
         v
     }
@@ -406,13 +396,16 @@ impl ServeConfig {
             ModelControlMode::On => true,
             ModelControlMode::Off => false,
             ModelControlMode::Auto => {
-                self.admin_keys
-                    .as_deref()
-                    .is_some_and(|k| k.split(',').any(|k| !k.trim().is_empty()))
+                self.admin_keys.as_deref().is_some_and(|k| key_count(k) > 0)
                     || self.admin_keys_file.is_some()
             }
         }
     }
+}
+
+/// Keys in a comma-separated list, blanks ignored.
+fn key_count(list: &str) -> usize {
+    list.split(',').filter(|k| !k.trim().is_empty()).count()
 }
 
 /// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.

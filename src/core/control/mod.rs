@@ -446,26 +446,8 @@ impl ModelControl {
             .and_then(|d| d.routing(name).cloned());
         let swapped = !loaded.is_empty() || !unloaded.is_empty() || routing != old_routing;
         if swapped {
-            let settings = &self.settings;
-            self.lifecycle.update(|d| {
-                let (repo, mut routes) = without(d, name);
-                let mut repo = repo;
-                if let Some(r) = routing.clone() {
-                    repo.models.insert(name.to_string(), keep.clone());
-                    routes.insert(name.to_string(), r);
-                }
-                self.pipeline.redeploy(
-                    Some(d),
-                    repo,
-                    routes,
-                    settings.max_batch_size,
-                    settings.max_batch_delay_ms,
-                )
-            })?;
-            self.metrics
-                .model_swap_duration
-                .with_label_values(&[name])
-                .observe(started.elapsed().as_secs_f64());
+            let serving = routing.clone().map(|r| (keep.clone(), r));
+            self.swap(name, serving, started)?;
         }
         for (v, fp) in &loaded {
             self.set_status(name, *v, State::Ready, "", Some(fp.clone()));
@@ -507,17 +489,21 @@ impl ModelControl {
         })
     }
 
-    /// Takes every version of `name` out of service.
-    async fn retire(&self, name: &str, trigger: Trigger, why: &str) -> Result<Outcome, CoreError> {
-        let _busy = self.claim(name)?;
-        let started = Instant::now();
-        let current = self.serving(name);
-        if current.is_empty() {
-            return Err(CoreError::ModelNotFound(name.to_string()));
-        }
+    /// Swaps in a deployment where `name` serves `serving` (its versions and
+    /// routing), or not at all, and times the swap from `started`.
+    fn swap(
+        &self,
+        name: &str,
+        serving: Option<(BTreeMap<u64, Arc<Model>>, Routing)>,
+        started: Instant,
+    ) -> Result<(), CoreError> {
         let settings = &self.settings;
         self.lifecycle.update(|d| {
-            let (repo, routes) = without(d, name);
+            let (mut repo, mut routes) = without(d, name);
+            if let Some((versions, routing)) = serving {
+                repo.models.insert(name.to_string(), versions);
+                routes.insert(name.to_string(), routing);
+            }
             self.pipeline.redeploy(
                 Some(d),
                 repo,
@@ -530,6 +516,18 @@ impl ModelControl {
             .model_swap_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Takes every version of `name` out of service.
+    async fn retire(&self, name: &str, trigger: Trigger, why: &str) -> Result<Outcome, CoreError> {
+        let _busy = self.claim(name)?;
+        let started = Instant::now();
+        let current = self.serving(name);
+        if current.is_empty() {
+            return Err(CoreError::ModelNotFound(name.to_string()));
+        }
+        self.swap(name, None, started)?;
         for (v, m) in &current {
             self.set_info(m, false);
             self.metrics.model_unloads.with_label_values(&[name]).inc();

@@ -114,6 +114,12 @@ impl Fixture {
         (e.state, e.reason)
     }
 
+    fn serving(&self, name: &str) -> Vec<u64> {
+        let d = self.lifecycle.admit().unwrap();
+        let versions = d.repository().versions(name).unwrap();
+        versions.keys().copied().collect()
+    }
+
     fn gauge(&self, name: &str, version: &str, state: &str) -> i64 {
         self.metrics
             .model_state
@@ -419,26 +425,10 @@ async fn a_refused_version_pushes_no_serving_version_out() {
     write_version(&f.root, "m", 3, |a, b| a - b);
     let e = f.control.load("m", None).await.unwrap_err();
     assert!(e.to_string().contains("golden"), "{e}");
-    let d = f.lifecycle.admit().unwrap();
-    let serving: Vec<u64> = d
-        .repository()
-        .versions("m")
-        .unwrap()
-        .keys()
-        .copied()
-        .collect();
-    assert_eq!(serving, vec![1, 2]);
+    assert_eq!(f.serving("m"), vec![1, 2]);
     assert_eq!(f.state("m", 1).await.0, State::Ready);
     assert_eq!(f.default_version("m").unwrap(), "2");
     // Nor on the polls that follow, which leave the unchanged bad version out.
     f.control.poll_once().await;
-    let d = f.lifecycle.admit().unwrap();
-    let serving: Vec<u64> = d
-        .repository()
-        .versions("m")
-        .unwrap()
-        .keys()
-        .copied()
-        .collect();
-    assert_eq!(serving, vec![1, 2]);
+    assert_eq!(f.serving("m"), vec![1, 2]);
 }
