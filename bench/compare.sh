@@ -6,7 +6,12 @@
 #   Then the request path against its HTTP ceiling (examples/ceiling.rs: a bare axum
 #   route parsing the same JSON), for the LSTM at 16, 64 and 256 connections: inferd
 #   with cache and log off (every request runs the model) and with its defaults (every
-#   request a cache hit, JSON-lines log), as shares of the ceiling.
+#   request a cache hit, JSON-lines log), as shares of the ceiling, measured back to back.
+#   Then the text classifier pinned (server on core 0, load generator on core 1, one
+#   inference slot, --max-queue 64, cache and log off): its miss path against raw ONNX
+#   Runtime on one thread of the same core, and overload at 10x and 64x the connections
+#   that saturate it, with the runtime's workers at normal priority and at nice 10
+#   (INFERD_REACTOR_NICE).
 #   bench/compare.sh [DURATION]   (default 5s per point; output also in bench/out/compare.md)
 set -euo pipefail
 DUR="${1:-5s}"
@@ -14,7 +19,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 OUT="$ROOT/bench/out"; mkdir -p "$OUT"
 TMP="$(mktemp -d /tmp/inferd-compare.XXXXXX)"
-P_INFERD=18301; P_NGINX=18302; P_PEER=18303; P_CEIL=18304; P_DEFAULTS=18305
+P_INFERD=18301; P_NGINX=18302; P_PEER=18303; P_CEIL=18304; P_DEFAULTS=18305; P_PIN=18306
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -95,7 +100,7 @@ for m in text-classifier lstm-forecaster; do
 done
 
 for c in 16 64 256; do
-  for t in ceiling:$P_CEIL defaults:$P_DEFAULTS; do
+  for t in ceiling:$P_CEIL miss:$P_INFERD defaults:$P_DEFAULTS; do
     name=${t%%:*}; port=${t##*:}
     echo "== lstm-forecaster c=$c $name" >&2
     ./target/release/inferd-bench --url http://127.0.0.1:$port --model lstm-forecaster -c "$c" -d "$DUR" --warmup 1s --quiet \
@@ -103,7 +108,27 @@ for c in 16 64 256; do
   done
 done
 
-python3 - "$TMP" "${RAW[text-classifier]}" "${RAW[text-classifier-batch]}" "${RAW[lstm-forecaster]}" "${RAW[lstm-forecaster-batch]}" <<'PY' | tee "$OUT/compare.md"
+# Pinned runs: stop the unpinned servers first so core 0 holds only the server.
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+PIDS=()
+[ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null && rm -f "$TMP/nginx.pid"
+sleep 1
+echo "== raw ONNX Runtime, text-classifier, 1 thread pinned to core 0" >&2
+RAW_PIN=$(taskset -c 0 ./target/release/examples/raw_ort text-classifier 1 1 "$secs" | awk '{print $(NF-1)}')
+for nice in 0 10; do
+  taskset -c 0 ./target/release/inferd --listen 127.0.0.1:$P_PIN --cache off --predlog off \
+    --max-concurrency 1 --max-queue 64 --reactor-nice $nice >"$TMP/inferd-pin-$nice.log" 2>&1 &
+  pin=$!
+  wait_up http://127.0.0.1:$P_PIN/readyz
+  for c in 1 8 16 160 1024; do
+    echo "== pinned text-classifier nice=$nice c=$c" >&2
+    taskset -c 1 ./target/release/inferd-bench --url http://127.0.0.1:$P_PIN --model text-classifier -c "$c" -d "$DUR" \
+      --warmup 1s --quiet --json "$TMP/pin$nice-text-classifier-$c.json" >/dev/null || true
+  done
+  kill "$pin"; wait "$pin" 2>/dev/null || true
+done
+
+python3 - "$TMP" "${RAW[text-classifier]}" "${RAW[text-classifier-batch]}" "${RAW[lstm-forecaster]}" "${RAW[lstm-forecaster-batch]}" "$RAW_PIN" <<'PY' | tee "$OUT/compare.md"
 import json, os, sys, platform
 tmp = sys.argv[1]
 raw = {"text-classifier": (float(sys.argv[2]), float(sys.argv[3])), "lstm-forecaster": (float(sys.argv[4]), float(sys.argv[5]))}
@@ -128,15 +153,77 @@ for m in raw:
     print()
 m = "lstm-forecaster"
 print(f"### The request path against the HTTP ceiling ({m})\n")
-print("The ceiling is examples/ceiling.rs: a bare axum route that parses the same body and answers the same shape.\n")
-print("| conns | ceiling req/s | p99 ms | miss path (cache, log off) req/s | p99 ms | share | defaults (cache hits, JSONL log) req/s | p99 ms | share |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("The ceiling is examples/ceiling.rs: a bare axum route that parses the same body and answers the same shape.")
+print("The three servers are measured back to back at each connection count.\n")
+print("| conns | ceiling req/s | p99 ms | miss path (cache, log off) req/s | p99 ms | share | p99 / ceiling p99 | defaults (cache hits, JSONL log) req/s | p99 ms | share |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+def rate(x):
+    return x["ok"] / x["duration_s"]
+checks = []
 for c in (16, 64, 256):
-    ce, a, d = load("ceiling", m, c), load("inferd", m, c), load("defaults", m, c)
+    ce, a, d = load("ceiling", m, c), load("miss", m, c), load("defaults", m, c)
     def g(x, k):
-        return "-" if x is None else (f"{x['ok'] / x['duration_s']:,.0f}" if k == "rps" else f"{x['latency_ms']['p99']:.2f}")
+        return "-" if x is None else (f"{rate(x):,.0f}" if k == "rps" else f"{x['latency_ms']['p99']:.2f}")
     def share(x):
-        return f"{100 * x['ok'] / ce['ok']:.0f}%" if x and ce and ce["ok"] else "-"
-    print(f"| {c} | {g(ce,'rps')} | {g(ce,'p99')} | {g(a,'rps')} | {g(a,'p99')} | {share(a)} | {g(d,'rps')} | {g(d,'p99')} | {share(d)} |")
+        return rate(x) / rate(ce) if x and ce and ce["ok"] else None
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+    p99r = a["latency_ms"]["p99"] / ce["latency_ms"]["p99"] if a and ce else None
+    print(f"| {c} | {g(ce,'rps')} | {g(ce,'p99')} | {g(a,'rps')} | {g(a,'p99')} | {pct(share(a))} | "
+          f"{'-' if p99r is None else f'{p99r:.1f}x'} | {g(d,'rps')} | {g(d,'p99')} | {pct(share(d))} |")
+    checks.append((f"LSTM miss path >= 60% of the ceiling at {c} connections", share(a), lambda v: v >= 0.60, pct))
+    checks.append((f"cache-hit path with JSONL log >= 75% of the ceiling at {c} connections", share(d), lambda v: v >= 0.75, pct))
+    if c == 256:
+        checks.append(("LSTM miss path p99 at 256 connections <= 2x the ceiling's", p99r, lambda v: v <= 2.0, lambda v: f"{v:.2f}x"))
+a, p = load("inferd", m, 64), load("peer", m, 64)
+checks.append(("LSTM >= 20x the Python peer at 64 connections", a["rps"] / p["rps"] if a and p and p["rps"] else None,
+               lambda v: v >= 20, lambda v: f"{v:.1f}x"))
+print()
+
+raw_pin = float(sys.argv[6])
+t = "text-classifier"
+print(f"### {t} pinned: server on core 0, load generator on core 1\n")
+print("One inference slot, `--max-queue 64`, cache and log off. Raw ONNX Runtime on one thread of core 0, "
+      f"same texts, batch 1: {raw_pin:,.0f} instances/s. Capacity is the 2xx rate at 16 connections; "
+      "1 connection gives the unloaded p99.\n")
+print("| reactor nice | conns | 2xx/s | of capacity | of raw ORT | 200 p99 ms | 429/s | 429 p99 ms | 5xx | 2xx p99 less queue wait ms |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for nice in (0, 10):
+    cap = load(f"pin{nice}", t, 16)
+    unl = load(f"pin{nice}", t, 1)
+    for c in (1, 8, 16, 160, 1024):
+        x = load(f"pin{nice}", t, c)
+        if x is None:
+            print(f"| {nice} | {c} | - | - | - | - | - | - | - | - |")
+            continue
+        bs = x["latency_ms_by_status"]
+        refused = x["errors_by_status"].get("429", 0) / x["duration_s"]
+        five = sum(v for k, v in x["errors_by_status"].items() if not k.startswith("4"))
+        lq = x.get("admitted_ms_less_queue")
+        print(f"| {nice} | {c} | {rate(x):,.0f} | {100 * rate(x) / rate(cap):.0f}% | {100 * rate(x) / raw_pin:.0f}% | "
+              f"{bs.get('200', {}).get('p99', float('nan')):.2f} | {refused:,.0f} | "
+              f"{bs['429']['p99'] if '429' in bs else float('nan'):.2f} | {five} | {lq['p99'] if lq else float('nan'):.2f} |")
+        if c in (160, 1024) and cap and unl:
+            k = "10x" if c == 160 else "64x"
+            need = 0.90 if c == 160 else 0.75
+            checks.append((f"nice {nice}: 2xx/s at {k} the saturating connections >= {need:.0%} of capacity",
+                           rate(x) / rate(cap), lambda v, n=need: v >= n, pct))
+            if "429" in bs:
+                checks.append((f"nice {nice}: refusals' p99 at {k} <= 5 ms", bs["429"]["p99"], lambda v: v <= 5,
+                               lambda v: f"{v:.1f} ms"))
+            checks.append((f"nice {nice}: no 5xx or transport errors at {k}", float(five), lambda v: v == 0, lambda v: f"{v:.0f}"))
+            if lq:
+                ratio = lq["p99"] / unl["latency_ms"]["p99"]
+                checks.append((f"nice {nice}: admitted p99 less queue wait <= 2x the unloaded p99 at {k}", ratio,
+                               lambda v: v <= 2, lambda v: f"{v:.2f}x"))
+    if cap:
+        checks.append((f"nice {nice}: text miss path (16 conns) >= 85% of raw ORT on one thread", rate(cap) / raw_pin,
+                       lambda v: v >= 0.85, pct))
+    print()
+print("### Targets\n")
+print("| target | measured | met |")
+print("|---|---|---|")
+for name, v, ok, fmt in checks:
+    print(f"| {name} | {'-' if v is None else fmt(v)} | {'-' if v is None else ('yes' if ok(v) else 'no')} |")
 print()
 PY

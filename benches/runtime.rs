@@ -69,9 +69,19 @@ fn bench(c: &mut Criterion) {
         let one = vec![cases[0].clone()];
         let body = serde_json::to_vec(&serde_json::json!({"model": name, "instances": one}))
             .expect("json");
+        // How the server parses a body (untracked first), and the path-tracking
+        // parse it falls back to for an error that must name its field.
         hot.bench_function("parse_request_body", |b| {
             b.iter(|| {
-                serde_json::from_slice::<inferd::api::v1::PredictRequest>(&body).expect("parse")
+                inferd::api::extract::parse::<inferd::api::v1::PredictRequest>(&body)
+                    .expect("parse")
+            })
+        });
+        hot.bench_function("parse_request_body_tracking_paths", |b| {
+            b.iter(|| {
+                let de = &mut serde_json::Deserializer::from_slice(&body);
+                serde_path_to_error::deserialize::<_, inferd::api::v1::PredictRequest>(de)
+                    .expect("parse")
             })
         });
         hot.bench_function("decode_instance", |b| {

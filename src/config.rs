@@ -161,6 +161,17 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_ORT_THREADS", default_value_t = 1)]
     pub ort_threads: usize,
 
+    /// Nice value added to the async runtime's worker threads (HTTP, parsing,
+    /// refusals), 0-19; the inference threads keep normal priority. Under
+    /// overload the model then keeps the CPU it needs instead of sharing it
+    /// evenly with the flood of refusals. Worth setting where inferd has its
+    /// CPUs to itself (a pod with its own CPU quota); on a machine shared with
+    /// a proxy or a load generator at normal priority, those win against the
+    /// workers. Set before the runtime starts: `serve` only, never reloaded.
+    #[arg(long, env = "INFERD_REACTOR_NICE", default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub reactor_nice: u8,
+
     /// Execution device. `cuda` needs a build with `--features cuda` and the
     /// `onnxruntime-gpu` library.
     #[arg(long, env = "INFERD_DEVICE", value_enum, default_value_t = Device::Cpu)]

@@ -13,11 +13,30 @@ use inferd::core::preprocess::email;
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
     inferd::core::memory::fix_mmap_threshold();
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(run()),
+    let cli = Cli::parse();
+    let reactor_nice = match &cli.command {
+        None => cli.serve.reactor_nice,
+        Some(Command::Serve(c)) => c.reactor_nice,
+        Some(_) => 0,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if reactor_nice > 0 {
+        // Workers park as soon as they start, before they run any task, so
+        // every one is niced before it serves. Blocking-pool threads never
+        // park this way; the slot threads are started from this (main) thread,
+        // which `block_on` keeps at normal priority.
+        builder.on_thread_park(move || {
+            thread_local!(static NICED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            NICED.with(|n| {
+                if !n.replace(true) {
+                    inferd::core::slots::nice_current_thread(i32::from(reactor_nice));
+                }
+            });
+        });
+    }
+    match builder.build() {
+        Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
             eprintln!("inferd: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
@@ -25,8 +44,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> std::process::ExitCode {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> std::process::ExitCode {
     let config = match cli.command {
         Some(Command::Serve(c)) => c,
         Some(Command::Healthcheck(h)) => return inferd::server::healthcheck(&h).await,

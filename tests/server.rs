@@ -529,6 +529,65 @@ async fn overload_sheds_with_429_and_never_5xx() {
     s.stop().await.unwrap();
 }
 
+/// While the queue is full a prediction is refused before its body is read:
+/// malformed JSON gets 429, not 400, on both front doors, each in its own
+/// error format, and the requests already admitted still finish with 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_before_reading_the_body() {
+    let mut cfg = uncached();
+    cfg.max_concurrency = Some(1);
+    cfg.max_queue = 1;
+    let s = TestServer::start_slowed(cfg, Duration::from_millis(600)).await;
+    let body = json!({"model": "lstm-forecaster", "instances": [golden("lstm-forecaster")["cases"][0]["input"]]});
+    let admitted: Vec<_> = (0..2)
+        .map(|i| {
+            let (client, url, body) = (s.client.clone(), s.url("/predict"), body.clone());
+            tokio::spawn(async move {
+                // The first takes the slot, the second the one queue place.
+                tokio::time::sleep(Duration::from_millis(150 * i)).await;
+                client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (st, v) = s
+        .post_raw("/predict", "application/json", b"{not json".to_vec())
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (429, Some("queue_full")),
+        "{v}"
+    );
+    let (st, v) = s
+        .post_raw(
+            "/v2/models/lstm-forecaster/infer",
+            "application/json",
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(st, 429, "{v}");
+    assert!(v["error"].is_string(), "the v2 error shape: {v}");
+    for t in admitted {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "inferd_requests_total{model=\"\",status=\"429\",version=\"\"}"
+        ),
+        2.0
+    );
+    s.stop().await.unwrap();
+}
+
 /// A request past its deadline gets 504, and its inference slot comes back: with
 /// one slot, a leaked one would make every later prediction wait and time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,14 @@
 //! nested under `/v2`). Each front door only translates its wire format into JSON
 //! instances and back; the path in between (`serve::serve_prediction`) is one
 //! piece of code over the core's pipeline. Each router is mounted with its own
-//! error format (`error::ErrorFormat`), so its fallbacks and auth refusals
-//! (`auth`) answer in its protocol. Routes are registered with their OpenAPI
+//! error format (`error::ErrorFormat`), so its fallbacks, auth refusals
+//! (`auth`) and refusals at the door while the queue is full (`door`) answer
+//! in its protocol. Routes are registered with their OpenAPI
 //! description (`openapi`), so the document served at `/openapi.json` lists
 //! exactly the routes the server has.
 
 pub mod auth;
+pub mod door;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -40,23 +42,27 @@ pub use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Fallbacks and API keys in the router's own error format.
-fn with_format<F: ErrorFormat>(routes: Routes, keys: &Arc<auth::ApiKeys>) -> Router<Arc<AppState>> {
+/// Fallbacks, API keys and refusal at the door in the router's own error
+/// format. Keys are checked first (the outer layer).
+fn with_format<F: ErrorFormat>(routes: Routes, state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let (router, _) = routes.split_for_parts();
     router
         .fallback(route_not_found::<F>)
         .method_not_allowed_fallback(method_not_allowed::<F>)
         .layer(middleware::from_fn_with_state(
-            keys.clone(),
+            state.clone(),
+            door::refuse_when_full::<F>,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.api_keys.clone(),
             auth::require_api_key::<F>,
         ))
 }
 
 /// The whole HTTP service.
 pub fn router(state: Arc<AppState>) -> Router {
-    let keys = &state.api_keys;
-    let v1 = with_format::<JsonApi>(v1_routes().merge(doc_routes()), keys);
-    let v2 = with_format::<v2::V2>(v2::routes(), keys);
+    let v1 = with_format::<JsonApi>(v1_routes().merge(doc_routes()), &state);
+    let v2 = with_format::<v2::V2>(v2::routes(), &state);
     v1.nest("/v2", v2)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,

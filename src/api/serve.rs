@@ -137,6 +137,8 @@ pub async fn serve_prediction<T>(
         .observe(latency.as_secs_f64());
     let t = ctx.timings;
     let h = resp.headers_mut();
+    // Room for these and the layers' two, without regrowing the map.
+    h.reserve(6);
     h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
     h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
     if let Ok(v) = HeaderValue::from_str(&format!(

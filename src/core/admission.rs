@@ -1,5 +1,5 @@
-//! Admission control: a bounded number of inferences run at once (the slots
-//! semaphore, taken per batch by the batchers), and a bounded number of requests
+//! Admission control: a bounded number of inferences run at once (the slot
+//! threads, `slots`, each running one batch at a time), and a bounded number of requests
 //! may wait for the model (the queue); past the bound a request is refused at
 //! once (`QueueFull`) rather than queued until its client has given up. Deadlines end
 //! every wait (see `batcher`).
@@ -7,9 +7,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use super::error::CoreError;
+use super::slots::Slots;
 use crate::metrics::Metrics;
 
 struct Queue {
@@ -19,7 +18,7 @@ struct Queue {
 }
 
 pub struct Admission {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     queue: Arc<Queue>,
 }
 
@@ -39,7 +38,7 @@ impl Drop for QueueTicket {
 impl Admission {
     pub fn new(max_concurrency: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         Admission {
-            slots: Arc::new(Semaphore::new(max_concurrency)),
+            slots: Slots::new(max_concurrency),
             queue: Arc::new(Queue {
                 waiting: AtomicUsize::new(0),
                 max: max_queue,
@@ -61,8 +60,14 @@ impl Admission {
     }
 
     /// The inference slots, shared by every model's batcher.
-    pub fn slots(&self) -> Arc<Semaphore> {
+    pub fn slots(&self) -> Arc<Slots> {
         self.slots.clone()
+    }
+
+    /// Whether `enter` would refuse now (advisory: others may enter or leave
+    /// the next moment).
+    pub fn is_full(&self) -> bool {
+        self.waiting() >= self.queue.max
     }
 
     pub fn waiting(&self) -> usize {

@@ -1,24 +1,29 @@
 //! Dynamic batching: concurrent requests for one model are merged into one
 //! backend call of up to `max_batch_size` instances.
 //!
-//! One worker task per model takes the first queued job, waits for a free
-//! inference slot (the global concurrency semaphore), and only then gathers
-//! whatever else is queued, waiting at most `max_batch_delay` for more (0: take
-//! what is there, never wait). Under load, jobs pile up while the slots are busy,
-//! so batches form with no added delay; an idle server answers at once. Jobs
-//! whose deadline has passed, or whose client has gone, are dropped before the
-//! model runs. Several batches of one model can run at once, one per slot.
+//! Each model version has a queue. Its first job puts the queue on the slots'
+//! ready list (`slots`); a free slot thread takes whatever is queued, up to
+//! `max_batch_size`, waiting at most `max_batch_delay` for more (0: take what
+//! is there, never wait), and runs the batch in place. Under load, jobs pile up
+//! while the slots are busy, so batches form with no added delay; an idle
+//! server answers at once. Jobs whose deadline has passed, or whose client has
+//! gone, are dropped before the model runs. A queue holding more than one batch
+//! goes back on the ready list, so several batches of one model can run at
+//! once, one per slot.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use prometheus::{Histogram, IntCounter};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::admission::QueueTicket;
 use super::backend::{InputBatch, OutputBatch};
 use super::error::CoreError;
 use super::repository::Model;
+use super::slots::{Slots, Work};
 use crate::metrics::Metrics;
 
 /// What a job gets back: its own rows, and how long it queued and ran.
@@ -33,33 +38,51 @@ struct Job {
     ticket: Option<QueueTicket>,
 }
 
+/// A handle on one model version's queue; clones share it.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::UnboundedSender<Job>,
+    queue: Arc<ModelQueue>,
     pub max_batch_size: usize,
 }
 
 impl Batcher {
     pub fn start(
         model: Arc<Model>,
-        slots: Arc<Semaphore>,
+        slots: Arc<Slots>,
         metrics: Arc<Metrics>,
         max_batch_size: usize,
         max_delay: Duration,
         timeout_ms: u64,
     ) -> Batcher {
-        let (tx, rx) = mpsc::unbounded_channel();
         let max_batch_size = max_batch_size.max(1);
-        let worker = Worker {
+        let labels = [
+            model.manifest.name.as_str(),
+            model.manifest.version.as_str(),
+        ];
+        // Label lookups hash and lock: resolved once per version, not per batch.
+        let handles = Handles {
+            queue_wait: metrics.queue_wait.with_label_values(&labels),
+            inference: metrics.inference_duration.with_label_values(&labels),
+            instances: metrics.model_instances.with_label_values(&labels),
+            batch_size: metrics.batch_size.with_label_values(&labels),
+            batches: metrics.batches.with_label_values(&labels),
+            client_gone: metrics.rejections.with_label_values(&["client_gone"]),
+        };
+        let queue = Arc::new(ModelQueue {
             model,
             slots,
             metrics,
+            handles,
             max_batch_size,
             max_delay,
             timeout_ms,
-        };
-        tokio::spawn(worker.run(rx));
-        Batcher { tx, max_batch_size }
+            state: Mutex::new(QueueState::default()),
+            more: Condvar::new(),
+        });
+        Batcher {
+            queue,
+            max_batch_size,
+        }
     }
 
     /// Queues `input` (at most `max_batch_size` instances) for the model.
@@ -77,23 +100,115 @@ impl Batcher {
             reply,
             ticket: Some(ticket),
         };
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
-            let _ = job.reply.send(Err(CoreError::Draining));
+        let q = &self.queue;
+        let mut st = q.lock();
+        st.jobs.push_back(job);
+        if st.gathering {
+            drop(st);
+            q.more.notify_one();
+        } else if !st.scheduled {
+            st.scheduled = true;
+            drop(st);
+            q.slots.schedule(q.clone());
         }
         rx
     }
 }
 
-struct Worker {
+struct Handles {
+    queue_wait: Histogram,
+    inference: Histogram,
+    instances: IntCounter,
+    batch_size: Histogram,
+    batches: IntCounter,
+    client_gone: IntCounter,
+}
+
+struct ModelQueue {
     model: Arc<Model>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     metrics: Arc<Metrics>,
+    handles: Handles,
     max_batch_size: usize,
     max_delay: Duration,
     timeout_ms: u64,
+    state: Mutex<QueueState>,
+    /// Signalled by `submit` while a slot thread gathers a batch.
+    more: Condvar,
 }
 
-impl Worker {
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// On the ready list or being taken by a slot thread: set whenever `jobs`
+    /// is not empty, so a queue is never forgotten with work in it.
+    scheduled: bool,
+    /// A slot thread is waiting (`max_batch_delay`) for more jobs.
+    gathering: bool,
+}
+
+impl Work for ModelQueue {
+    fn run(self: Arc<Self>) {
+        let mut jobs = Vec::new();
+        let mut size = 0;
+        let mut st = self.lock();
+        self.take(&mut st, &mut jobs, &mut size);
+        if size < self.max_batch_size && !jobs.is_empty() && !self.max_delay.is_zero() {
+            let until = std::time::Instant::now() + self.max_delay;
+            st.gathering = true;
+            loop {
+                self.take(&mut st, &mut jobs, &mut size);
+                // Full, or the next job would not fit: the batch is formed.
+                if size >= self.max_batch_size || !st.jobs.is_empty() {
+                    break;
+                }
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = self
+                    .more
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            st.gathering = false;
+        }
+        if st.jobs.is_empty() {
+            st.scheduled = false;
+            drop(st);
+        } else {
+            // Another free slot can start the next batch while this one runs.
+            drop(st);
+            self.slots.schedule(self.clone());
+        }
+        if !jobs.is_empty() {
+            self.launch(jobs);
+        }
+    }
+}
+
+impl ModelQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves live jobs from the front of the queue into the batch while they
+    /// fit; a job that does not fit stays first in line for the next batch.
+    fn take(&self, st: &mut QueueState, jobs: &mut Vec<Job>, size: &mut usize) {
+        while *size < self.max_batch_size {
+            let Some(next) = st.jobs.front() else { break };
+            if !jobs.is_empty() && *size + next.input.len() > self.max_batch_size {
+                break;
+            }
+            let Some(j) = st.jobs.pop_front() else { break };
+            if let Some(j) = self.live(j) {
+                *size += j.input.len();
+                jobs.push(j);
+            }
+        }
+    }
+
     /// The job, unless it must not reach the model: its deadline passed (the
     /// request was answered 504, or is about to be), or its client left before
     /// that. The deadline is checked first, so a request that timed out (and
@@ -106,123 +221,53 @@ impl Worker {
             return None;
         }
         if job.reply.is_closed() {
-            self.metrics
-                .rejections
-                .with_label_values(&["client_gone"])
-                .inc();
+            self.handles.client_gone.inc();
             return None;
         }
         Some(job)
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let mut carry: Option<Job> = None;
-        loop {
-            let first = match carry.take() {
-                Some(j) => j,
-                None => match rx.recv().await {
-                    Some(j) => j,
-                    None => return,
-                },
-            };
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                return;
-            };
-            let mut jobs: Vec<Job> = Vec::new();
-            let mut size = 0;
-            if let Some(j) = self.live(first) {
-                size += j.input.len();
-                jobs.push(j);
-            }
-            let until = Instant::now() + self.max_delay;
-            while size < self.max_batch_size {
-                let next = match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(_) if self.max_delay.is_zero() || jobs.is_empty() => None,
-                    Err(_) => tokio::time::timeout_at(until, rx.recv())
-                        .await
-                        .ok()
-                        .flatten(),
-                };
-                let Some(j) = next else { break };
-                let Some(j) = self.live(j) else { continue };
-                if size + j.input.len() > self.max_batch_size {
-                    carry = Some(j);
-                    break;
-                }
-                size += j.input.len();
-                jobs.push(j);
-            }
-            if jobs.is_empty() {
-                continue;
-            }
-            self.launch(jobs, permit);
-        }
-    }
-
-    /// Runs one merged batch on a blocking thread, which owns the slot, and
-    /// hands each job its rows.
-    fn launch(&self, mut jobs: Vec<Job>, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// Runs one merged batch on this slot thread and hands each job its rows.
+    fn launch(&self, mut jobs: Vec<Job>) {
         let started = Instant::now();
-        let name = self.model.manifest.name.clone();
-        let queue_wait = self
-            .metrics
-            .queue_wait
-            .with_label_values(&[&name, &self.model.manifest.version]);
+        let h = &self.handles;
         for j in &mut jobs {
             // Running is not waiting: the queue bound counts only queued jobs.
             j.ticket = None;
-            queue_wait.observe((started - j.enqueued).as_secs_f64());
+            h.queue_wait.observe((started - j.enqueued).as_secs_f64());
         }
         let merged = merge(jobs.iter().map(|j| &j.input));
-        let model = self.model.clone();
-        let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            metrics.in_flight.inc();
-            let t = std::time::Instant::now();
-            let out = model.backend.infer(&merged);
-            let took = t.elapsed();
-            metrics.in_flight.dec();
-            let labels = [
-                model.manifest.name.as_str(),
-                model.manifest.version.as_str(),
-            ];
-            metrics
-                .inference_duration
-                .with_label_values(&labels)
-                .observe(took.as_secs_f64());
-            metrics
-                .model_instances
-                .with_label_values(&labels)
-                .inc_by(merged.len() as u64);
-            metrics
-                .batch_size
-                .with_label_values(&labels)
-                .observe(merged.len() as f64);
-            metrics.batches.with_label_values(&labels).inc();
-            match out {
-                Ok(out) => {
-                    let mut row = 0;
-                    for j in jobs {
-                        let n = j.input.len();
-                        let part = OutputBatch {
-                            rows: n,
-                            cols: out.cols,
-                            data: out.data[row * out.cols..(row + n) * out.cols].to_vec(),
-                        };
-                        row += n;
-                        let _ = j.reply.send(Ok((part, started - j.enqueued, took)));
-                    }
-                }
-                Err(e) => {
-                    let e = CoreError::Backend(e);
-                    for j in jobs {
-                        let _ = j.reply.send(Err(e.clone()));
-                    }
+        let metrics = &self.metrics;
+        metrics.in_flight.inc();
+        let t = std::time::Instant::now();
+        let out = self.model.backend.infer(&merged);
+        let took = t.elapsed();
+        metrics.in_flight.dec();
+        h.inference.observe(took.as_secs_f64());
+        h.instances.inc_by(merged.len() as u64);
+        h.batch_size.observe(merged.len() as f64);
+        h.batches.inc();
+        match out {
+            Ok(out) => {
+                let mut row = 0;
+                for j in jobs {
+                    let n = j.input.len();
+                    let part = OutputBatch {
+                        rows: n,
+                        cols: out.cols,
+                        data: out.data[row * out.cols..(row + n) * out.cols].to_vec(),
+                    };
+                    row += n;
+                    let _ = j.reply.send(Ok((part, started - j.enqueued, took)));
                 }
             }
-        });
+            Err(e) => {
+                let e = CoreError::Backend(e);
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

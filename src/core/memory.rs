@@ -19,7 +19,12 @@ impl Drop for TrimOnDrop {
             Ok(rt) => {
                 rt.spawn_blocking(trim);
             }
-            Err(_) => trim(),
+            // A slot thread may drop a version's last batch: not there either.
+            Err(_) => {
+                let _ = std::thread::Builder::new()
+                    .name("inferd-trim".into())
+                    .spawn(trim);
+            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - `backend`: the `Backend` trait, ONNX Runtime behind it, and a scripted test
 //!   backend.
 //! - `task`: instances to tensors and output rows to predictions, per task.
-//! - `admission`: the inference slots and the bounded wait queue.
+//! - `admission`, `slots`: the inference slots (threads of their own) and the
+//!   bounded wait queue.
 //! - `batcher`: merging concurrent requests into one backend call.
 //! - `coalesce`: single-flight for identical uncached instances.
 //! - `cache`: per-instance results, in process or in Redis.
@@ -38,6 +39,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod preprocess;
 pub mod repository;
+pub mod slots;
 pub mod task;
 
 pub use error::CoreError;

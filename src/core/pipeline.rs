@@ -1,7 +1,7 @@
 //! The prediction pipeline every front door uses: the instance limit and the
 //! task's validation, per-instance cache lookup, single-flight for misses,
 //! admission (queue bound), the model's batcher (which merges concurrent requests
-//! into one inference on a blocking thread) under the request's deadline, and
+//! into one inference on a slot thread) under the request's deadline, and
 //! cache fill. Front doors only translate their wire format around it, so every
 //! protocol shares one copy of this logic.
 
@@ -251,7 +251,7 @@ impl Pipeline {
     }
 
     /// Starts one batcher per model version of `repo`; the deployment hands
-    /// them out. Needs a tokio runtime. The batchers stop by themselves once the
+    /// them out. The batchers stop by themselves once the
     /// deployment and every request holding one of its targets are gone.
     pub fn deploy(
         &self,

@@ -35,6 +35,9 @@ pub struct Report {
     pub latency_ms: Latency,
     /// The same percentiles per HTTP status (or `timeout` / `connect_error`).
     pub latency_ms_by_status: BTreeMap<String, Latency>,
+    /// Admitted (2xx) requests' latency less the queue wait the server reported
+    /// (`x-queue-time`): what admission costs a request beyond its wait.
+    pub admitted_ms_less_queue: Option<Latency>,
     /// Per 100 ms window: [seconds since start, requests, p50 ms, p99 ms].
     pub timeline: Vec<[f64; 4]>,
     /// Latency distribution: [bucket upper bound ms, requests], 40 equal buckets
@@ -73,6 +76,8 @@ pub struct Samples {
     /// Latency per status: under overload, how fast refusals come back and how
     /// slow admitted requests get are separate questions.
     by_status: BTreeMap<String, Histogram<u64>>,
+    /// 2xx latency less the server's reported queue wait.
+    less_queue: Histogram<u64>,
 }
 
 impl Default for Samples {
@@ -88,7 +93,13 @@ impl Samples {
             windows: BTreeMap::new(),
             statuses: BTreeMap::new(),
             by_status: BTreeMap::new(),
+            less_queue: new_hist(),
         }
+    }
+
+    /// An admitted request's latency less its queue wait, in microseconds.
+    pub fn record_less_queue(&mut self, us: u64) {
+        let _ = self.less_queue.record(us.max(1));
     }
 
     /// One request: `window` is its start in `WINDOW_MS` units since measuring began.
@@ -178,6 +189,8 @@ pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Rep
         goodput_rps: ok as f64 / secs,
         latency_ms: latency,
         latency_ms_by_status,
+        admitted_ms_less_queue: (!samples.less_queue.is_empty())
+            .then(|| latency_of(&samples.less_queue)),
         timeline,
         distribution: distribution(hist),
         targets,

@@ -25,8 +25,9 @@ struct Sender {
 }
 
 impl Sender {
-    /// The HTTP status as a string, or `timeout` / `connect_error`.
-    async fn send_next(&self) -> String {
+    /// The HTTP status as a string, or `timeout` / `connect_error`, and the
+    /// server's `x-queue-time` (microseconds) when it sent one.
+    async fn send_next(&self) -> (String, Option<u64>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.bodies.len();
         let sent = self
             .client
@@ -38,12 +39,18 @@ impl Sender {
         match sent {
             Ok(r) => {
                 let status = r.status().as_u16();
+                let queue_us = r
+                    .headers()
+                    .get("x-queue-time")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|ms| (ms * 1e3) as u64);
                 // Read the body so the connection can be reused.
                 let _ = r.bytes().await;
-                status.to_string()
+                (status.to_string(), queue_us)
             }
-            Err(e) if e.is_timeout() => "timeout".into(),
-            Err(_) => "connect_error".into(),
+            Err(e) if e.is_timeout() => ("timeout".into(), None),
+            Err(_) => ("connect_error".into(), None),
         }
     }
 }
@@ -61,16 +68,17 @@ struct Recorder {
 
 impl Recorder {
     /// One answered request; `scheduled` is when it should have started.
-    fn observe(&self, scheduled: Instant, status: String) {
+    fn observe(&self, scheduled: Instant, (status, queue_us): (String, Option<u64>)) {
         if scheduled < self.start {
             return;
         }
         let latency_us = scheduled.elapsed().as_micros().max(1) as u64;
         let window = (scheduled - self.start).as_millis() as u64 / WINDOW_MS;
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(window, latency_us, status);
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if let (true, Some(q)) = (status.starts_with('2'), queue_us) {
+            samples.record_less_queue(latency_us.saturating_sub(q));
+        }
+        samples.record(window, latency_us, status);
         self.measured.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -232,14 +232,6 @@ pub async fn prepare_in_background(
 /// How far below normal a loading thread runs (the nice value it adds).
 const LOADER_NICE: i32 = 10;
 
-#[cfg(target_os = "linux")]
 fn lower_thread_priority() {
-    // SAFETY: setpriority has no memory effects; on Linux, PRIO_PROCESS with a
-    // thread id changes that one thread's nice value. A failure leaves the
-    // thread at normal priority, which is only slower to yield.
-    let tid = unsafe { libc::gettid() };
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, LOADER_NICE) };
+    crate::core::slots::nice_current_thread(LOADER_NICE);
 }
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority() {}

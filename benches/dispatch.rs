@@ -1,0 +1,127 @@
+//! The hand-off between a request's task and the model, on the LSTM with ONNX
+//! Runtime: one call made in place (no hand-off at all), through a tokio
+//! blocking-pool task per call (how batches ran before the slot threads), and
+//! through the batcher onto a slot thread (how they run now); then 64 requests
+//! submitted at once, where the batcher merges them.
+//!
+//! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench dispatch`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inferd::config::Device;
+use inferd::core::admission::Admission;
+use inferd::core::backend::onnx::{self as runtime, OrtLoader};
+use inferd::core::backend::{BackendOptions, InputBatch};
+use inferd::core::batcher::Batcher;
+use inferd::core::repository::Repository;
+use inferd::metrics::Metrics;
+use serde_json::Value;
+
+const MODEL: &str = "lstm-forecaster";
+
+fn bench(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dylib = runtime::resolve_dylib(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .expect("ONNX Runtime library");
+    runtime::init(&dylib).expect("ORT init");
+    let opts = BackendOptions {
+        intra_threads: 1,
+        device: Device::Cpu,
+        pool_size: 2,
+    };
+    let repo = Repository::load(&root.join("models"), &OrtLoader(opts)).expect("models load");
+    let model = repo.get(MODEL, None).expect("model").clone();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("models").join(MODEL).join("1/golden.json"))
+            .expect("golden"),
+    )
+    .expect("json");
+    let instance = golden["cases"][0]["input"].clone();
+    let input: InputBatch = model.task.decode(&[instance]).expect("decode").batch;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = Arc::new(Metrics::new());
+    let admission = Admission::new(2, 4096, metrics.clone());
+    let batcher = Batcher::start(
+        model.clone(),
+        admission.slots(),
+        metrics,
+        32,
+        Duration::ZERO,
+        10_000,
+    );
+    let deadline = || tokio::time::Instant::now() + Duration::from_secs(10);
+
+    let mut one = c.benchmark_group(format!("dispatch/{MODEL}/one_request"));
+    one.bench_function("in_place", |b| {
+        b.iter(|| model.backend.infer(&input).expect("infer"))
+    });
+    one.bench_function("blocking_pool_task", |b| {
+        b.iter(|| {
+            let (m, x) = (model.clone(), input.clone());
+            rt.block_on(tokio::task::spawn_blocking(move || m.backend.infer(&x)))
+                .expect("joined")
+                .expect("infer")
+        })
+    });
+    one.bench_function("slot_thread", |b| {
+        b.iter(|| {
+            let ticket = admission.enter().expect("room");
+            let rx = batcher.submit(input.clone(), deadline(), ticket);
+            rt.block_on(rx).expect("answered").expect("infer")
+        })
+    });
+    one.finish();
+
+    // 64 requests from 64 tasks at once: what a burst of connections does.
+    let mut burst = c.benchmark_group(format!("dispatch/{MODEL}/64_requests"));
+    burst.throughput(Throughput::Elements(64));
+    burst.bench_function("blocking_pool_task_each", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        let (m, x) = (model.clone(), input.clone());
+                        tokio::spawn(async move {
+                            tokio::task::spawn_blocking(move || m.backend.infer(&x)).await
+                        })
+                    })
+                    .collect();
+                for t in futures::future::join_all(tasks).await {
+                    t.expect("task").expect("joined").expect("infer");
+                }
+            })
+        })
+    });
+    burst.bench_function("batched_on_slot_threads", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        let ticket = admission.enter().expect("room");
+                        let rx = batcher.submit(input.clone(), deadline(), ticket);
+                        tokio::spawn(rx)
+                    })
+                    .collect();
+                for t in futures::future::join_all(tasks).await {
+                    t.expect("task").expect("answered").expect("infer");
+                }
+            })
+        })
+    });
+    burst.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
