@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     one.bench_function("blocking_pool_task", |b| {
         b.iter(|| {
             let (m, x) = (model.clone(), input.clone());
-            rt.block_on(tokio::task::spawn_blocking(move || m.backend.infer(&x)))
+            rt.block_on(rt.spawn_blocking(move || m.backend.infer(&x)))
                 .expect("joined")
                 .expect("infer")
         })

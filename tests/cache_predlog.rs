@@ -158,10 +158,15 @@ async fn concurrent_identical_requests_run_the_model_once() {
         cfg.warmup_runs = 0; // each warm-up call would take the second too
         let s = TestServer::start_slowed(cfg, Duration::from_secs(1)).await;
         let m = s.metrics().await;
-        // Born with the model's first call: none yet.
+        // Zero before the first request (the series exists from the
+        // batcher's start).
         let model_series =
             &common::latest_series("inferd_model_instances_total", "text-classifier");
-        assert_eq!(metric_opt(&m, model_series), None, "{backend}");
+        assert_eq!(
+            metric_opt(&m, model_series).unwrap_or(0.0),
+            0.0,
+            "{backend}"
+        );
         let coalesced_before = metric(&m, "inferd_cache_coalesced_total");
         let body = json!({"model": "text-classifier", "instances": [common::long_texts(1)[0].as_str().unwrap().to_string() + " coalesce"]});
         let tasks: Vec<_> = (0..N)
