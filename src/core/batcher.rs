@@ -394,8 +394,8 @@ mod formation_tests {
         }
     }
 
-    /// A failed assertion must not leave a batch parked in the model: the
-    /// runtime waits for blocking threads when it shuts down.
+    /// A failed assertion must not leave a batch parked in the model, holding
+    /// its slot thread for the rest of the test binary's run.
     impl Drop for Rig {
         fn drop(&mut self) {
             self.backend.open_gate();

@@ -3,8 +3,8 @@
 //! trait, so they can be tested with the scripted backend in `testing`, and a
 //! second runtime (libtorch) slots in beside ONNX Runtime without touching them.
 //!
-//! `Backend::infer` blocks: callers run it on a blocking thread, never on the
-//! async reactor. A `Loader` builds a backend for a model version's graph file;
+//! `Backend::infer` blocks: callers run it on a slot thread (`core::slots`),
+//! never on the async reactor. A `Loader` builds a backend for a model version's graph file;
 //! the repository takes one, so it never names a runtime itself.
 
 pub mod onnx;
