@@ -6,44 +6,23 @@
 //!
 //! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench dispatch`
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inferd::config::Device;
 use inferd::core::admission::Admission;
-use inferd::core::backend::onnx::{self as runtime, OrtLoader};
-use inferd::core::backend::{BackendOptions, InputBatch};
+use inferd::core::backend::InputBatch;
 use inferd::core::batcher::Batcher;
-use inferd::core::repository::Repository;
 use inferd::metrics::Metrics;
-use serde_json::Value;
+
+mod common;
 
 const MODEL: &str = "lstm-forecaster";
 
 fn bench(c: &mut Criterion) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dylib = runtime::resolve_dylib(
-        std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .as_deref(),
-    )
-    .expect("ONNX Runtime library");
-    runtime::init(&dylib).expect("ORT init");
-    let opts = BackendOptions {
-        intra_threads: 1,
-        device: Device::Cpu,
-        pool_size: 2,
-    };
-    let repo = Repository::load(&root.join("models"), &OrtLoader(opts)).expect("models load");
+    let repo = common::load_models(2).expect("models load");
     let model = repo.get(MODEL, None).expect("model").clone();
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("models").join(MODEL).join("1/golden.json"))
-            .expect("golden"),
-    )
-    .expect("json");
-    let instance = golden["cases"][0]["input"].clone();
+    let instance = common::golden_inputs(MODEL).expect("golden inputs")[0].clone();
     let input: InputBatch = model.task.decode(&[instance]).expect("decode").batch;
 
     let rt = tokio::runtime::Builder::new_multi_thread()

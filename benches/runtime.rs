@@ -6,47 +6,20 @@
 //!
 //! `ORT_DYLIB_PATH=$PWD/.ort/lib/libonnxruntime.so.1.31.1 cargo bench --bench runtime`
 
-use std::path::PathBuf;
-
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inferd::config::Device;
-use inferd::core::backend::onnx::{self as runtime, OrtLoader};
-use inferd::core::backend::{BackendOptions, InputBatch};
-use inferd::core::repository::Repository;
+use inferd::core::backend::InputBatch;
 use inferd::core::{batcher, cache};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::root;
 
 fn golden(model: &str) -> Vec<Value> {
-    let p = root().join("models").join(model).join("1/golden.json");
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("json");
-    v["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .map(|c| c["input"].clone())
-        .collect()
+    common::golden_inputs(model).expect("golden inputs")
 }
 
 fn bench(c: &mut Criterion) {
-    let dylib = runtime::resolve_dylib(
-        std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .as_deref(),
-    )
-    .expect("ONNX Runtime library");
-    runtime::init(&dylib).expect("ORT init");
-    let opts = BackendOptions {
-        intra_threads: 1,
-        device: Device::Cpu,
-        pool_size: 1,
-    };
-    let repo =
-        Repository::load(&root().join("models"), &OrtLoader(opts.clone())).expect("models load");
+    let repo = common::load_models(1).expect("models load");
 
     for (name, cases) in [
         ("text-classifier", golden("text-classifier")),

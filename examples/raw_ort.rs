@@ -4,16 +4,14 @@
 //!
 //! `cargo run --release --example raw_ort -- <model> <threads> <batch> <secs>`
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferd::config::Device;
-use inferd::core::backend::onnx::{self as runtime, OrtLoader};
-use inferd::core::backend::BackendOptions;
-use inferd::core::repository::Repository;
 use serde_json::Value;
+
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -25,32 +23,13 @@ fn main() -> anyhow::Result<()> {
     let threads: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(2);
     let batch: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1);
     let secs: f64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(5.0);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dylib = runtime::resolve_dylib(
-        std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    runtime::init(&dylib).map_err(anyhow::Error::msg)?;
-    let opts = BackendOptions {
-        intra_threads: 1,
-        device: Device::Cpu,
-        pool_size: threads,
-    };
-    let repo = Repository::load(&root.join("models"), &OrtLoader(opts.clone()))?;
+    let repo = common::load_models(threads)?;
     let m = repo
         .get(&model, None)
         .ok()
         .ok_or_else(|| anyhow::anyhow!("no model {model}"))?
         .clone();
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(
-        root.join("models").join(&model).join("1/golden.json"),
-    )?)?;
-    let cases: Vec<Value> = golden["cases"]
-        .as_array()
-        .map(|c| c.iter().map(|x| x["input"].clone()).collect())
-        .unwrap_or_default();
+    let cases = common::golden_inputs(&model)?;
     let done = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs_f64(secs);
     std::thread::scope(|s| {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::core::admission::Admission;
 use crate::core::backend::testing::{forecaster_manifest, FixedLoader, TestBackend};
+use crate::core::deployment::Target;
 use crate::core::pipeline::Limits;
 
 const WINDOW: usize = 2;
@@ -99,6 +100,16 @@ fn start(prepare: impl FnOnce(&Path)) -> Fixture {
 }
 
 impl Fixture {
+    /// A request's hold on the model's default version, as a request in
+    /// flight keeps it.
+    fn hold(&self, name: &str) -> Target {
+        self.lifecycle
+            .admit()
+            .unwrap()
+            .resolve(name, None, None)
+            .unwrap()
+    }
+
     fn default_version(&self, name: &str) -> Result<String, CoreError> {
         let d = self.lifecycle.admit()?;
         let t = d.resolve(name, None, None)?;
@@ -138,12 +149,7 @@ fn specific(versions: &[u64]) -> Policy {
 #[tokio::test]
 async fn a_new_version_loads_beside_the_serving_one_and_takes_over() {
     let f = start(|r| good(r, "m", 1));
-    let held = f
-        .lifecycle
-        .admit()
-        .unwrap()
-        .resolve("m", None, None)
-        .unwrap();
+    let held = f.hold("m");
     good(&f.root, "m", 2);
     let out = f.control.load("m", None).await.unwrap();
     assert_eq!((out.loaded, out.swapped), (vec![2], true));
@@ -236,12 +242,7 @@ async fn a_policy_retires_versions_and_unload_takes_the_model_out() {
         good(r, "m", 2);
     });
     assert_eq!(f.default_version("m").unwrap(), "2");
-    let held = f
-        .lifecycle
-        .admit()
-        .unwrap()
-        .resolve("m", None, None)
-        .unwrap();
+    let held = f.hold("m");
     let out = f.control.load("m", Some(specific(&[1]))).await.unwrap();
     assert_eq!(out.unloaded, vec![2]);
     assert_eq!(f.default_version("m").unwrap(), "1");
