@@ -7,6 +7,14 @@
 #                     --build-arg ORT_PACKAGE=onnxruntime-gpu \
 #                     --build-arg CARGO_FEATURES=cuda .
 #                   then run with INFERD_DEVICE=cuda and a GPU (docker-compose.gpu.yml).
+#   libtorch:       docker build -t inferd:torch \
+#                     --build-arg TORCH_VERSION=2.13.0 --build-arg CARGO_FEATURES=torch .
+#                   adds the libtorch backend for TorchScript versions (models/*/model.pt),
+#                   with libtorch's CPU libraries from the `torch` PyPI wheel (the version
+#                   tch 0.26 links). Features combine: CARGO_FEATURES="cuda torch" with the
+#                   CUDA arguments above runs ONNX versions on the GPU and TorchScript ones on
+#                   the CPU; libtorch on CUDA needs the wheel's CUDA 13 libraries (the
+#                   nvidia-* wheels), which this image does not carry.
 #
 # The runtime stage runs as a numeric non-root user and writes only to /data (the
 # JSON-lines log and the spill file), so it runs with a read-only root filesystem.
@@ -14,10 +22,31 @@
 ARG RUST_VERSION=1.95
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
+# ---- torch: libtorch's CPU libraries and headers from the PyPI wheel (empty when
+# TORCH_VERSION is unset). The CUDA libraries are left out: tch links
+# libtorch_cuda only where it finds it, and without it the CPU build needs no
+# nvidia-* wheels.
+FROM python:3.11-slim-bookworm AS torch
+ARG TORCH_VERSION=""
+RUN mkdir -p /opt/libtorch/lib \
+ && if [ -n "$TORCH_VERSION" ]; then \
+      pip download -q --no-deps --only-binary=:all: "torch==${TORCH_VERSION}" -d /tmp/whl \
+      && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/whl/torch-*.whl')[0]); z.extractall('/tmp/t', [n for n in z.namelist() if n.startswith(('torch/lib/', 'torch/include/'))])" \
+      && mv /tmp/t/torch/include /opt/libtorch/include \
+      && mv /tmp/t/torch/lib/*.so* /opt/libtorch/lib/ \
+      && rm -f /opt/libtorch/lib/libtorch_cuda* /opt/libtorch/lib/libc10_cuda.so \
+               /opt/libtorch/lib/libcaffe2_nvrtc.so /opt/libtorch/lib/libtorch_nvshmem.so \
+               /opt/libtorch/lib/libtorch_python.so \
+      && rm -rf /tmp/whl /tmp/t; \
+    fi
+
 # ---- build: the release binary --------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 ARG CARGO_FEATURES=""
 WORKDIR /src
+# tch's build script finds libtorch here (used only with the `torch` feature).
+COPY --from=torch /opt/libtorch /opt/libtorch
+ENV LIBTORCH=/opt/libtorch
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binary is
 # copied out because the target cache mount is not part of the layer.
@@ -44,8 +73,11 @@ RUN groupadd --system --gid 10001 inferd \
  && install -d -o 10001 -g 10001 /data
 COPY --from=build /usr/local/bin/inferd /usr/local/bin/inferd
 COPY --from=ort /opt/onnxruntime/lib /opt/onnxruntime/lib
+# Empty unless TORCH_VERSION was set.
+COPY --from=torch /opt/libtorch/lib /opt/libtorch/lib
 COPY models /models
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
+    LD_LIBRARY_PATH=/opt/libtorch/lib \
     INFERD_MODELS_DIR=/models \
     INFERD_LISTEN=0.0.0.0:8080 \
     INFERD_LOG_FORMAT=json \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Redis,
 # PostgreSQL and nginx from Debian packages when missing; ONNX Runtime from its
-# PyPI wheel; Python venvs for the model checks and the deployment checks), then
-# runs the model checks, formatting and lint gates, every Rust test, the static
+# PyPI wheel; PyTorch's wheel for the libtorch backend; Python venvs for the
+# model checks and the deployment checks), then runs the model checks,
+# formatting and lint gates, every Rust test (and the `torch` feature's), the static
 # checks of the deployment files, the KServe v2 conformance tests (tritonclient,
 # schemathesis), and the loopback end-to-end test of the compose topology. The integration tests start their own Redis, PostgreSQL and
 # nginx servers on free loopback ports and stop them.
@@ -67,6 +68,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (the server and crates/inferd-bench)"
 cargo test --workspace --all-targets
+
+step "libtorch backend (--features torch): PyPI torch 2.13.0 in .venv-torch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
+scripts/with-torch.sh cargo clippy --features torch --lib --test torch -- -D warnings
+scripts/with-torch.sh cargo test --features torch --lib --test torch
 
 step "Release build (the binaries the deployment, conformance and lifecycle tests run)"
 cargo build --release --workspace --bins

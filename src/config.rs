@@ -156,10 +156,17 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_MAX_INSTANCES", default_value_t = 64)]
     pub max_instances: usize,
 
-    /// ONNX Runtime intra-op threads per session. Concurrency comes from running
-    /// several sessions at once, so 1 is right unless requests are few and large.
-    #[arg(long, env = "INFERD_ORT_THREADS", default_value_t = 1)]
-    pub ort_threads: usize,
+    /// Intra-op threads per inference, for both runtimes: ONNX Runtime's per
+    /// session, libtorch's per slot thread. Concurrency comes from running
+    /// several inferences at once, so 1 is right unless requests are few and
+    /// large. `--ort-threads` is the older name.
+    #[arg(
+        long,
+        env = "INFERD_INTRA_OP_THREADS",
+        alias = "ort-threads",
+        default_value_t = 1
+    )]
+    pub intra_op_threads: usize,
 
     /// Nice value added to the async runtime's worker threads (HTTP, parsing,
     /// refusals), 0-19; the inference threads keep normal priority. Under
@@ -172,8 +179,10 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u8).range(0..=19))]
     pub reactor_nice: u8,
 
-    /// Execution device. `cuda` needs a build with `--features cuda` and the
-    /// `onnxruntime-gpu` library.
+    /// Execution device, for both runtimes. `cuda` needs a build with
+    /// `--features cuda` and the `onnxruntime-gpu` library for ONNX versions,
+    /// and a CUDA device libtorch can see for TorchScript versions (`torch`
+    /// builds); start-up fails, saying which, where either is missing.
     #[arg(long, env = "INFERD_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 
@@ -357,7 +366,7 @@ impl ServeConfig {
             ("request-timeout-ms", self.request_timeout_ms),
             ("max-body-bytes", self.max_body_bytes as u64),
             ("max-instances", self.max_instances as u64),
-            ("ort-threads", self.ort_threads as u64),
+            ("intra-op-threads", self.intra_op_threads as u64),
             ("cache-timeout-ms", self.cache_timeout_ms),
             ("cache-ttl-secs", self.cache_ttl_secs),
             ("predlog-batch-rows", self.predlog_batch_rows as u64),

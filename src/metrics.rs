@@ -131,14 +131,14 @@ impl Metrics {
             .expect("valid"),
             batch_size: histogram(
                 "inferd_batch_size",
-                "Instances per ONNX Runtime call (merged batch)",
+                "Instances per backend call (merged batch)",
                 &["model", "version"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
             ),
             batches: IntCounterVec::new(
                 Opts::new(
                     "inferd_batches_total",
-                    "ONNX Runtime calls (batches); its rate is batches per second",
+                    "Backend calls (batches); its rate is batches per second",
                 ),
                 &["model", "version"],
             )
@@ -233,7 +233,7 @@ impl Metrics {
             model_loads: IntCounterVec::new(
                 Opts::new(
                     "inferd_model_loads_total",
-                    "Model version loads after start-up, by result (ok or failed)",
+                    "Model version loads, by result (ok, failed, or unsupported: a format this build cannot run)",
                 ),
                 &["model", "version", "result"],
             )
@@ -241,7 +241,7 @@ impl Metrics {
             model_gate_failures: IntCounterVec::new(
                 Opts::new(
                     "inferd_model_gate_failures_total",
-                    "Versions refused, by the stage that refused them (verify, warmup, golden)",
+                    "Versions refused, by the stage that refused them (unsupported, verify, warmup, golden)",
                 ),
                 &["model", "version", "stage"],
             )

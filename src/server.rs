@@ -24,10 +24,11 @@ use crate::api::AppState;
 use crate::config::{CacheMode, PredLogMode, ServeConfig};
 use crate::core::admission::Admission;
 use crate::core::backend::onnx::{self, OrtLoader};
-use crate::core::backend::{BackendOptions, Loader};
+use crate::core::backend::{BackendOptions, Loader, Runtimes};
 use crate::core::cache::{Cache, RedisSettings};
 use crate::core::control::{self, ModelControl};
 use crate::core::lifecycle::{Lifecycle, Phase};
+use crate::core::manifest::Format;
 use crate::core::pipeline::{Limits, Pipeline};
 use crate::core::policy::Routing;
 use crate::core::repository::Repository;
@@ -118,12 +119,27 @@ pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
     })
 }
 
-/// Builds the loader for the models from the backend options. `run` uses ONNX
-/// Runtime's; tests wrap it (a slowed backend makes overlaps certain).
-pub type MakeLoader = Box<dyn FnOnce(BackendOptions) -> Box<dyn Loader> + Send>;
+/// Builds the loader for the models from the backend options. `run` uses
+/// `runtimes`; tests wrap it (a slowed backend makes overlaps certain).
+pub type MakeLoader = Box<dyn FnOnce(BackendOptions) -> anyhow::Result<Box<dyn Loader>> + Send>;
 
-fn ort_loader() -> MakeLoader {
-    Box::new(|opts| Box::new(OrtLoader(opts)))
+/// The runtimes this build has, by graph format: ONNX Runtime always, libtorch
+/// with the `torch` feature. Fails where `--device cuda` cannot be honoured by
+/// libtorch (ONNX Runtime says so at its first session).
+pub fn runtimes(opts: BackendOptions) -> anyhow::Result<Runtimes> {
+    let runtimes = Runtimes::new().with(Format::Onnx, OrtLoader(opts.clone()));
+    #[cfg(feature = "torch")]
+    let runtimes = runtimes.with(
+        Format::Torchscript,
+        crate::core::backend::torch::TorchLoader::new(opts).map_err(anyhow::Error::msg)?,
+    );
+    #[cfg(not(feature = "torch"))]
+    let _ = opts;
+    Ok(runtimes)
+}
+
+fn default_loader() -> MakeLoader {
+    Box::new(|opts| Ok(Box::new(runtimes(opts)?)))
 }
 
 /// What start-up loaded: the model control that loaded it, the repository
@@ -145,11 +161,11 @@ pub fn load_models(
         onnx::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
     onnx::init(&dylib).map_err(anyhow::Error::msg)?;
     let opts = BackendOptions {
-        intra_threads: config.ort_threads,
+        intra_threads: config.intra_op_threads,
         device: config.device,
         pool_size: config.concurrency(),
     };
-    let loader: Arc<dyn Loader> = Arc::from(make_loader(opts.clone()));
+    let loader: Arc<dyn Loader> = Arc::from(make_loader(opts.clone())?);
     let control = Arc::new(ModelControl::new(
         control::Settings {
             root: config.models_dir.clone(),
@@ -178,7 +194,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_loader(config, listener, shutdown, ort_loader()).await
+    run_with_loader(config, listener, shutdown, default_loader()).await
 }
 
 /// `run`, with the models' backends built by `make_loader`.

@@ -20,8 +20,8 @@ fn set_sha(manifest: &std::path::Path, onnx: &std::path::Path) {
     let fixed: String = text
         .lines()
         .map(|l| {
-            if l.starts_with("onnx_sha256") {
-                format!("onnx_sha256 = \"{sha}\"")
+            if l.starts_with("graph_sha256") {
+                format!("graph_sha256 = \"{sha}\"")
             } else {
                 l.to_string()
             }
@@ -438,4 +438,76 @@ fn startup_log_shows_the_config_without_keys_or_passwords() {
             "{format}: SIGTERM not handled:\n{out}"
         );
     }
+}
+
+/// A build without the `torch` feature still starts on the shipped models:
+/// the TorchScript twin is reported unavailable with the reason (repository
+/// index, metrics, log), not a crash and not a silent skip, and everything
+/// else serves.
+#[cfg(not(feature = "torch"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_version_without_the_feature_is_unavailable_with_the_reason() {
+    use serde_json::{json, Value};
+    let s = common::TestServer::start(config()).await;
+    let torch = "lstm-forecaster-torch";
+    let (st, _, index) = s.post_json("/v2/repository/index", &json!({})).await;
+    assert_eq!(st, 200, "{index}");
+    let entry = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == torch)
+        .unwrap_or_else(|| panic!("{torch} missing from the index: {index}"))
+        .clone();
+    assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("unsupported failed") && reason.contains("--features torch"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("model.pt"),
+        "the reason names the file: {reason}"
+    );
+
+    let m = s.metrics().await;
+    // Prometheus text sorts the labels by name.
+    let series =
+        |name: &str, label: &str| format!("{name}{{model=\"{torch}\",{label},version=\"1\"}}");
+    assert_eq!(
+        common::metric(&m, &series("inferd_model_state", "state=\"UNAVAILABLE\"")),
+        1.0
+    );
+    assert_eq!(
+        common::metric(
+            &m,
+            &series("inferd_model_gate_failures_total", "stage=\"unsupported\"")
+        ),
+        1.0
+    );
+
+    // Not served: a clear 404 on both front doors; the ONNX twin serves.
+    let window = common::golden("lstm-forecaster")["cases"][0]["input"].clone();
+    let (st, _, body) = s
+        .post_json("/predict", &json!({"model": torch, "instances": [window]}))
+        .await;
+    assert_eq!(st, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let (st, _) = s.get(&format!("/v2/models/{torch}/ready")).await;
+    assert_eq!(st, 404);
+    let (st, _, body) = s
+        .post_json(
+            "/predict",
+            &json!({"model": "lstm-forecaster", "instances": [window]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (_, listing) = s.get("/v1/models").await;
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    assert!(listing["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["name"] != torch));
+    s.stop().await.unwrap();
 }

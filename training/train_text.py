@@ -311,7 +311,7 @@ def main() -> None:
         dest / "model.toml",
         [
             (None, {"name": NAME, "version": VERSION, "task": "text-classification",
-                    "description": description, "onnx_sha256": digest}),
+                    "description": description, "graph_sha256": digest}),
             ("[[inputs]]", {"name": "text", "dtype": "string", "shape": [-1],
                             "meaning": meaning}),
             ("[[outputs]]", {"name": "label", "dtype": "int64", "shape": [-1],

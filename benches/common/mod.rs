@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use inferd::config::Device;
-use inferd::core::backend::onnx::{self as runtime, OrtLoader};
+use inferd::core::backend::onnx as runtime;
 use inferd::core::backend::BackendOptions;
 use inferd::core::repository::Repository;
 use serde_json::Value;
@@ -16,7 +16,8 @@ pub fn root() -> PathBuf {
 }
 
 /// Initialises ONNX Runtime and loads `models/` with `pool_size` sessions per
-/// model version.
+/// model version, through the server's runtimes (TorchScript versions too in a
+/// `torch` build; skipped, with a warning, in others).
 pub fn load_models(pool_size: usize) -> anyhow::Result<Repository> {
     let configured = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let dylib = runtime::resolve_dylib(configured.as_deref()).map_err(anyhow::Error::msg)?;
@@ -26,7 +27,8 @@ pub fn load_models(pool_size: usize) -> anyhow::Result<Repository> {
         device: Device::Cpu,
         pool_size,
     };
-    Ok(Repository::load(&root().join("models"), &OrtLoader(opts))?)
+    let runtimes = inferd::server::runtimes(opts)?;
+    Ok(Repository::load(&root().join("models"), &runtimes)?)
 }
 
 /// The inputs of `models/<model>/1/golden.json`, in file order.

@@ -231,7 +231,10 @@ pub struct ModelDescription {
     pub batching: BatchingSection,
     #[schema(value_type = Object)]
     pub cache: CacheSection,
-    pub onnx_sha256: String,
+    /// The graph's format (`onnx` or `torchscript`): which runtime runs it.
+    pub format: String,
+    /// The sha256 the manifest pins the graph file to.
+    pub graph_sha256: String,
     /// Held-out quality figures from training.
     #[schema(value_type = Object)]
     pub metrics: toml::Table,
@@ -276,7 +279,8 @@ fn describe(d: &Deployment, model: &Model, ready: bool) -> ModelDescription {
         outputs: m.outputs.clone(),
         batching: m.batching.clone(),
         cache: m.cache.clone(),
-        onnx_sha256: m.onnx_sha256.clone(),
+        format: m.format.name().into(),
+        graph_sha256: m.graph_sha256.clone(),
         metrics: m.metrics.clone(),
         labels: m.text.as_ref().map(|t| t.labels.clone()),
         max_text_bytes: m.text.as_ref().map(|t| t.max_text_bytes),

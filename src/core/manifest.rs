@@ -79,6 +79,35 @@ pub struct CacheSection {
     pub enabled: bool,
 }
 
+/// Which runtime a version's graph is for; it names the graph file too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `model.onnx`, run by ONNX Runtime.
+    #[default]
+    Onnx,
+    /// `model.pt`, a TorchScript module saved by `torch.jit.save`, run by
+    /// libtorch (the `torch` feature).
+    Torchscript,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Onnx => "onnx",
+            Format::Torchscript => "torchscript",
+        }
+    }
+
+    /// The graph file inside the version directory.
+    pub fn graph_file(self) -> &'static str {
+        match self {
+            Format::Onnx => "model.onnx",
+            Format::Torchscript => "model.pt",
+        }
+    }
+}
+
 /// `model.toml`. Unknown keys are allowed so that manifests can carry
 /// documentation (data source, metrics) the server does not act on.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,7 +117,12 @@ pub struct Manifest {
     pub task: String,
     #[serde(default)]
     pub description: String,
-    pub onnx_sha256: String,
+    #[serde(default)]
+    pub format: Format,
+    /// The sha256 of the graph file, pinned: a version serves only the
+    /// bytes it was verified with. `onnx_sha256` is the older spelling.
+    #[serde(alias = "onnx_sha256")]
+    pub graph_sha256: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub text: Option<TextSection>,

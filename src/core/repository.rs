@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::backend::{Backend, Loader, TensorInfo};
+use super::backend::{Backend, GraphSpec, LoadFailure, Loader, TensorInfo};
 use super::error::CoreError;
 use super::manifest::{Manifest, TensorSpec};
 use super::memory::TrimOnDrop;
@@ -38,12 +38,16 @@ pub struct Repository {
 pub struct LoadError {
     pub path: PathBuf,
     pub message: String,
+    /// The version is well-formed, but this build has no runtime for its
+    /// format: it is reported unavailable, never a reason to stop start-up.
+    pub unsupported: bool,
 }
 
 fn err(path: &Path, message: impl Into<String>) -> LoadError {
     LoadError {
         path: path.to_path_buf(),
         message: message.into(),
+        unsupported: false,
     }
 }
 
@@ -110,7 +114,6 @@ fn check_io(
 
 pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError> {
     let manifest_path = dir.join("model.toml");
-    let onnx_path = dir.join("model.onnx");
     let text = fs::read_to_string(&manifest_path)
         .map_err(|e| err(&manifest_path, format!("cannot read: {e}")))?;
     let manifest: Manifest =
@@ -130,30 +133,45 @@ pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError>
             ),
         ));
     }
-    if !onnx_path.is_file() {
-        return Err(err(&onnx_path, "missing"));
-    }
-    let digest = sha256_hex(&onnx_path)?;
-    if !digest.eq_ignore_ascii_case(&manifest.onnx_sha256) {
+    let graph_path = dir.join(manifest.format.graph_file());
+    if !graph_path.is_file() {
         return Err(err(
-            &onnx_path,
+            &graph_path,
+            format!(
+                "missing (the graph of a `{}` version)",
+                manifest.format.name()
+            ),
+        ));
+    }
+    let digest = sha256_hex(&graph_path)?;
+    if !digest.eq_ignore_ascii_case(&manifest.graph_sha256) {
+        return Err(err(
+            &graph_path,
             format!(
                 "sha256 is {digest}, but model.toml says {}",
-                manifest.onnx_sha256
+                manifest.graph_sha256
             ),
         ));
     }
     let task = Task::from_manifest(&manifest).map_err(|m| err(&manifest_path, m))?;
-    let backend = loader.load(&onnx_path, task.output_name()).map_err(|m| {
-        err(
-            &onnx_path,
-            format!("cannot load the graph (corrupt or not ONNX?): {m}"),
-        )
+    let spec = GraphSpec {
+        format: manifest.format,
+        path: &graph_path,
+        inputs: &manifest.inputs,
+        outputs: &manifest.outputs,
+        output: task.output_name(),
+    };
+    let backend = loader.load(&spec).map_err(|f| match f {
+        LoadFailure::Unsupported(m) => LoadError {
+            unsupported: true,
+            ..err(&graph_path, m)
+        },
+        LoadFailure::Failed(m) => err(&graph_path, format!("cannot load the graph: {m}")),
     })?;
-    check_io(&onnx_path, "inputs", &manifest.inputs, backend.inputs())?;
-    check_io(&onnx_path, "outputs", &manifest.outputs, backend.outputs())?;
+    check_io(&graph_path, "inputs", &manifest.inputs, backend.inputs())?;
+    check_io(&graph_path, "outputs", &manifest.outputs, backend.outputs())?;
     task.check_graph(backend.inputs(), backend.outputs())
-        .map_err(|m| err(&onnx_path, m))?;
+        .map_err(|m| err(&graph_path, m))?;
     Ok(Model {
         manifest,
         task,
@@ -164,7 +182,9 @@ pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError>
 }
 
 impl Repository {
-    /// Loads every model version under `root`. Blocking (file I/O, graph loading).
+    /// Loads every model version under `root`. Blocking (file I/O, graph
+    /// loading). A version whose format the loader cannot run is skipped
+    /// with a warning, as at a server's start-up.
     pub fn load(root: &Path, loader: &dyn Loader) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         for model_dir in sorted_dirs(root)? {
@@ -174,6 +194,7 @@ impl Repository {
                 .unwrap_or_default()
                 .to_string();
             let mut versions = BTreeMap::new();
+            let mut skipped = false;
             for vdir in sorted_dirs(&model_dir)? {
                 let v = vdir
                     .file_name()
@@ -185,7 +206,19 @@ impl Repository {
                         "version directories must be named by a number (1, 2, ...)",
                     ));
                 };
-                versions.insert(num, Arc::new(load_version(&vdir, loader)?));
+                match load_version(&vdir, loader) {
+                    Ok(m) => {
+                        versions.insert(num, Arc::new(m));
+                    }
+                    Err(e) if e.unsupported => {
+                        tracing::warn!(version = %vdir.display(), reason = %e.message, "skipped");
+                        skipped = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if versions.is_empty() && skipped {
+                continue;
             }
             if versions.is_empty() {
                 return Err(err(
@@ -282,7 +315,7 @@ mod tests {
         let graph = b"not a real graph: the scripted backend ignores it";
         fs::write(dir.join("model.onnx"), graph).unwrap();
         let mut manifest = forecaster_manifest("m", 3, 4);
-        manifest.onnx_sha256 = hex::encode(Sha256::digest(graph));
+        manifest.graph_sha256 = hex::encode(Sha256::digest(graph));
         edit(&mut manifest);
         fs::write(dir.join("model.toml"), toml::to_string(&manifest).unwrap()).unwrap();
         root
@@ -316,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_wrong_hash_is_refused_naming_the_file() {
-        let root = repo_dir(|m| m.onnx_sha256 = "00".repeat(32));
+        let root = repo_dir(|m| m.graph_sha256 = "00".repeat(32));
         let e = refusal(root.path());
         assert!(e.path.ends_with("m/1/model.onnx"), "{e}");
         assert!(e.message.contains("sha256"), "{e}");

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
 use inferd::config::{Cli, ServeConfig};
-use inferd::core::backend::onnx::OrtLoader;
 use inferd::core::backend::testing::SlowLoader;
 use inferd::server::MakeLoader;
 use serde_json::Value;
@@ -61,15 +60,15 @@ pub fn config() -> ServeConfig {
     c
 }
 
-/// A loader of the real models (ONNX Runtime) whose every inference first
+/// A loader of the real models (the server's runtimes) whose every inference first
 /// sleeps `latency`: requests overlap for certain, whatever the machine's
 /// speed. Warm-up pays the latency too (warmup_runs x sessions per model).
 pub fn slowed(latency: Duration) -> MakeLoader {
     Box::new(move |opts| {
-        Box::new(SlowLoader {
-            inner: Box::new(OrtLoader(opts)),
+        Ok(Box::new(SlowLoader {
+            inner: Box::new(inferd::server::runtimes(opts)?),
             latency,
-        })
+        }))
     })
 }
 
@@ -134,8 +133,10 @@ impl TestServer {
         }
     }
 
+    /// Waits for `/readyz`. 30 s: a slowed server warms up every session of
+    /// every version at its latency, about 11 s at 400 ms on 2 cores.
     pub async fn wait_ready(&self) {
-        for _ in 0..600 {
+        for _ in 0..1500 {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
                 if r.status() == 200 {
                     return;
@@ -147,7 +148,7 @@ impl TestServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        panic!("server not ready after 12 s");
+        panic!("server not ready after 30 s");
     }
 
     pub fn url(&self, path: &str) -> String {

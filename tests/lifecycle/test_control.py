@@ -42,7 +42,7 @@ def corrupt_onnx(version_dir, fix_sha: bool):
     if fix_sha:
         toml = version_dir / "model.toml"
         digest = hashlib.sha256(bytes(data)).hexdigest()
-        toml.write_text(re.sub(r'(?m)^onnx_sha256 = ".*"$', f'onnx_sha256 = "{digest}"',
+        toml.write_text(re.sub(r'(?m)^graph_sha256 = ".*"$', f'graph_sha256 = "{digest}"',
                                toml.read_text()))
 
 

@@ -5,15 +5,21 @@
 //!
 //! `Backend::infer` blocks: callers run it on a slot thread (`core::slots`),
 //! never on the async reactor. A `Loader` builds a backend for a model version's graph file;
-//! the repository takes one, so it never names a runtime itself.
+//! the repository takes one, so it never names a runtime itself. `Runtimes` is
+//! the loader a server uses: one loader per graph format this build can run,
+//! and a clear refusal (`LoadFailure::Unsupported`) for the others.
 
 pub mod onnx;
 pub mod testing;
+#[cfg(feature = "torch")]
+pub mod torch;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Device;
+use crate::core::manifest::{Format, TensorSpec};
 
 /// A batch in the layout the graph takes.
 #[derive(Debug, Clone)]
@@ -182,9 +188,74 @@ pub struct BackendOptions {
     pub pool_size: usize,
 }
 
-/// Builds the backend for one model version from its graph file; `output` is
-/// the graph output whose rows the task reads. The error is a message for the
-/// start-up log; the repository adds the file it was loading.
+/// What a loader gets: the graph file and what the manifest says about it.
+/// ONNX Runtime reads names, dtypes and shapes from the graph itself;
+/// TorchScript does not declare them, so libtorch's loader probes the module
+/// with the declared inputs instead.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphSpec<'a> {
+    pub format: Format,
+    pub path: &'a Path,
+    pub inputs: &'a [TensorSpec],
+    pub outputs: &'a [TensorSpec],
+    /// The output whose rows the task reads.
+    pub output: &'a str,
+}
+
+/// Why a loader built no backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadFailure {
+    /// This build cannot run the format at all: the version is reported
+    /// unavailable and the rest of the repository serves.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The runtime refused the file (corrupt, wrong format, failing probe).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Builds the backend for one model version from its graph file. The
+/// repository adds the file it was loading to the message.
 pub trait Loader: Send + Sync {
-    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String>;
+    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure>;
+}
+
+/// The loaders a server has, by graph format.
+#[derive(Default)]
+pub struct Runtimes {
+    by_format: HashMap<Format, Box<dyn Loader>>,
+}
+
+impl Runtimes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, format: Format, loader: impl Loader + 'static) -> Self {
+        self.by_format.insert(format, Box::new(loader));
+        self
+    }
+
+    /// The formats this server can run, for the start-up log.
+    pub fn formats(&self) -> Vec<&'static str> {
+        let mut f: Vec<_> = self.by_format.keys().map(|f| f.name()).collect();
+        f.sort_unstable();
+        f
+    }
+}
+
+impl Loader for Runtimes {
+    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
+        match self.by_format.get(&graph.format) {
+            Some(loader) => loader.load(graph),
+            None => Err(LoadFailure::Unsupported(match graph.format {
+                Format::Torchscript => {
+                    "TorchScript graphs need libtorch: this server was built without the \
+                     `torch` feature (cargo build --features torch)"
+                        .into()
+                }
+                Format::Onnx => "this server has no ONNX Runtime loader".into(),
+            })),
+        }
+    }
 }

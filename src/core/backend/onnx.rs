@@ -14,7 +14,8 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 
 use super::{
-    Backend, BackendError, BackendOptions, DType, InputBatch, Loader, OutputBatch, TensorInfo,
+    Backend, BackendError, BackendOptions, DType, GraphSpec, InputBatch, LoadFailure, Loader,
+    OutputBatch, TensorInfo,
 };
 use crate::config::Device;
 
@@ -220,7 +221,9 @@ impl Backend for OrtBackend {
 pub struct OrtLoader(pub BackendOptions);
 
 impl Loader for OrtLoader {
-    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(OrtBackend::load(graph, &self.0, output)?))
+    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
+        let backend = OrtBackend::load(graph.path, &self.0, graph.output)
+            .map_err(|m| LoadFailure::Failed(format!("corrupt or not ONNX? {m}")))?;
+        Ok(Arc::new(backend))
     }
 }

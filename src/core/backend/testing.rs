@@ -8,12 +8,14 @@
 //! on it can only hope that requests overlapped; with the gate they do, for
 //! certain.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{Backend, BackendError, DType, InputBatch, Loader, OutputBatch, TensorInfo};
+use super::{
+    Backend, BackendError, DType, GraphSpec, InputBatch, LoadFailure, Loader, OutputBatch,
+    TensorInfo,
+};
 use crate::core::manifest::Manifest;
 use crate::core::repository::Model;
 use crate::core::task::Task;
@@ -197,9 +199,9 @@ pub struct SlowLoader {
 }
 
 impl Loader for SlowLoader {
-    fn load(&self, graph: &Path, output: &str) -> Result<Arc<dyn Backend>, String> {
+    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
         Ok(Arc::new(Slowed {
-            inner: self.inner.load(graph, output)?,
+            inner: self.inner.load(graph)?,
             latency: self.latency,
         }))
     }
@@ -209,7 +211,7 @@ impl Loader for SlowLoader {
 pub struct FixedLoader(pub Arc<TestBackend>);
 
 impl Loader for FixedLoader {
-    fn load(&self, _graph: &Path, _output: &str) -> Result<Arc<dyn Backend>, String> {
+    fn load(&self, _graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
         Ok(self.0.clone())
     }
 }
@@ -222,7 +224,7 @@ pub fn forecaster_manifest(name: &str, window: usize, max_batch_size: usize) -> 
 name = "{name}"
 version = "1"
 task = "time-series-forecast"
-onnx_sha256 = "none"
+graph_sha256 = "none"
 inputs = [{{ name = "window", dtype = "float32", shape = [-1, {window}, 1] }}]
 outputs = [{{ name = "forecast", dtype = "float32", shape = [-1, 1] }}]
 [timeseries]

@@ -133,6 +133,9 @@ pub fn read_policy(model_dir: &Path) -> Result<Option<Policy>, String> {
 /// The step a version failed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The version's graph format needs a runtime this build does not have
+    /// (`format = "torchscript"` without the `torch` feature).
+    Unsupported,
     /// Reading the manifest, the sha256 pin, loading the graph, comparing
     /// the manifest with the graph.
     Verify,
@@ -144,6 +147,7 @@ pub enum Stage {
 impl Stage {
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Unsupported => "unsupported",
             Stage::Verify => "verify",
             Stage::Warmup => "warmup",
             Stage::Golden => "golden",
@@ -181,8 +185,14 @@ pub fn prepare(
     warmup_runs: usize,
     background: bool,
 ) -> Result<(Model, Option<GateReport>), Failure> {
-    let model =
-        load_version(dir, loader).map_err(|e| Failure::at(Stage::Verify, &e.path, &e.message))?;
+    let model = load_version(dir, loader).map_err(|e| {
+        let stage = if e.unsupported {
+            Stage::Unsupported
+        } else {
+            Stage::Verify
+        };
+        Failure::at(stage, &e.path, &e.message)
+    })?;
     if background {
         lower_thread_priority();
     }

@@ -170,10 +170,17 @@ impl ModelControl {
     }
 
     /// Loads every model's selected versions for start-up. Blocking, and
-    /// strict: any version that fails stops start-up, naming the file.
+    /// strict: any version that fails stops start-up, naming the file. The
+    /// one exception is a version whose format this build cannot run: it is
+    /// reported unavailable with the reason (index, metrics, log), and a
+    /// model left with nothing to serve is not served.
     pub fn load_initial(&self) -> Result<(Repository, HashMap<String, Routing>), LoadError> {
         let root = &self.settings.root;
-        let at = |path: PathBuf, message: String| LoadError { path, message };
+        let at = |path: PathBuf, message: String| LoadError {
+            path,
+            message,
+            unsupported: false,
+        };
         let names =
             disk::model_names(root).map_err(|e| at(root.clone(), format!("cannot read: {e}")))?;
         let mut models = BTreeMap::new();
@@ -196,18 +203,35 @@ impl ModelControl {
                 .unwrap_or_default();
             let wanted = policy.select(&on_disk.keys().copied().collect());
             let mut versions = BTreeMap::new();
+            let mut unsupported = false;
             for v in wanted {
                 let dir = &on_disk[&v];
-                let (model, report) = disk::prepare(
+                let prepared = disk::prepare(
                     &dir.path,
                     self.loader.as_ref(),
                     self.settings.warmup_runs,
                     false,
-                )
-                .map_err(|f| at(f.path, format!("{} failed: {}", f.stage.name(), f.message)))?;
+                );
+                let (model, report) = match prepared {
+                    Ok(ok) => ok,
+                    Err(f) if f.stage == disk::Stage::Unsupported => {
+                        self.refused(&name, v, &f, dir.fingerprint.clone(), false);
+                        unsupported = true;
+                        continue;
+                    }
+                    Err(f) => {
+                        return Err(at(
+                            f.path,
+                            format!("{} failed: {}", f.stage.name(), f.message),
+                        ))
+                    }
+                };
                 log_ready(&model, report.as_ref());
                 self.set_status(&name, v, State::Ready, "", Some(dir.fingerprint.clone()));
                 versions.insert(v, Arc::new(model));
+            }
+            if versions.is_empty() && unsupported {
+                continue;
             }
             if versions.is_empty() {
                 return Err(at(

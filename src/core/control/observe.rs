@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::disk::{self, Failure, Fingerprint};
+use super::disk::{self, Failure, Fingerprint, Stage};
 use super::{blocking, lock, IndexEntry, ModelControl, State, Status, Trigger};
 use crate::core::error::CoreError;
 use crate::core::lifecycle::Phase;
@@ -114,12 +114,18 @@ impl ModelControl {
         still_serving: bool,
     ) {
         let vs = v.to_string();
-        self.count_load(name, v, "failed");
         self.metrics
             .model_gate_failures
             .with_label_values(&[name, &vs, f.stage.name()])
             .inc();
-        tracing::error!(model = name, version = v, stage = f.stage.name(), reason = %f.message, "model version refused");
+        if f.stage == Stage::Unsupported {
+            // Expected in a build without that runtime: not an error.
+            self.count_load(name, v, "unsupported");
+            tracing::warn!(model = name, version = v, reason = %f.message, "model version unavailable in this build");
+        } else {
+            self.count_load(name, v, "failed");
+            tracing::error!(model = name, version = v, stage = f.stage.name(), reason = %f.message, "model version refused");
+        }
         let (state, reason) = if still_serving {
             (
                 State::Ready,
@@ -177,7 +183,7 @@ impl ModelControl {
             m.manifest.name.as_str(),
             m.manifest.version.as_str(),
             m.task.name(),
-            m.manifest.onnx_sha256.as_str(),
+            m.manifest.graph_sha256.as_str(),
         ];
         if on {
             self.metrics.model_info.with_label_values(&labels).set(1);

@@ -39,7 +39,7 @@ fn write_version(root: &Path, name: &str, version: u64, expect: impl Fn(f64, f64
     .unwrap();
     let mut m = forecaster_manifest(name, WINDOW, 8);
     m.version = version.to_string();
-    m.onnx_sha256 = hex::encode(Sha256::digest(graph.as_bytes()));
+    m.graph_sha256 = hex::encode(Sha256::digest(graph.as_bytes()));
     // The manifest last, as operators are told to.
     fs::write(dir.join(disk::MANIFEST), toml::to_string(&m).unwrap()).unwrap();
 }
