@@ -11,11 +11,15 @@
 //! declared shape fails the probe, naming libtorch's message.
 //!
 //! As for ONNX Runtime, a model owns one module per inference slot, so slots
-//! never contend for one interpreter's state. libtorch's intra-op thread count
-//! is process-wide (`at::set_num_threads`, which each thread picks up on its
-//! first parallel region); it is set once, from the same option as ONNX
-//! Runtime's. Gradients are off for every call (`no_grad_guard`, thread-local).
+//! never contend for one interpreter's state. libtorch's intra-op threads come
+//! from the same option as ONNX Runtime's, and are set on each thread that
+//! runs a module, before its first call: OpenMP keeps the count per calling
+//! thread, and a slot thread left at the default (every core) starts an OpenMP
+//! team of its own whose wake-ups cost more than a small LSTM's whole forward
+//! pass (seen under `perf`: a request at one connection took 0.67 ms instead
+//! of 0.2). Gradients are off for every call (`no_grad_guard`, thread-local).
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -55,6 +59,22 @@ pub struct TorchBackend {
     outputs: Vec<TensorInfo>,
     /// Which of `forward`'s results `infer` returns.
     output_index: usize,
+    intra_threads: i32,
+}
+
+thread_local! {
+    /// The intra-op thread count this thread last gave libtorch (0: never).
+    static THREADS_SET: Cell<i32> = const { Cell::new(0) };
+}
+
+/// Sets libtorch's intra-op threads for the calling thread, once per count.
+fn set_thread_count(n: i32) {
+    THREADS_SET.with(|set| {
+        if set.get() != n {
+            tch::set_num_threads(n);
+            set.set(n);
+        }
+    });
 }
 
 impl TorchBackend {
@@ -71,6 +91,7 @@ impl TorchBackend {
                 .f_set_eval()
                 .map_err(|e| failed("cannot switch the module to eval mode", e))?;
             if i == 0 {
+                set_thread_count(intra_threads(opts));
                 outputs = probe(&module, graph, &inputs, device)?;
             }
             give.send(module)
@@ -88,6 +109,7 @@ impl TorchBackend {
             inputs,
             outputs,
             output_index,
+            intra_threads: intra_threads(opts),
         })
     }
 
@@ -106,6 +128,7 @@ impl TorchBackend {
                 message: "TorchScript versions take float32 windows, not text".into(),
             });
         };
+        set_thread_count(self.intra_threads);
         let _no_grad = tch::no_grad_guard();
         let x = Tensor::f_from_slice(data)
             .and_then(|t| t.f_reshape([*batch as i64, *steps as i64, *features as i64]))
@@ -244,6 +267,10 @@ fn probe(
         .collect())
 }
 
+fn intra_threads(opts: &BackendOptions) -> i32 {
+    i32::try_from(opts.intra_threads.max(1)).unwrap_or(1)
+}
+
 /// libtorch's device for `--device`, or why this build or machine has none.
 pub fn torch_device(device: Device) -> Result<tch::Device, String> {
     match device {
@@ -283,12 +310,10 @@ impl Backend for TorchBackend {
 pub struct TorchLoader(BackendOptions);
 
 impl TorchLoader {
-    /// Sets libtorch's intra-op threads, and checks the device now, so that
-    /// `--device cuda` without a usable GPU stops start-up instead of every
-    /// TorchScript version failing later.
+    /// Checks the device now, so that `--device cuda` without a usable GPU
+    /// stops start-up instead of every TorchScript version failing later.
     pub fn new(opts: BackendOptions) -> Result<Self, String> {
         torch_device(opts.device)?;
-        tch::set_num_threads(i32::try_from(opts.intra_threads.max(1)).unwrap_or(1));
         Ok(TorchLoader(opts))
     }
 }
