@@ -275,13 +275,52 @@ fn intra_threads(opts: &BackendOptions) -> i32 {
 pub fn torch_device(device: Device) -> Result<tch::Device, String> {
     match device {
         Device::Cpu => Ok(tch::Device::Cpu),
-        Device::Cuda if Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        Device::Cuda => Err(format!(
-            "--device cuda: libtorch sees no CUDA device (CUDA build: {}, devices: {})",
-            tch::utils::has_cuda(),
-            Cuda::device_count()
-        )),
+        Device::Cuda => {
+            load_cuda_runtime()?;
+            if Cuda::is_available() {
+                Ok(tch::Device::Cuda(0))
+            } else {
+                Err(format!(
+                    "--device cuda: libtorch's CUDA runtime loaded, but it sees no CUDA device \
+                     ({} found): is a GPU and its driver visible to this process?",
+                    Cuda::device_count()
+                ))
+            }
+        }
     }
+}
+
+/// Loads `libtorch_cuda.so`, whose static initialisers register CUDA with
+/// libtorch. The linker drops it from the binary (`--as-needed`: tch calls
+/// nothing in it directly), which keeps CPU-only runs free of the CUDA
+/// libraries; `--device cuda` loads it here, from the library path.
+fn load_cuda_runtime() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let name = c"libtorch_cuda.so";
+            // SAFETY: dlopen with a valid C string; the handle is kept for
+            // the life of the process (never dlclosed).
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns null or a valid C string.
+                let why = unsafe {
+                    let e = libc::dlerror();
+                    if e.is_null() {
+                        "unknown error".to_string()
+                    } else {
+                        std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                    }
+                };
+                Err(format!(
+                    "--device cuda: cannot load libtorch_cuda.so ({why}): it and its CUDA \
+                     libraries must be on LD_LIBRARY_PATH (the CUDA build of the torch wheel)"
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .clone()
 }
 
 impl Backend for TorchBackend {
