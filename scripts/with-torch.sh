@@ -22,7 +22,7 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements"; then
   "$VENV/bin/pip" install -q -r "$REQ" >&2
   cp "$REQ" "$VENV/.requirements"
 fi
-TORCH_DIR="$("$VENV/bin/python" -c 'import pathlib, torch; print(pathlib.Path(torch.__file__).parent)')"
+TORCH_DIR="$("$VENV/bin/python" -W ignore -c 'import pathlib, torch; print(pathlib.Path(torch.__file__).parent)')"
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

@@ -57,6 +57,9 @@ def test_index_lists_every_version_ready(client):
     idx = index(client)
     for key in [("text-classifier", "1"), ("text-classifier", "2"), ("lstm-forecaster", "1")]:
         assert idx[key]["state"] == "READY" and idx[key]["reason"] == "", idx[key]
+    # The TorchScript twin needs a `--features torch` build; this one says so.
+    twin = idx[("lstm-forecaster-torch", "1")]
+    assert twin["state"] == "UNAVAILABLE" and "--features torch" in twin["reason"], twin
 
 
 def test_repository_calls_need_an_admin_key(client):
