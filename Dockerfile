@@ -22,23 +22,21 @@
 ARG RUST_VERSION=1.95
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-# ---- torch: libtorch's CPU libraries and headers from the PyPI wheel (empty when
-# TORCH_VERSION is unset). The CUDA libraries are left out: tch links
-# libtorch_cuda only where it finds it, and without it the CPU build needs no
-# nvidia-* wheels.
+# ---- torch: libtorch's CPU libraries and headers, unpacked from PyPI's wheels by
+# the script `make test` uses (empty when TORCH_VERSION is unset; it must equal
+# the pin in scripts/torch-requirements.txt). The CUDA half of libtorch is left
+# out, so the image needs none of the nvidia-* CUDA packages.
 FROM python:3.11-slim-bookworm AS torch
 ARG TORCH_VERSION=""
+COPY scripts/with-torch.sh scripts/torch-requirements.txt /tmp/torch/scripts/
 RUN mkdir -p /opt/libtorch/lib \
  && if [ -n "$TORCH_VERSION" ]; then \
-      pip download -q --no-deps --only-binary=:all: "torch==${TORCH_VERSION}" -d /tmp/whl \
-      && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/whl/torch-*.whl')[0]); z.extractall('/tmp/t', [n for n in z.namelist() if n.startswith(('torch/lib/', 'torch/include/'))])" \
-      && mv /tmp/t/torch/include /opt/libtorch/include \
-      && mv /tmp/t/torch/lib/*.so* /opt/libtorch/lib/ \
-      && rm -f /opt/libtorch/lib/libtorch_cuda* /opt/libtorch/lib/libc10_cuda.so \
-               /opt/libtorch/lib/libcaffe2_nvrtc.so /opt/libtorch/lib/libtorch_nvshmem.so \
-               /opt/libtorch/lib/libtorch_python.so \
-      && rm -rf /tmp/whl /tmp/t; \
-    fi
+      grep -qx "torch==${TORCH_VERSION}" /tmp/torch/scripts/torch-requirements.txt \
+        || { echo "TORCH_VERSION=${TORCH_VERSION} is not the pinned torch" >&2; exit 1; }; \
+      rm -rf /opt/libtorch \
+      && INFERD_LIBTORCH_DIR=/opt/libtorch bash /tmp/torch/scripts/with-torch.sh true; \
+    fi \
+ && rm -rf /tmp/torch
 
 # ---- build: the release binary --------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-bookworm AS build

@@ -7,7 +7,7 @@
 #
 #   bench/backends.sh [DURATION]     (default 10s per HTTP run)
 #
-# Needs the torch venv (scripts/with-torch.sh makes it) and ONNX Runtime (make ort).
+# Needs libtorch (scripts/with-torch.sh unpacks it) and ONNX Runtime (make ort).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"

@@ -13,6 +13,14 @@ cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# A CI run builds from a clean clone once: incremental caches and full debug
+# info would only take disk (a CI machine's disk has run out before) and time.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
+fi
+disk() { df -h --output=avail,target "$ROOT" | tail -n 1 | awk '{print "disk free: " $1 " on " $2}'; }
+disk
+
 # venv DIR REQUIREMENTS [pip options]: (re)creates DIR when the requirements file
 # changed since it was built.
 venv() {
@@ -69,7 +77,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (the server and crates/inferd-bench)"
 cargo test --workspace --all-targets
 
-step "libtorch backend (--features torch): PyPI torch 2.13.0 in .venv-torch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
+step "libtorch backend (--features torch): libtorch 2.13.0 unpacked from PyPI wheels into .libtorch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
+disk
 scripts/with-torch.sh cargo clippy --features torch --lib --test torch -- -D warnings
 scripts/with-torch.sh cargo test --features torch --lib --test torch
 
