@@ -148,6 +148,33 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// Most open client connections. Past it the server stops accepting, so new
+    /// connections wait in the kernel's listen backlog until one closes; nothing
+    /// fails. Keep it well under the descriptor limit (the server raises its
+    /// soft limit to the hard one at start-up and lowers this cap, with a
+    /// warning, to leave 256 descriptors for everything else).
+    #[arg(long, env = "INFERD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's whole header, from its first byte;
+    /// past it the connection is closed.
+    #[arg(long, env = "INFERD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a request's body has to arrive, from the end of its header; past it,
+    /// 408 and the connection is closed. The request deadline
+    /// (INFERD_REQUEST_TIMEOUT_MS) also runs from the header's arrival.
+    #[arg(long, env = "INFERD_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// How long a connection may sit with no request in progress (a new
+    /// connection before its first byte, a keep-alive one between requests)
+    /// before it is closed. Longer than nginx's upstream `keepalive_timeout`
+    /// (60 s), so that the proxy, not the worker, closes an idle upstream
+    /// connection and never sends a request into one being closed.
+    #[arg(long, env = "INFERD_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub idle_timeout_ms: u64,
+
     /// Largest request body accepted; past it, 413.
     #[arg(long, env = "INFERD_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -347,6 +374,10 @@ impl ServeConfig {
             .max(1)
     }
 
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -364,6 +395,10 @@ impl ServeConfig {
         let positive = [
             ("max-queue", self.max_queue as u64),
             ("request-timeout-ms", self.request_timeout_ms),
+            ("max-connections", self.max_connections as u64),
+            ("header-read-timeout-ms", self.header_read_timeout_ms),
+            ("body-read-timeout-ms", self.body_read_timeout_ms),
+            ("idle-timeout-ms", self.idle_timeout_ms),
             ("max-body-bytes", self.max_body_bytes as u64),
             ("max-instances", self.max_instances as u64),
             ("intra-op-threads", self.intra_op_threads as u64),

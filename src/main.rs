@@ -53,6 +53,16 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     };
     inferd::telemetry::init(config.log_format);
     tracing::info!(config = %config.redacted(), "starting inferd {}", env!("CARGO_PKG_VERSION"));
+    match inferd::listen::raise_fd_limit() {
+        Ok((before, after, hard)) => tracing::info!(
+            soft_before = before,
+            soft = after,
+            hard,
+            max_connections = config.max_connections,
+            "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

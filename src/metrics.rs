@@ -1,4 +1,5 @@
-//! Prometheus metrics, all named `inferd_*` in base units (seconds, bytes).
+//! Prometheus metrics, all named `inferd_*` in base units (seconds, bytes), plus
+//! the process collector's `process_*` (resident memory, descriptors, CPU).
 //!
 //! One `Metrics` value per server holds its own registry, so several servers in
 //! one process (the integration tests) do not share counters.
@@ -31,6 +32,7 @@ pub struct Metrics {
     pub model_instances: IntCounterVec,
     pub batch_size: HistogramVec,
     pub batches: IntCounterVec,
+    pub batches_cancelled: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounterVec,
     pub cache_coalesced: IntCounter,
@@ -49,6 +51,11 @@ pub struct Metrics {
     pub model_gate_failures: IntCounterVec,
     pub model_swap_duration: HistogramVec,
     pub model_unloads: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_max: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub accept_errors: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -139,6 +146,14 @@ impl Metrics {
                 Opts::new(
                     "inferd_batches_total",
                     "Backend calls (batches); its rate is batches per second",
+                ),
+                &["model", "version"],
+            )
+            .expect("valid"),
+            batches_cancelled: IntCounterVec::new(
+                Opts::new(
+                    "inferd_batches_cancelled_total",
+                    "Backend calls stopped because every request in the batch had passed its deadline or gone",
                 ),
                 &["model", "version"],
             )
@@ -261,6 +276,34 @@ impl Metrics {
             )
             .expect("valid"),
             registry,
+            connections_open: IntGauge::new(
+                "inferd_connections_open",
+                "Client connections open now",
+            )
+            .expect("valid"),
+            connections_max: IntGauge::new(
+                "inferd_connections_max",
+                "The cap on open client connections (INFERD_MAX_CONNECTIONS, after fitting the descriptor limit)",
+            )
+            .expect("valid"),
+            connections_accepted: IntCounter::new(
+                "inferd_connections_accepted_total",
+                "Client connections accepted",
+            )
+            .expect("valid"),
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "inferd_connections_closed_total",
+                    "Client connections closed, by reason: client, error, idle_timeout, header_timeout, body_timeout, shutdown",
+                ),
+                &["reason"],
+            )
+            .expect("valid"),
+            accept_errors: IntCounter::new(
+                "inferd_accept_errors_total",
+                "Failed accept calls (out of descriptors, for one)",
+            )
+            .expect("valid"),
         };
         let r = &m.registry;
         for c in [
@@ -278,6 +321,7 @@ impl Metrics {
             Box::new(m.model_instances.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.batches.clone()),
+            Box::new(m.batches_cancelled.clone()),
             Box::new(m.cache_requests.clone()),
             Box::new(m.cache_errors.clone()),
             Box::new(m.cache_coalesced.clone()),
@@ -296,6 +340,15 @@ impl Metrics {
             Box::new(m.model_gate_failures.clone()),
             Box::new(m.model_swap_duration.clone()),
             Box::new(m.model_unloads.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_max.clone()),
+            Box::new(m.connections_accepted.clone()),
+            Box::new(m.connections_closed.clone()),
+            Box::new(m.accept_errors.clone()),
+            // process_resident_memory_bytes, process_open_fds, process_max_fds,
+            // process_cpu_seconds_total...: memory growth and descriptor leaks
+            // show on the dashboard and in alerts.
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             r.register(c).expect("metric names are unique");
         }

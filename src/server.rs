@@ -11,11 +11,10 @@
 //! and returns.
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -218,22 +217,26 @@ pub async fn run_with_loader(
             state.lifecycle.drain();
             tracing::info!("shutdown requested: draining in-flight requests");
             draining.cancel();
-            // Returning starts axum's graceful shutdown, which closes the listener.
+            // Returning starts the accept loop's graceful shutdown, which closes
+            // the listener.
             tokio::time::sleep(delay).await;
         }
     };
-    let mut server = tokio::spawn(
-        // Responses are small: send them at once rather than letting Nagle's
-        // algorithm hold them for the client's (delayed) ACK.
-        axum::serve(
-            listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future(),
-    );
+    let limits = crate::listen::ConnLimits {
+        max_connections: crate::listen::effective_cap(
+            config.max_connections,
+            crate::listen::fd_limit(),
+        ),
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let mut server = tokio::spawn(crate::listen::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.clone(),
+        signal,
+    ));
 
     let loader = {
         let (cfg, st) = (config.clone(), state.clone());

@@ -26,6 +26,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body exceeds the limit of {0} bytes (INFERD_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0} ms (INFERD_BODY_READ_TIMEOUT_MS)")]
+    BodyTimeout(u64),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed for this route")]
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -126,6 +130,11 @@ impl ApiError {
         match self {
             ApiError::Core(e) if e.retryable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The rest of the body may still come: the connection cannot carry
+            // another request.
+            ApiError::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(

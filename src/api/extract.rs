@@ -1,11 +1,15 @@
-//! `JsonBody<T>`: a JSON extractor whose every failure is an `ApiError`.
+//! Request bodies: `JsonBody<T>`, a JSON extractor whose every failure is an
+//! `ApiError`, and `RawBody` for the KServe v2 binary extension; both read the
+//! body through `read_body`, which bounds it in size (413) and in time (408).
 //!
 //! axum's own `Json` answers some failures in plain text; ours checks the content
-//! type (415), the size limit (413), syntax (400, trailing characters after the
-//! document included) and the shape of the document (422, naming the offending
-//! field through `serde_path_to_error`).
+//! type (415), the size limit (413), the body's deadline (408), syntax (400,
+//! trailing characters after the document included) and the shape of the
+//! document (422, naming the offending field through `serde_path_to_error`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -18,6 +22,68 @@ use super::state::AppState;
 use crate::core::CoreError;
 
 pub struct JsonBody<T>(pub T);
+
+/// When the request's header arrived, set by the accept loop (`listen`) on
+/// every request: the body's deadline and the request's deadline run from
+/// here, so a client that sends its body slowly spends its own time.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: Instant,
+    /// Set when the body missed its deadline: the connection is closed after
+    /// the 408, and counted as closed for that reason.
+    pub body_timed_out: Arc<AtomicBool>,
+}
+
+impl Arrival {
+    /// The arrival of a request, or now for one that came without (a router
+    /// called directly, as in some tests).
+    pub fn of(extensions: &axum::http::Extensions) -> Instant {
+        extensions
+            .get::<Arrival>()
+            .map(|a| a.at)
+            .unwrap_or_else(Instant::now)
+    }
+}
+
+/// The body, within `--max-body-bytes` and `--body-read-timeout-ms`.
+pub async fn read_body(req: Request, state: &Arc<AppState>) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let timeout = state.config.body_read_timeout();
+    let arrival = req.extensions().get::<Arrival>().cloned();
+    let read = Bytes::from_request(req, state);
+    let res = match arrival {
+        Some(a) => {
+            let deadline = tokio::time::Instant::from_std(a.at + timeout);
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    a.body_timed_out.store(true, Ordering::Release);
+                    return Err(ApiError::BodyTimeout(timeout.as_millis() as u64));
+                }
+            }
+        }
+        None => read.await,
+    };
+    res.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::MalformedJson(r.body_text())
+        }
+    })
+}
+
+/// The raw body for handlers that parse it themselves; its failure is kept
+/// for the handler to answer in its protocol.
+pub struct RawBody(pub Result<Bytes, ApiError>);
+
+impl FromRequest<Arc<AppState>> for RawBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        Ok(RawBody(read_body(req, state).await))
+    }
+}
 
 fn is_json(content_type: &str) -> bool {
     let mime = content_type
@@ -45,14 +111,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 format!("Content-Type `{ct}` is not supported; send `application/json`")
             }));
         }
-        let limit = state.config.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::MalformedJson(r.body_text())
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse(&bytes).map(JsonBody)
     }
 }

@@ -28,9 +28,11 @@ use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::HeaderName;
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -69,9 +71,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(middleware::from_fn(response_time))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// tower-http logs every 5xx at ERROR by default. A 503 is an expected state
+/// (starting, draining: the proxy retries elsewhere) and goes to DEBUG; other
+/// server errors are WARN, at most one line per interval with the count of
+/// those held back, since under overload they come by the thousand.
+fn log_failure(
+    failure: ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use std::sync::LazyLock;
+
+    use crate::ratelimit::{every, Every};
+    static FAILED: LazyLock<Every> = every();
+    match failure {
+        ServerErrorsFailureClass::StatusCode(s) if s == StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::debug!(status = 503, "service unavailable (starting or draining)");
+        }
+        other => {
+            if let Some(suppressed) = FAILED.tick() {
+                tracing::warn!(
+                    classification = %other,
+                    latency_ms = latency.as_millis() as u64,
+                    suppressed,
+                    "response failed"
+                );
+            }
+        }
+    }
 }
 
 /// `x-response-time` (milliseconds in the server) on every response.

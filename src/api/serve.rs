@@ -6,7 +6,9 @@
 //! whatever the outcome.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use crate::ratelimit::{every, Every};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -31,6 +33,8 @@ use crate::predlog::Record;
 pub struct Caller {
     pub request_id: String,
     pub client: Option<String>,
+    /// When the request's header arrived: its deadline runs from here.
+    pub arrived: Instant,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -41,7 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        Ok(Caller::from_parts(&parts.headers, peer))
+        let mut caller = Caller::from_parts(&parts.headers, peer);
+        caller.arrived = super::extract::Arrival::of(&parts.extensions);
+        Ok(caller)
     }
 }
 
@@ -55,6 +61,7 @@ impl Caller {
         Caller {
             request_id: h("x-request-id").unwrap_or_default().to_string(),
             client: forwarded.or_else(|| peer.map(|p| p.to_string())),
+            arrived: Instant::now(),
         }
     }
 }
@@ -81,7 +88,7 @@ pub async fn serve_prediction<T>(
     prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
     answer: impl Answer<T>,
 ) -> Response {
-    let start = Instant::now();
+    let start = caller.arrived;
     let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
     let mut ctx = RequestCtx::default();
     let result = run(&st, prepare, &caller.request_id, start, &mut ctx).await;
@@ -99,7 +106,11 @@ pub async fn serve_prediction<T>(
                 st.metrics.rejections.with_label_values(&[reason]).inc();
             }
             if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
-                tracing::warn!(error = %e, model = %model_label, "prediction failed");
+                // Under overload every request past its deadline fails alike.
+                static FAILED: LazyLock<Every> = every();
+                if let Some(suppressed) = FAILED.tick() {
+                    tracing::warn!(error = %e, model = %model_label, suppressed, "prediction failed");
+                }
             }
             // A request refused at the door (draining, not ready) was never
             // accepted: the proxy retries it elsewhere, and logging it would give

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::admission::QueueTicket;
 use super::backend::{InputBatch, OutputBatch};
+use super::cancel::{RunControl, Watched};
 use super::error::CoreError;
 use super::repository::Model;
 use super::slots::{Slots, Work};
@@ -66,6 +67,7 @@ impl Batcher {
             instances: metrics.model_instances.with_label_values(&labels),
             batch_size: metrics.batch_size.with_label_values(&labels),
             batches: metrics.batches.with_label_values(&labels),
+            cancelled: metrics.batches_cancelled.with_label_values(&labels),
             client_gone: metrics.rejections.with_label_values(&["client_gone"]),
         };
         let queue = Arc::new(ModelQueue {
@@ -121,6 +123,7 @@ struct Handles {
     instances: IntCounter,
     batch_size: Histogram,
     batches: IntCounter,
+    cancelled: IntCounter,
     client_gone: IntCounter,
 }
 
@@ -238,15 +241,22 @@ impl ModelQueue {
         }
         let merged = merge(jobs.iter().map(|j| &j.input));
         let metrics = &self.metrics;
+        let running = Arc::new(Running {
+            jobs: Mutex::new(jobs),
+            control: RunControl::new(),
+        });
         metrics.in_flight.inc();
         let t = std::time::Instant::now();
-        let out = self.model.backend.infer(&merged);
+        let watching = self.slots.watcher().watch(running.clone());
+        let out = self.model.backend.infer_with(&merged, &running.control);
+        drop(watching);
         let took = t.elapsed();
         metrics.in_flight.dec();
         h.inference.observe(took.as_secs_f64());
         h.instances.inc_by(merged.len() as u64);
         h.batch_size.observe(merged.len() as f64);
         h.batches.inc();
+        let jobs = std::mem::take(&mut *running.lock());
         match out {
             Ok(out) => {
                 let mut row = 0;
@@ -261,6 +271,19 @@ impl ModelQueue {
                     let _ = j.reply.send(Ok((part, started - j.enqueued, took)));
                 }
             }
+            // Stopped because nobody waits: each job's request was answered
+            // (504) or its client left; say which, as `live` does.
+            Err(_) if running.control.is_cancelled() => {
+                h.cancelled.inc();
+                for j in jobs {
+                    if let Some(j) = self.live(j) {
+                        // Came back between the check and now: a real answer.
+                        let _ = j
+                            .reply
+                            .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
+                    }
+                }
+            }
             Err(e) => {
                 let e = CoreError::Backend(e);
                 for j in jobs {
@@ -268,6 +291,32 @@ impl ModelQueue {
                 }
             }
         }
+    }
+}
+
+/// A batch while its backend call runs, shared with the watcher that stops
+/// it once every job is abandoned (`cancel`).
+struct Running {
+    jobs: Mutex<Vec<Job>>,
+    control: RunControl,
+}
+
+impl Running {
+    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Watched for Running {
+    fn control(&self) -> &RunControl {
+        &self.control
+    }
+
+    fn abandoned(&self) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .all(|j| now >= j.deadline || j.reply.is_closed())
     }
 }
 

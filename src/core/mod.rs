@@ -13,7 +13,8 @@
 //! - `task`: instances to tensors and output rows to predictions, per task.
 //! - `admission`, `slots`: the inference slots (threads of their own) and the
 //!   bounded wait queue.
-//! - `batcher`: merging concurrent requests into one backend call.
+//! - `batcher`: merging concurrent requests into one backend call; `cancel`:
+//!   stopping a call whose requests were all abandoned.
 //! - `coalesce`: single-flight for identical uncached instances.
 //! - `cache`: per-instance results, in process or in Redis.
 //! - `pipeline`: the path every prediction takes through the parts above.
@@ -27,6 +28,7 @@ pub mod admission;
 pub mod backend;
 pub mod batcher;
 pub mod cache;
+pub mod cancel;
 pub mod coalesce;
 pub mod control;
 pub mod deployment;

@@ -29,6 +29,8 @@ pub trait Work: Send + Sync + 'static {
 pub struct Slots {
     shared: Arc<Shared>,
     count: usize,
+    /// Stops batches whose requests were all abandoned (`cancel`).
+    watcher: super::cancel::Watcher,
 }
 
 struct Shared {
@@ -67,7 +69,15 @@ impl Slots {
                 tracing::error!(error = %e, slot = i, "could not start an inference thread");
             }
         }
-        Arc::new(Slots { shared, count })
+        Arc::new(Slots {
+            shared,
+            count,
+            watcher: super::cancel::Watcher::new(),
+        })
+    }
+
+    pub fn watcher(&self) -> &super::cancel::Watcher {
+        &self.watcher
     }
 
     /// How many batches can run at once.

@@ -6,7 +6,9 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use crate::ratelimit::{every, Every};
 
 use super::record::append_jsonl;
 use super::record::{record_written, Record};
@@ -77,10 +79,14 @@ pub(super) async fn write_shared(
                 .predlog_dropped
                 .with_label_values(&["jsonl_write"])
                 .inc_by(batch.len() as u64);
-            tracing::error!(
-                "prediction log file write failed, {} records dropped: {e:#}",
-                batch.len()
-            );
+            static FAILED: LazyLock<Every> = every();
+            if let Some(suppressed) = FAILED.tick() {
+                tracing::error!(
+                    suppressed,
+                    "prediction log file write failed, {} records dropped: {e:#}",
+                    batch.len()
+                );
+            }
             (Vec::new(), Ok(()))
         }
         Err(e) => (

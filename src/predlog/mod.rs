@@ -24,7 +24,9 @@ mod writer;
 pub use record::Record;
 pub use writer::{SinkConfig, WriterConfig};
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use crate::ratelimit::{every, Every};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -76,7 +78,14 @@ impl PredLog {
                     .predlog_dropped
                     .with_label_values(&["channel_full"])
                     .inc();
-                tracing::warn!("prediction log channel full: record dropped");
+                static FULL: LazyLock<Every> = every();
+                if let Some(suppressed) = FULL.tick() {
+                    tracing::warn!(
+                        suppressed,
+                        "prediction log channel full: record dropped \
+                         (inferd_predlog_dropped_total{{reason=\"channel_full\"}} counts them all)"
+                    );
+                }
             }
         }
     }

@@ -12,7 +12,9 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use crate::ratelimit::{every, Every};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -304,17 +306,31 @@ impl Writer {
         match r {
             Ok(()) => {
                 self.metrics.predlog_spilled.inc_by(n as u64);
-                tracing::warn!(records = n, path = %path.display(), "prediction log spilled to disk");
+                // Once per batch while the database is down: thousands a second.
+                static SPILLED: LazyLock<Every> = every();
+                if let Some(suppressed) = SPILLED.tick() {
+                    tracing::warn!(
+                        records = n,
+                        suppressed,
+                        total = self.metrics.predlog_spilled.get(),
+                        path = %path.display(),
+                        "prediction log spilled to disk"
+                    );
+                }
             }
             Err(e) => {
                 self.metrics
                     .predlog_dropped
                     .with_label_values(&["spill_failed"])
                     .inc_by(n as u64);
-                tracing::error!(
-                    records = n,
-                    "prediction log spill failed, records dropped: {e}"
-                );
+                static FAILED: LazyLock<Every> = every();
+                if let Some(suppressed) = FAILED.tick() {
+                    tracing::error!(
+                        records = n,
+                        suppressed,
+                        "prediction log spill failed, records dropped: {e}"
+                    );
+                }
             }
         }
     }

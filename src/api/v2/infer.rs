@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
@@ -20,7 +19,7 @@ use super::wire::{
     TensorData,
 };
 use crate::api::error::ApiError;
-use crate::api::extract::parse;
+use crate::api::extract::{parse, RawBody};
 use crate::api::serve::{serve_prediction, Answer, Caller, Prepared};
 use crate::api::state::AppState;
 use crate::core::deployment::Deployment;
@@ -375,16 +374,10 @@ fn prepare(
     name: String,
     version: Option<String>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    (max_body, max_instances): (usize, usize),
+    body: Result<Bytes, ApiError>,
+    max_instances: usize,
 ) -> Prepared<Plan> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(max_body)
-        } else {
-            ApiError::MalformedJson(r.body_text())
-        }
-    })?;
+    let body = body?;
     let (json, tail) = codec::split_body(headers.get(&HEADER_LENGTH).map(|v| v.as_bytes()), body)
         .map_err(|m| ApiError::invalid(codec::HEADER_LENGTH_NAME, m))?;
     let req: InferRequest = parse(&json)?;
@@ -414,7 +407,7 @@ pub async fn infer(
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Response {
     run_infer(st, caller, name, None, headers, body).await
 }
@@ -439,7 +432,7 @@ pub async fn infer_version(
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Response {
     run_infer(st, caller, name, Some(version), headers, body).await
 }
@@ -450,13 +443,13 @@ async fn run_infer(
     name: String,
     version: Option<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ApiError>,
 ) -> Response {
-    let (max_body, max_n) = (st.config.max_body_bytes, st.config.max_instances);
+    let max_n = st.config.max_instances;
     serve_prediction(
         st,
         caller,
-        |d, id| prepare(d, id, name, version, &headers, body, (max_body, max_n)),
+        |d, id| prepare(d, id, name, version, &headers, body, max_n),
         V2Answer,
     )
     .await

@@ -173,6 +173,18 @@ pub struct TensorInfo {
 pub trait Backend: Send + Sync + 'static {
     /// Runs one batch. Blocking; never call it on an async worker thread.
     fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError>;
+    /// `infer`, stoppable through `control` from another thread where the
+    /// runtime allows it (ONNX Runtime does, between graph nodes). A stopped
+    /// run returns an error. The default cannot be stopped: libtorch has no
+    /// way to interrupt a module's forward call.
+    fn infer_with(
+        &self,
+        input: &InputBatch,
+        control: &super::cancel::RunControl,
+    ) -> Result<OutputBatch, BackendError> {
+        let _ = control;
+        self.infer(input)
+    }
     fn inputs(&self) -> &[TensorInfo];
     fn outputs(&self) -> &[TensorInfo];
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 
 use super::{
@@ -18,6 +18,7 @@ use super::{
     OutputBatch, TensorInfo,
 };
 use crate::config::Device;
+use crate::core::cancel::RunControl;
 
 static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
@@ -104,10 +105,17 @@ fn build_session(
     builder.commit_from_file(path)
 }
 
+/// A session and the run options its runs go with: their terminate switch is
+/// how a run is stopped from another thread (`cancel`).
+struct Pooled {
+    session: Session,
+    run: Arc<RunOptions>,
+}
+
 /// An ONNX Runtime model with one session per inference slot.
 pub struct OrtBackend {
-    take: Receiver<Session>,
-    give: Sender<Session>,
+    take: Receiver<Pooled>,
+    give: Sender<Pooled>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
     /// The output `infer` returns.
@@ -132,7 +140,8 @@ impl OrtBackend {
                 inputs = s.inputs().iter().map(tensor_info).collect();
                 outputs = s.outputs().iter().map(tensor_info).collect();
             }
-            give.send(s)
+            let run = Arc::new(RunOptions::new().map_err(|e| e.to_string())?);
+            give.send(Pooled { session: s, run })
                 .map_err(|_| "session pool closed".to_string())?;
         }
         Ok(OrtBackend {
@@ -144,7 +153,12 @@ impl OrtBackend {
         })
     }
 
-    fn run(&self, session: &mut Session, input: &InputBatch) -> Result<OutputBatch, BackendError> {
+    fn run(
+        &self,
+        session: &mut Session,
+        run: &RunOptions,
+        input: &InputBatch,
+    ) -> Result<OutputBatch, BackendError> {
         let name = self
             .inputs
             .first()
@@ -158,7 +172,9 @@ impl OrtBackend {
             InputBatch::Text(texts) => {
                 let t = Tensor::from_string_array(([texts.len()], texts.as_slice()))
                     .map_err(ort_err)?;
-                session.run(ort::inputs![name => t]).map_err(ort_err)?
+                session
+                    .run_with_options(ort::inputs![name => t], run)
+                    .map_err(ort_err)?
             }
             InputBatch::Windows {
                 data,
@@ -168,7 +184,9 @@ impl OrtBackend {
             } => {
                 let t = TensorRef::from_array_view(([*batch, *steps, *features], data.as_slice()))
                     .map_err(ort_err)?;
-                session.run(ort::inputs![name => t]).map_err(ort_err)?
+                session
+                    .run_with_options(ort::inputs![name => t], run)
+                    .map_err(ort_err)?
             }
         };
         let value = outputs
@@ -197,14 +215,33 @@ impl OrtBackend {
 
 impl Backend for OrtBackend {
     fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError> {
+        self.infer_with(input, &RunControl::new())
+    }
+
+    fn infer_with(
+        &self,
+        input: &InputBatch,
+        control: &RunControl,
+    ) -> Result<OutputBatch, BackendError> {
         // ONNX Runtime's LSTM kernel terminates the process on a batch of 0.
         if input.is_empty() {
             return Err(BackendError::EmptyBatch);
         }
-        let mut session = self.take.recv().map_err(|_| BackendError::PoolClosed)?;
-        let result = self.run(&mut session, input);
+        let mut pooled = self.take.recv().map_err(|_| BackendError::PoolClosed)?;
+        let stop = pooled.run.clone();
+        control.on_cancel(move || {
+            // Checked by the runtime between graph nodes.
+            let _ = stop.terminate();
+        });
+        let result = self.run(&mut pooled.session, &pooled.run, input);
+        control.finished();
+        if control.is_cancelled() {
+            // The switch stays set until unset: the session's next run must not
+            // inherit it.
+            let _ = pooled.run.unterminate();
+        }
         // The pool has room for every session it handed out, so this cannot block.
-        let _ = self.give.send(session);
+        let _ = self.give.send(pooled);
         result
     }
 

@@ -1,0 +1,529 @@
+//! The accept loop: owns client connections from `accept` to close, which
+//! `axum::serve` leaves unguarded. A client that connects and sends nothing,
+//! sends half a header, or stops halfway through a body must not keep a
+//! descriptor forever, and enough of them must not exhaust the process's
+//! descriptors (then `accept` fails and nobody gets in). So:
+//!
+//! - a cap on open connections (`--max-connections`): at the cap the loop stops
+//!   accepting and new connections wait in the kernel's listen backlog;
+//! - per connection, one watchdog task with two deadlines, worked out from what
+//!   the connection is doing: *idle* (no request in progress: a new connection
+//!   before its first byte, a keep-alive one between requests) and *header*
+//!   (from a request's first byte until hyper hands over its parsed header).
+//!   The body's deadline is the request's own: `api::extract` reads it within
+//!   `--body-read-timeout-ms` and answers 408. hyper's own header timer cannot
+//!   tell the two apart (it starts when it begins waiting for a header, so it
+//!   would cut idle keep-alive connections at the header's timeout);
+//! - graceful shutdown: on the signal, stop accepting, let each connection
+//!   finish the request it is serving, and return when all have closed.
+//!
+//! Gauges and counters: `inferd_connections_open`, `..._accepted_total`,
+//! `..._closed_total{reason}`, `inferd_accept_errors_total`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::api::extract::Arrival;
+use crate::metrics::Metrics;
+
+/// Descriptors kept back from the connection cap for everything else the
+/// process opens: model files, Redis and PostgreSQL pools, the log files.
+const RESERVED_FDS: u64 = 256;
+
+/// Hands the memory of a burst of connections back: each holds buffers of
+/// its own (about 15 KB measured), which glibc keeps after they close, so a
+/// flood of 20,000 left resident memory 290 MiB up for good. When the open
+/// count falls to a quarter of its high-water mark (of at least 1,024), the
+/// heap is trimmed once, off the runtime.
+#[derive(Default)]
+struct BurstTrim {
+    high: std::sync::atomic::AtomicUsize,
+}
+
+impl BurstTrim {
+    const MIN_BURST: usize = 1_024;
+
+    fn opened(&self, open: usize) {
+        self.high.fetch_max(open, Ordering::AcqRel);
+    }
+
+    fn closed(&self, open: usize) {
+        let high = self.high.load(Ordering::Acquire);
+        if high >= Self::MIN_BURST
+            && open <= high / 4
+            && self
+                .high
+                .compare_exchange(high, open, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            tokio::task::spawn_blocking(crate::core::memory::trim);
+        }
+    }
+}
+
+/// The connection limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a connection ended, as the `reason` label of
+/// `inferd_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// The client closed it, or asked for it to be closed.
+    Client,
+    /// A protocol or I/O error (a reset, a malformed request).
+    Error,
+    IdleTimeout,
+    HeaderTimeout,
+    /// A request's body did not arrive in time (`api::extract` said so).
+    BodyTimeout,
+    /// Closed after its last request by a graceful shutdown.
+    Shutdown,
+}
+
+impl Closed {
+    fn label(self) -> &'static str {
+        match self {
+            Closed::Client => "client",
+            Closed::Error => "error",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::BodyTimeout => "body_timeout",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What one connection is doing, shared by its I/O wrapper (which sees bytes),
+/// its service (which sees requests) and its watchdog. Times are milliseconds
+/// since the connection opened, plus one, so that 0 can mean "not set".
+struct ConnState {
+    /// tokio's clock, so that the watchdog's sleeps and these times agree
+    /// (also under a paused test clock).
+    opened: tokio::time::Instant,
+    /// Requests handed to the router and not yet answered.
+    active: AtomicU32,
+    /// When the last request was answered (or the connection opened).
+    idle_since: AtomicU64,
+    /// When the first byte of a request arrived while idle; 0 when none is
+    /// being read.
+    head_since: AtomicU64,
+    /// Set by `api::extract` when a body missed its deadline.
+    body_timed_out: Arc<AtomicBool>,
+    /// Wakes the watchdog when its deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            opened: tokio::time::Instant::now(),
+            active: AtomicU32::new(0),
+            idle_since: AtomicU64::new(1),
+            head_since: AtomicU64::new(0),
+            body_timed_out: Arc::new(AtomicBool::new(false)),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Bytes arrived: while idle, they start a request's header.
+    fn on_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self
+                .head_since
+                .compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+    }
+
+    fn request_done(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.now(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The next deadline and what passing it means; `None` while a request is
+    /// being served (its own deadlines apply).
+    fn deadline(&self, limits: &ConnLimits) -> Option<(u64, Closed)> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            0 => Some((
+                self.idle_since.load(Ordering::Acquire) + limits.idle_timeout.as_millis() as u64,
+                Closed::IdleTimeout,
+            )),
+            since => Some((
+                since + limits.header_read_timeout.as_millis() as u64,
+                Closed::HeaderTimeout,
+            )),
+        }
+    }
+
+    /// Resolves when the connection has overstayed a deadline.
+    async fn watchdog(&self, limits: ConnLimits) -> Closed {
+        loop {
+            match self.deadline(&limits) {
+                Some((at, why)) if at <= self.now() => return why,
+                Some((at, _)) => {
+                    let wake = self.opened + Duration::from_millis(at.saturating_sub(1));
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake) => {}
+                        _ = self.changed.notified() => {}
+                    }
+                }
+                None => self.changed.notified().await,
+            }
+        }
+    }
+}
+
+/// Marks a request answered when dropped, so a request whose client left
+/// (its future dropped) counts too.
+struct Active(Arc<ConnState>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
+/// The TCP stream, telling the connection's state when bytes arrive.
+struct Tracked {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The soft descriptor limit (`RLIMIT_NOFILE`), or `None` where it cannot be read.
+pub fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// Raises the soft descriptor limit to the hard one: the default soft limit
+/// (often 1,024) is far below what a server holding thousands of keep-alive
+/// connections needs, and only the hard limit is the operator's decision.
+/// Returns (soft before, soft after, hard).
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let after = fd_limit().unwrap_or(before);
+    Ok((before, after, lim.rlim_max))
+}
+
+/// The connection cap that fits the descriptor limit: the configured one, or
+/// less (with a warning) when the limit leaves no room for it.
+pub fn effective_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    match fd_limit {
+        Some(limit) if (configured as u64).saturating_add(RESERVED_FDS) > limit => {
+            let cap = limit.saturating_sub(RESERVED_FDS).max(1) as usize;
+            tracing::warn!(
+                configured,
+                fd_limit = limit,
+                cap,
+                "INFERD_MAX_CONNECTIONS does not fit the descriptor limit; capping connections lower"
+            );
+            cap
+        }
+        _ => configured,
+    }
+}
+
+/// Accepts connections on `listener` and serves `app` on each until `signal`
+/// resolves; then stops accepting, closes each connection after the request it
+/// is serving, and returns when all are closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    metrics: Arc<Metrics>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    metrics.connections_max.set(limits.max_connections as i64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = TaskTracker::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let burst = Arc::new(BurstTrim::default());
+    let accept_errors = crate::ratelimit::Every::new(Duration::from_secs(10));
+    tokio::pin!(signal);
+    loop {
+        // At the cap, wait here: the kernel queues new connections meanwhile.
+        let permit = tokio::select! {
+            _ = &mut signal => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut signal => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics.accept_errors.inc();
+                    if let Some(suppressed) = accept_errors.tick() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
+                    // Out of descriptors (EMFILE/ENFILE) does not clear at once:
+                    // pause rather than spin on the error.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        // Responses are small: send them at once rather than letting Nagle's
+        // algorithm hold them for the client's (delayed) ACK.
+        let _ = tcp.set_nodelay(true);
+        metrics.connections_accepted.inc();
+        metrics.connections_open.inc();
+        burst.opened(metrics.connections_open.get().max(0) as usize);
+        let (app, builder, metrics, stop_rx, burst) = (
+            app.clone(),
+            builder.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+            burst.clone(),
+        );
+        tasks.spawn(async move {
+            let why = serve_one(tcp, peer, app, &builder, limits, stop_rx).await;
+            metrics.connections_open.dec();
+            burst.closed(metrics.connections_open.get().max(0) as usize);
+            metrics
+                .connections_closed
+                .with_label_values(&[why.label()])
+                .inc();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn serve_one(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) -> Closed {
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(Tracked {
+        inner: tcp,
+        state: state.clone(),
+    });
+    let svc = {
+        let state = state.clone();
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            state.request_started();
+            let active = Active(state.clone());
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(Arrival {
+                at: Instant::now(),
+                body_timed_out: state.body_timed_out.clone(),
+            });
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await;
+                drop(active);
+                Ok::<_, Infallible>(match resp {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                })
+            }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    let why = loop {
+        tokio::select! {
+            res = conn.as_mut() => break match res {
+                _ if state.body_timed_out.load(Ordering::Acquire) => Closed::BodyTimeout,
+                Ok(()) if stopping => Closed::Shutdown,
+                Ok(()) => Closed::Client,
+                Err(_) => Closed::Error,
+            },
+            why = state.watchdog(limits) => break why,
+            changed = stop.changed(), if !stopping => {
+                stopping = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            max_connections: 10,
+            header_read_timeout: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(1_000),
+        }
+    }
+
+    #[test]
+    fn deadlines_follow_what_the_connection_is_doing() {
+        let s = ConnState::new();
+        let l = limits();
+        // New connection: idle until its first byte.
+        assert_eq!(s.deadline(&l), Some((1 + 1_000, Closed::IdleTimeout)));
+        std::thread::sleep(Duration::from_millis(5));
+        s.on_read();
+        let (at, why) = s.deadline(&l).unwrap();
+        assert_eq!(why, Closed::HeaderTimeout);
+        assert!((105..200).contains(&at), "{at}");
+        // While a request is served, no connection deadline applies, and body
+        // bytes do not start a header.
+        s.request_started();
+        s.on_read();
+        assert_eq!(s.deadline(&l), None);
+        s.request_done();
+        let (at, why) = s.deadline(&l).unwrap();
+        assert_eq!(why, Closed::IdleTimeout);
+        assert!(at >= 1_005, "{at}");
+    }
+
+    #[test]
+    fn the_cap_leaves_room_for_other_descriptors() {
+        assert_eq!(effective_cap(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(effective_cap(10_000, Some(1_024)), 768);
+        assert_eq!(effective_cap(10_000, None), 10_000);
+        assert_eq!(effective_cap(100, Some(10)), 1);
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_fires_on_the_earliest_deadline() {
+        let s = Arc::new(ConnState::new());
+        let l = limits();
+        let w = tokio::spawn({
+            let s = s.clone();
+            async move { s.watchdog(l).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The header's deadline is earlier than the idle one: the watchdog
+        // must wake for it rather than sleep on to the idle deadline.
+        s.on_read();
+        let why = tokio::time::timeout(Duration::from_millis(500), w)
+            .await
+            .expect("fired before the idle deadline")
+            .unwrap();
+        assert_eq!(why, Closed::HeaderTimeout);
+    }
+}
