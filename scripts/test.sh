@@ -74,7 +74,7 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (the server and crates/inferd-bench)"
+step "cargo test (the server and crates/inferd-bench; property tests at a fixed case count)"
 cargo test --workspace --all-targets
 
 step "libtorch backend (--features torch): libtorch 2.13.0 unpacked from PyPI wheels into .libtorch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
@@ -99,12 +99,18 @@ venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 step "Conformance: tritonclient (JSON and binary), schemathesis, and the whole SpamAssassin corpus raw (npm package) against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
 
-step "Model lifecycle: swap under load (inferd-bench), RSS over load/unload cycles, refused versions, auth"
+step "Process-level checks: swap under load (inferd-bench), RSS over load/unload cycles, refused versions, auth; 20,000 idle and half-sent connections; memory bounds and a short soak; logging of expected states and repeated faults"
 INFERD_BIN="$ROOT/target/release/inferd" INFERD_BENCH_BIN="$ROOT/target/release/inferd-bench" \
   "$DVENV/bin/python" -m pytest -q -s tests/lifecycle
 
+step "Loopback stack lifecycle: up/down cycles in one STACK_DIR (database kept, then reset), a crashed stack, ups that fail part-way"
+INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/deploy/test_stack_cycles.py
+
 step "Loopback topology end to end: nginx + 3 workers + Redis + PostgreSQL, k6 through nginx, rolling restart"
 INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/deploy/test_stack.py
+
+step "Fault campaign (CI profile): Redis killed and frozen, PostgreSQL stopped and frozen, spill disk full, SIGTERM with and without nginx, SIGKILL behind nginx, SIGTERM while PostgreSQL hangs, each under load; table in target/faults/campaign.md"
+INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q -s tests/faults
 
 echo
 echo "all test steps passed"

@@ -345,7 +345,6 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let burst = Arc::new(BurstTrim::default());
-    let accept_errors = crate::ratelimit::Every::new(Duration::from_secs(10));
     tokio::pin!(signal);
     loop {
         // At the cap, wait here: the kernel queues new connections meanwhile.
@@ -362,7 +361,9 @@ pub async fn serve(
                 Ok(c) => c,
                 Err(e) => {
                     metrics.accept_errors.inc();
-                    if let Some(suppressed) = accept_errors.tick() {
+                    static FAILED: std::sync::LazyLock<crate::ratelimit::Every> =
+                        crate::ratelimit::every!("accept failed");
+                    if let Some(suppressed) = FAILED.tick() {
                         tracing::warn!(error = %e, suppressed, "accept failed");
                     }
                     // Out of descriptors (EMFILE/ENFILE) does not clear at once:

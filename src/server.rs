@@ -238,6 +238,16 @@ pub async fn run_with_loader(
         signal,
     ));
 
+    // The tails of bursts of repeated warnings (`ratelimit`).
+    let reporter = tokio::spawn(async {
+        let mut tick = tokio::time::interval(crate::ratelimit::INTERVAL);
+        loop {
+            tick.tick().await;
+            crate::ratelimit::report_held_back();
+        }
+    });
+    let _reporter = AbortOnDrop(reporter);
+
     let loader = {
         let (cfg, st) = (config.clone(), state.clone());
         tokio::task::spawn_blocking(move || load_models(&cfg, &st, make_loader))
@@ -298,6 +308,15 @@ async fn serve_until_drained(
             }
         }
         res = &mut *server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
+    }
+}
+
+/// Ends a background task when the server returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

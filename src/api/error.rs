@@ -130,6 +130,13 @@ impl ApiError {
         match self {
             ApiError::Core(e) if e.retryable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                // Draining ends by closing every connection: a client that kept
+                // this one would send its next request into the close and could
+                // not tell whether it was served. Closed now, it reconnects
+                // (to another worker) cleanly.
+                if matches!(e, CoreError::Draining) {
+                    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
             }
             // The rest of the body may still come: the connection cannot carry
             // another request.

@@ -88,7 +88,7 @@ fn log_failure(
     use std::sync::LazyLock;
 
     use crate::ratelimit::{every, Every};
-    static FAILED: LazyLock<Every> = every();
+    static FAILED: LazyLock<Every> = every!("response failed");
     match failure {
         ServerErrorsFailureClass::StatusCode(s) if s == StatusCode::SERVICE_UNAVAILABLE => {
             tracing::debug!(status = 503, "service unavailable (starting or draining)");

@@ -107,7 +107,7 @@ pub async fn serve_prediction<T>(
             }
             if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
                 // Under overload every request past its deadline fails alike.
-                static FAILED: LazyLock<Every> = every();
+                static FAILED: LazyLock<Every> = every!("prediction failed");
                 if let Some(suppressed) = FAILED.tick() {
                     tracing::warn!(error = %e, model = %model_label, suppressed, "prediction failed");
                 }

@@ -55,9 +55,9 @@ impl JsonlSink {
 /// workers. Never hands records back for a retry (see the error arm).
 pub(super) async fn write_shared(
     sink: Arc<Mutex<JsonlSink>>,
-    batch: Vec<Record>,
+    batch: Arc<Vec<Record>>,
     metrics: Arc<Metrics>,
-) -> (Vec<Record>, anyhow::Result<()>) {
+) -> anyhow::Result<()> {
     let joined = tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
         let r = sink
@@ -70,7 +70,7 @@ pub(super) async fn write_shared(
     match joined {
         Ok((batch, Ok(()), took)) => {
             record_written(&metrics, "jsonl", batch.len(), took);
-            (Vec::new(), Ok(()))
+            Ok(())
         }
         // A local file that cannot be written will not heal by retrying
         // the same records forever: count them as dropped.
@@ -79,7 +79,7 @@ pub(super) async fn write_shared(
                 .predlog_dropped
                 .with_label_values(&["jsonl_write"])
                 .inc_by(batch.len() as u64);
-            static FAILED: LazyLock<Every> = every();
+            static FAILED: LazyLock<Every> = every!("prediction log file write failed");
             if let Some(suppressed) = FAILED.tick() {
                 tracing::error!(
                     suppressed,
@@ -87,12 +87,9 @@ pub(super) async fn write_shared(
                     batch.len()
                 );
             }
-            (Vec::new(), Ok(()))
+            Ok(())
         }
-        Err(e) => (
-            Vec::new(),
-            Err(anyhow::anyhow!("jsonl writer task failed: {e}")),
-        ),
+        Err(e) => Err(anyhow::anyhow!("jsonl writer task failed: {e}")),
     }
 }
 

@@ -78,7 +78,7 @@ impl PredLog {
                     .predlog_dropped
                     .with_label_values(&["channel_full"])
                     .inc();
-                static FULL: LazyLock<Every> = every();
+                static FULL: LazyLock<Every> = every!("prediction log channel full");
                 if let Some(suppressed) = FULL.tick() {
                     tracing::warn!(
                         suppressed,

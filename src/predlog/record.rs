@@ -67,8 +67,17 @@ pub(super) fn append_jsonl(path: &Path, records: &[Record]) -> std::io::Result<(
         out.push(b'\n');
     }
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(&out)?;
-    f.flush()
+    // All or nothing: a batch that does not fit (disk full) would otherwise
+    // leave its first records and a torn line behind, while the caller counts
+    // the whole batch as dropped and the replay counts the torn line again.
+    let before = f.metadata()?.len();
+    match f.write_all(&out).and_then(|()| f.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = f.set_len(before);
+            Err(e)
+        }
+    }
 }
 
 /// One entry per line; `None` for a line that does not parse (a torn append).

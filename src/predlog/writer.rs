@@ -113,24 +113,18 @@ impl Sink {
         }
     }
 
-    /// Writes one batch. On error the records come back for a retry.
+    /// Writes one batch; on error the caller still holds it for a retry.
     /// `replay`: write spilled records first (not at shutdown, where time is short).
     async fn write(
         self,
-        batch: Vec<Record>,
+        batch: Arc<Vec<Record>>,
         batch_rows: usize,
         metrics: Arc<Metrics>,
         replay: bool,
-    ) -> (Vec<Record>, anyhow::Result<()>) {
+    ) -> anyhow::Result<()> {
         match self {
             Sink::Jsonl(s) => jsonl::write_shared(s, batch, metrics).await,
-            Sink::Postgres(pg) => {
-                let r = pg.flush(&batch, batch_rows, &metrics, replay).await;
-                match r {
-                    Ok(()) => (Vec::new(), Ok(())),
-                    Err(e) => (batch, Err(e)),
-                }
-            }
+            Sink::Postgres(pg) => pg.flush(&batch, batch_rows, &metrics, replay).await,
         }
     }
 }
@@ -151,7 +145,13 @@ struct Writer {
 /// Records received per turn beyond the buffer bound, spilled in one append.
 const SPILL_CHUNK: usize = 16_384;
 
-type Flush = JoinHandle<(Vec<Record>, anyhow::Result<()>)>;
+/// A flush under way. The writer keeps a handle on its batch: if the flush
+/// fails, or is still stuck at shutdown (a database that accepts connections
+/// but never answers), the records are still here to retry or spill.
+struct Flush {
+    task: JoinHandle<anyhow::Result<()>>,
+    batch: Arc<Vec<Record>>,
+}
 
 impl Writer {
     /// Receives continuously; at most one flush runs at a time in a task of its
@@ -171,9 +171,10 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                done = async { match inflight.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
-                    inflight = None;
-                    self.finished(done);
+                done = async { match inflight.as_mut() { Some(f) => (&mut f.task).await, None => std::future::pending().await } } => {
+                    if let Some(f) = inflight.take() {
+                        self.finished(done, f.batch);
+                    }
                 }
                 r = rx.recv() => match r {
                     Some(r) => {
@@ -217,9 +218,21 @@ impl Writer {
         // for as long as the budget allows (without replaying old spills), then
         // spill whatever is left: on disk it survives until the next start.
         let budget_end = Instant::now() + self.shutdown_budget;
-        if let Some(h) = inflight.take() {
-            let done = h.await;
-            self.finished(done);
+        if let Some(mut f) = inflight.take() {
+            match tokio::time::timeout_at(budget_end, &mut f.task).await {
+                Ok(done) => self.finished(done, f.batch),
+                Err(_) => {
+                    // Stuck past the budget: its records go to the spill file
+                    // with the rest. Had the insert committed after all, the
+                    // replay's `ON CONFLICT DO NOTHING` keeps one copy.
+                    f.task.abort();
+                    tracing::warn!(
+                        records = f.batch.len(),
+                        "prediction log write still running at the end of the shutdown budget: spilling its records"
+                    );
+                    self.requeue(f.batch);
+                }
+            }
         }
         while let Ok(r) = rx.try_recv() {
             self.metrics.predlog_queue.dec();
@@ -227,14 +240,20 @@ impl Writer {
         }
         while !self.buf.is_empty() && Instant::now() < budget_end {
             let n = self.buf.len().min(self.batch_rows);
-            let batch: Vec<Record> = self.buf.drain(..n).collect();
-            let done = self
-                .sink
-                .clone()
-                .write(batch, self.batch_rows, self.metrics.clone(), false)
-                .await;
-            let failed = done.1.is_err();
-            self.finished(Ok(done));
+            let batch: Arc<Vec<Record>> = Arc::new(self.buf.drain(..n).collect());
+            let left = budget_end.saturating_duration_since(Instant::now());
+            let write = self.sink.clone().write(
+                batch.clone(),
+                self.batch_rows,
+                self.metrics.clone(),
+                false,
+            );
+            let done = match tokio::time::timeout(left, write).await {
+                Ok(done) => done,
+                Err(_) => Err(anyhow::anyhow!("no answer within the shutdown budget")),
+            };
+            let failed = done.is_err();
+            self.finished(Ok(done), batch);
             if failed {
                 break;
             }
@@ -249,28 +268,37 @@ impl Writer {
 
     fn start_flush(&mut self) -> Flush {
         let n = self.buf.len().min(self.batch_rows);
-        let batch: Vec<Record> = self.buf.drain(..n).collect();
-        tokio::spawn(
-            self.sink
-                .clone()
-                .write(batch, self.batch_rows, self.metrics.clone(), true),
-        )
+        let batch: Arc<Vec<Record>> = Arc::new(self.buf.drain(..n).collect());
+        let task = tokio::spawn(self.sink.clone().write(
+            batch.clone(),
+            self.batch_rows,
+            self.metrics.clone(),
+            true,
+        ));
+        Flush { task, batch }
+    }
+
+    /// Puts a batch back in front of the buffer, in order.
+    fn requeue(&mut self, batch: Arc<Vec<Record>>) {
+        // The flush task has ended, so this is the last handle: no copy.
+        let back = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+        for r in back.into_iter().rev() {
+            self.buf.push_front(r);
+        }
     }
 
     fn finished(
         &mut self,
-        done: Result<(Vec<Record>, anyhow::Result<()>), tokio::task::JoinError>,
+        done: Result<anyhow::Result<()>, tokio::task::JoinError>,
+        batch: Arc<Vec<Record>>,
     ) {
         match done {
-            Ok((_, Ok(()))) => {
+            Ok(Ok(())) => {
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
             }
-            Ok((back, Err(e))) => {
-                // Put the batch back in front, in order, for the retry.
-                for r in back.into_iter().rev() {
-                    self.buf.push_front(r);
-                }
+            Ok(Err(e)) => {
+                self.requeue(batch);
                 self.metrics.predlog_retries.inc();
                 tracing::warn!(
                     backoff_ms = self.backoff.as_millis() as u64,
@@ -279,7 +307,11 @@ impl Writer {
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => tracing::error!("prediction log flush task failed: {e}"),
+            Err(e) => {
+                // A panic in the flush task: the batch is still ours.
+                tracing::error!("prediction log flush task failed: {e}");
+                self.requeue(batch);
+            }
         }
     }
 
@@ -307,7 +339,7 @@ impl Writer {
             Ok(()) => {
                 self.metrics.predlog_spilled.inc_by(n as u64);
                 // Once per batch while the database is down: thousands a second.
-                static SPILLED: LazyLock<Every> = every();
+                static SPILLED: LazyLock<Every> = every!("prediction log spilled to disk");
                 if let Some(suppressed) = SPILLED.tick() {
                     tracing::warn!(
                         records = n,
@@ -323,7 +355,7 @@ impl Writer {
                     .predlog_dropped
                     .with_label_values(&["spill_failed"])
                     .inc_by(n as u64);
-                static FAILED: LazyLock<Every> = every();
+                static FAILED: LazyLock<Every> = every!("prediction log spill failed");
                 if let Some(suppressed) = FAILED.tick() {
                     tracing::error!(
                         records = n,
