@@ -24,7 +24,7 @@ echo "== criterion (in process, one intra-op thread)" >&2
 $WT cargo bench --features torch --bench backends -- --noplot 2>&1 | tee "$OUT/criterion.txt" >&2
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-$WT ./target/release/inferd serve --listen 127.0.0.1:$port --cache off --predlog off \
+$WT ./target/release/inferd serve --listen 127.0.0.1:$port --grpc-listen 127.0.0.1:0 --cache off --predlog off \
   --models-dir "$ROOT/models" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

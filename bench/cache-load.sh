@@ -28,7 +28,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/log" -w sta
 DB="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
 start() { # args: extra inferd flags
-  "$BIN" --listen 127.0.0.1:$PORT --models-dir "$ROOT/models" "$@" >"$TMP/inferd.log" 2>&1 &
+  "$BIN" --listen 127.0.0.1:$PORT --grpc-listen 127.0.0.1:0 --models-dir "$ROOT/models" "$@" >"$TMP/inferd.log" 2>&1 &
   SPID=$!; PIDS+=("$SPID")
   for _ in $(seq 1 200); do curl -sf localhost:$PORT/readyz >/dev/null && return; sleep 0.05; done
   echo "server did not start"; cat "$TMP/inferd.log"; exit 1

@@ -45,7 +45,7 @@ if [ ! -x .venv-peer/bin/uvicorn ] || ! cmp -s bench/peers/requirements.txt .ven
 fi
 
 wait_up() { for _ in $(seq 1 200); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
-./target/release/inferd --listen 127.0.0.1:$P_INFERD --cache off --predlog off >"$TMP/inferd.log" 2>&1 &
+./target/release/inferd --listen 127.0.0.1:$P_INFERD --grpc-listen 127.0.0.1:0 --cache off --predlog off >"$TMP/inferd.log" 2>&1 &
 PIDS+=($!)
 cat > "$TMP/nginx.conf" <<NGX
 worker_processes 1;
@@ -70,7 +70,7 @@ NGX
 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP/" 2>/dev/null
 ./target/release/examples/ceiling 127.0.0.1:$P_CEIL >"$TMP/ceiling.log" 2>&1 &
 PIDS+=($!)
-./target/release/inferd --listen 127.0.0.1:$P_DEFAULTS --predlog jsonl --predlog-path "$TMP/predictions.jsonl" \
+./target/release/inferd --listen 127.0.0.1:$P_DEFAULTS --grpc-listen 127.0.0.1:0 --predlog jsonl --predlog-path "$TMP/predictions.jsonl" \
   >"$TMP/inferd-defaults.log" 2>&1 &
 PIDS+=($!)
 .venv-peer/bin/uvicorn app:app --app-dir bench/peers --host 127.0.0.1 --port $P_PEER --workers 2 --log-level warning >"$TMP/peer.log" 2>&1 &
@@ -116,7 +116,7 @@ sleep 1
 echo "== raw ONNX Runtime, text-classifier, 1 thread pinned to core 0" >&2
 RAW_PIN=$(taskset -c 0 ./target/release/examples/raw_ort text-classifier 1 1 "$secs" | awk '{print $(NF-1)}')
 for nice in 0 10; do
-  taskset -c 0 ./target/release/inferd --listen 127.0.0.1:$P_PIN --cache off --predlog off \
+  taskset -c 0 ./target/release/inferd --listen 127.0.0.1:$P_PIN --grpc-listen 127.0.0.1:0 --cache off --predlog off \
     --max-concurrency 1 --max-queue 64 --reactor-nice $nice >"$TMP/inferd-pin-$nice.log" 2>&1 &
   pin=$!
   wait_up http://127.0.0.1:$P_PIN/readyz

@@ -14,6 +14,7 @@ use inferd::core::admission::Admission;
 use inferd::core::backend::InputBatch;
 use inferd::core::batcher::Batcher;
 use inferd::metrics::Metrics;
+use inferd::telemetry::trace::TraceRef;
 
 mod common;
 
@@ -57,7 +58,7 @@ fn bench(c: &mut Criterion) {
     one.bench_function("slot_thread", |b| {
         b.iter(|| {
             let ticket = admission.enter().expect("room");
-            let rx = batcher.submit(input.clone(), deadline(), ticket);
+            let rx = batcher.submit(input.clone(), deadline(), ticket, TraceRef::default());
             rt.block_on(rx).expect("answered").expect("infer")
         })
     });
@@ -89,7 +90,8 @@ fn bench(c: &mut Criterion) {
                 let tasks: Vec<_> = (0..64)
                     .map(|_| {
                         let ticket = admission.enter().expect("room");
-                        let rx = batcher.submit(input.clone(), deadline(), ticket);
+                        let rx =
+                            batcher.submit(input.clone(), deadline(), ticket, TraceRef::default());
                         tokio::spawn(rx)
                     })
                     .collect();

@@ -11,7 +11,8 @@
 #   scripts/stack.sh down               stop everything this script started (by PID)
 #   scripts/stack.sh nginx-conf OUT PORT W1 [W2...]
 #                                       write the loopback copy of nginx.conf
-#                                       (listening on PORT, workers on W1...)
+#                                       (listening on PORT, workers on W1...;
+#                                       gRPC from GRPC_LISTEN and GRPC_PORTS)
 #
 # up, down, up... works any number of times in one STACK_DIR. Like
 # `docker compose down` (whose pgdata volume survives), `down` keeps the
@@ -206,16 +207,22 @@ lock() {
 nginx_conf() {
   local out="$1"; shift
   local listen="$1"; shift
+  # gRPC: GRPC_LISTEN and GRPC_PORTS (space-separated, one per worker); by
+  # default each port plus 10000, for a configuration that is only checked.
   python3 - "$ROOT/nginx/nginx.conf" "$out" "$listen" "$STACK_DIR/nginx" "$@" <<'PY'
-import re, sys
+import os, re, sys
 src, out, listen, prefix, *ports = sys.argv[1:]
+grpc_listen = os.environ.get("GRPC_LISTEN") or str(int(listen) + 10000)
+grpc_ports = os.environ.get("GRPC_PORTS", "").split() or [str(int(p) + 10000) for p in ports]
+assert len(grpc_ports) == len(ports), "GRPC_PORTS: one per worker"
 conf = open(src).read()
-line = re.search(r"^(\s*)server inferd:8080( [^;]*);$", conf, re.M)
-assert line, "nginx.conf: no `server inferd:8080 ...;` line in the upstream"
-indent, params = line.group(1), line.group(2)
-conf = conf.replace(line.group(0), "\n".join(f"{indent}server 127.0.0.1:{p}{params};" for p in ports))
-conf, n = re.subn(r"listen 8080 ", f"listen 127.0.0.1:{listen} ", conf)
-assert n == 1, "nginx.conf: expected one `listen 8080` line"
+for upstream, listen_port, ps in (("8080", listen, ports), ("8081", grpc_listen, grpc_ports)):
+    line = re.search(rf"^(\s*)server inferd:{upstream}( [^;]*);$", conf, re.M)
+    assert line, f"nginx.conf: no `server inferd:{upstream} ...;` line in an upstream"
+    indent, params = line.group(1), line.group(2)
+    conf = conf.replace(line.group(0), "\n".join(f"{indent}server 127.0.0.1:{p}{params};" for p in ps))
+    conf, n = re.subn(rf"listen {upstream} ", f"listen 127.0.0.1:{listen_port} ", conf)
+    assert n == 1, f"nginx.conf: expected one `listen {upstream}` line"
 temp = "".join(f"    {k}_temp_path {prefix}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 conf = conf.replace("http {\n", "http {\n" + temp, 1)
 open(out, "w").write(conf)
@@ -227,10 +234,12 @@ start_worker() {
   # shellcheck disable=SC1091
   . "$STACK_DIR/stack.env"
   local port_var="WORKER_${i}_PORT"
-  local port="${!port_var}" spill="$STACK_DIR/worker-$i/spill.jsonl"
+  local grpc_var="WORKER_${i}_GRPC_PORT"
+  local port="${!port_var}" grpc="${!grpc_var}" spill="$STACK_DIR/worker-$i/spill.jsonl"
   mkdir -p "$STACK_DIR/worker-$i"
   # The spill path goes on the command line as well, where `ours` finds it.
   INFERD_LISTEN="127.0.0.1:$port" \
+  INFERD_GRPC_LISTEN="127.0.0.1:$grpc" \
   INFERD_REDIS_URL="$REDIS_URL" \
   INFERD_DATABASE_URL="$DATABASE_URL" \
   INFERD_PREDLOG="${INFERD_PREDLOG:-postgres}" \
@@ -411,7 +420,7 @@ up() {
   fi
 
   local ports_line
-  ports_line="$(free_ports $((WORKERS + 3)))"
+  ports_line="$(free_ports $((2 * WORKERS + 4)))"
   read -r -a ports <<<"$ports_line"
   local nginx_port="${NGINX_PORT:-${ports[0]}}" redis_port="${ports[1]}" pg_port="${ports[2]}"
   {
@@ -423,9 +432,11 @@ up() {
     echo "REDIS_URL=redis://127.0.0.1:$redis_port/0"
     echo "PG_PORT=$pg_port"
     echo "DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres"
+    echo "NGINX_GRPC_PORT=${ports[$((2 * WORKERS + 3))]}"
     for i in $(seq 1 "$WORKERS"); do
       echo "WORKER_${i}_PORT=${ports[$((i + 2))]}"
       echo "WORKER_${i}_URL=http://127.0.0.1:${ports[$((i + 2))]}"
+      echo "WORKER_${i}_GRPC_PORT=${ports[$((i + 2 + WORKERS))]}"
     done
   } >"$STACK_DIR/stack.env"
 
@@ -437,16 +448,18 @@ up() {
   done
   # shellcheck disable=SC1091
   . "$STACK_DIR/stack.env"
-  local worker_ports=()
+  local worker_ports=() grpc_ports=()
   for i in $(seq 1 "$WORKERS"); do
-    local url_var="WORKER_${i}_URL" port_var="WORKER_${i}_PORT" pid
+    local url_var="WORKER_${i}_URL" port_var="WORKER_${i}_PORT" grpc_var="WORKER_${i}_GRPC_PORT" pid
     pid="$(cat "$STACK_DIR/worker-$i.pid")"
     wait_ready "${!url_var}/readyz" "$pid" "worker $i" "$STACK_DIR/worker-$i.log"
     worker_ports+=("${!port_var}")
+    grpc_ports+=("${!grpc_var}")
     log "worker $i ready on :${!port_var} (pid $pid)"
   done
 
-  nginx_conf "$STACK_DIR/nginx.conf" "$nginx_port" "${worker_ports[@]}"
+  GRPC_LISTEN="$NGINX_GRPC_PORT" GRPC_PORTS="${grpc_ports[*]}" \
+    nginx_conf "$STACK_DIR/nginx.conf" "$nginx_port" "${worker_ports[@]}"
   local nginx_bin nginx_pid
   nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
   # Not daemonised, for the same reason as Redis; its own pid file goes under
@@ -457,7 +470,7 @@ up() {
   nginx_pid=$!
   echo "$nginx_pid" >"$STACK_DIR/nginx.pid"
   wait_ready "$NGINX_URL/readyz" "$nginx_pid" nginx "$STACK_DIR/nginx-error.log"
-  log "nginx on :$nginx_port (least_conn over ${WORKERS} workers)"
+  log "nginx on :$nginx_port, gRPC on :$NGINX_GRPC_PORT (least_conn over ${WORKERS} workers)"
 
   trap - EXIT INT TERM HUP
   echo "$NGINX_URL"

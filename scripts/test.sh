@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Redis,
 # PostgreSQL and nginx from Debian packages when missing; ONNX Runtime from its
-# PyPI wheel; PyTorch's wheel for the libtorch backend; Python venvs for the
-# model checks and the deployment checks), then runs the model checks,
-# formatting and lint gates, every Rust test (and the `torch` feature's), the static
+# PyPI wheel; libtorch from PyPI's torch wheel for the libtorch backend; Python
+# venvs for the model checks, the deployment checks and the trace receiver),
+# then runs the model checks, formatting and lint gates, every Rust test
+# (property tests at a fixed case count; the `torch` feature's too), the static
 # checks of the deployment files, the KServe v2 conformance tests (tritonclient,
-# schemathesis), and the loopback end-to-end test of the compose topology. The integration tests start their own Redis, PostgreSQL and
-# nginx servers on free loopback ports and stop them.
+# schemathesis), the OpenTelemetry tests against a real OTLP receiver, the
+# process-level checks (model lifecycle, 20,000 connections, memory bounds and
+# a short soak, logging), the loopback stack's up/down cycles, the loopback
+# end-to-end test of the compose topology, and the fault campaign (CI profile).
+# The integration tests start their own Redis, PostgreSQL and nginx servers on
+# free loopback ports and stop them by PID.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -98,6 +103,13 @@ venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 
 step "Conformance: tritonclient (JSON and binary), schemathesis, and the whole SpamAssassin corpus raw (npm package) against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
+
+step "Python venv for the OpenTelemetry tests (hash-pinned)"
+TVENV="$ROOT/.venv-tracing"
+venv "$TVENV" tests/tracing/requirements.txt --require-hashes
+
+step "OpenTelemetry traces against a real OTLP receiver (gRPC and HTTP): span tree and batch links, traceparent, trace id in the log row, gRPC ModelInfer, samplers, collector down"
+INFERD_BIN="$ROOT/target/release/inferd" "$TVENV/bin/python" -m pytest -q -s tests/tracing
 
 step "Process-level checks: swap under load (inferd-bench), RSS over load/unload cycles, refused versions, auth; 20,000 idle and half-sent connections; memory bounds and a short soak; logging of expected states and repeated faults"
 INFERD_BIN="$ROOT/target/release/inferd" INFERD_BENCH_BIN="$ROOT/target/release/inferd-bench" \

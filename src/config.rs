@@ -132,6 +132,10 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address of the gRPC front door (KServe v2 and gRPC health), or `off`.
+    #[arg(long, env = "INFERD_GRPC_LISTEN", default_value = "0.0.0.0:8081")]
+    pub grpc_listen: String,
+
     /// Directory holding `<model>/<version>/{model.onnx,model.toml}`.
     #[arg(long, env = "INFERD_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
@@ -148,11 +152,9 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
-    /// Most open client connections. Past it the server stops accepting, so new
-    /// connections wait in the kernel's listen backlog until one closes; nothing
-    /// fails. Keep it well under the descriptor limit (the server raises its
-    /// soft limit to the hard one at start-up and lowers this cap, with a
-    /// warning, to leave 256 descriptors for everything else).
+    /// Most open client connections (per port); past it new ones wait in the
+    /// listen backlog. Lowered, with a warning, to the descriptor limit (raised
+    /// to the hard one at start-up) less 256.
     #[arg(long, env = "INFERD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
@@ -195,13 +197,16 @@ pub struct ServeConfig {
     )]
     pub intra_op_threads: usize,
 
-    /// Nice value added to the async runtime's worker threads (HTTP, parsing,
-    /// refusals), 0-19; the inference threads keep normal priority. Under
-    /// overload the model then keeps the CPU it needs instead of sharing it
-    /// evenly with the flood of refusals. Worth setting where inferd has its
-    /// CPUs to itself (a pod with its own CPU quota); on a machine shared with
-    /// a proxy or a load generator at normal priority, those win against the
-    /// workers. Set before the runtime starts: `serve` only, never reloaded.
+    /// An ONNX Runtime session that ran a batch of more rows than this hands
+    /// its arena's growth back once its model has been idle for 2 s; a busy
+    /// model keeps its arena warm. 0: never shrink.
+    #[arg(long, env = "INFERD_ARENA_SHRINK_ROWS", default_value_t = 8)]
+    pub arena_shrink_rows: usize,
+
+    /// Nice value (0-19) added to the async runtime's workers, not to the
+    /// inference threads: under overload the model keeps its CPU instead of
+    /// sharing it with the flood of refusals. For a pod with its own CPUs; on
+    /// a shared machine a proxy at normal priority wins. `serve` only.
     #[arg(long, env = "INFERD_REACTOR_NICE", default_value_t = 0,
         value_parser = clap::value_parser!(u8).range(0..=19))]
     pub reactor_nice: u8,
@@ -392,34 +397,99 @@ impl ServeConfig {
 
     /// Checks the limits that clap's types do not.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("max-queue", self.max_queue as u64),
-            ("request-timeout-ms", self.request_timeout_ms),
-            ("max-connections", self.max_connections as u64),
-            ("header-read-timeout-ms", self.header_read_timeout_ms),
-            ("body-read-timeout-ms", self.body_read_timeout_ms),
-            ("idle-timeout-ms", self.idle_timeout_ms),
-            ("max-body-bytes", self.max_body_bytes as u64),
-            ("max-instances", self.max_instances as u64),
-            ("intra-op-threads", self.intra_op_threads as u64),
-            ("cache-timeout-ms", self.cache_timeout_ms),
-            ("cache-ttl-secs", self.cache_ttl_secs),
-            ("predlog-batch-rows", self.predlog_batch_rows as u64),
-            ("predlog-channel", self.predlog_channel as u64),
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        const HOUR_MS: u64 = 3600 * 1000;
+        // Upper bounds too: past these a value is a typo, and near the integer
+        // limits it overflows arithmetic or exceeds a library's own limit.
+        let ranges: [(&str, u64, u64, u64); 27] = [
+            (
+                "max-concurrency",
+                self.max_concurrency.unwrap_or(1) as u64,
+                1,
+                1024,
+            ),
+            ("max-queue", self.max_queue as u64, 1, 1_000_000),
+            ("request-timeout-ms", self.request_timeout_ms, 1, DAY_MS),
+            ("max-connections", self.max_connections as u64, 1, 1_000_000),
+            (
+                "header-read-timeout-ms",
+                self.header_read_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            ("body-read-timeout-ms", self.body_read_timeout_ms, 1, DAY_MS),
+            ("idle-timeout-ms", self.idle_timeout_ms, 1, DAY_MS),
+            ("max-body-bytes", self.max_body_bytes as u64, 1, 1 << 30),
+            ("max-instances", self.max_instances as u64, 1, 65_536),
+            ("intra-op-threads", self.intra_op_threads as u64, 1, 1024),
+            (
+                "arena-shrink-rows",
+                self.arena_shrink_rows as u64,
+                0,
+                1 << 20,
+            ),
+            ("shutdown-grace-ms", self.shutdown_grace_ms, 0, HOUR_MS),
+            ("drain-delay-ms", self.drain_delay_ms, 0, HOUR_MS),
+            ("warmup-runs", self.warmup_runs as u64, 0, 10_000),
+            (
+                "max-batch-size",
+                self.max_batch_size.unwrap_or(1) as u64,
+                1,
+                65_536,
+            ),
+            (
+                "max-batch-delay-ms",
+                self.max_batch_delay_ms.unwrap_or(0),
+                0,
+                60_000,
+            ),
+            (
+                "cache-ttl-secs",
+                self.cache_ttl_secs,
+                1,
+                100 * 365 * 24 * 3600,
+            ),
+            ("cache-max-bytes", self.cache_max_bytes, 0, 1 << 40),
+            ("cache-timeout-ms", self.cache_timeout_ms, 1, HOUR_MS),
+            ("cache-breaker-ms", self.cache_breaker_ms, 0, DAY_MS),
+            ("predlog-max-bytes", self.predlog_max_bytes, 1, 1 << 50),
+            ("predlog-keep", self.predlog_keep as u64, 0, 10_000),
+            (
+                "predlog-batch-rows",
+                self.predlog_batch_rows as u64,
+                1,
+                1_000_000,
+            ),
+            ("predlog-flush-ms", self.predlog_flush_ms, 0, HOUR_MS),
+            (
+                "predlog-buffer-rows",
+                self.predlog_buffer_rows as u64,
+                0,
+                100_000_000,
+            ),
+            (
+                "predlog-channel",
+                self.predlog_channel as u64,
+                1,
+                100_000_000,
+            ),
+            ("model-poll-secs", self.model_poll_secs, 0, 7 * 24 * 3600),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("--{name} must be at least 1"));
+        for (name, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "--{name} must be between {min} and {max} (it is {value})"
+                ));
             }
+        }
+        if self.grpc_listen != "off" && self.grpc_listen.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "--grpc-listen must be an address such as 0.0.0.0:8081, or off (it is {:?})",
+                self.grpc_listen
+            ));
         }
         if self.predlog == PredLogMode::Postgres && self.database_url.is_none() {
             return Err("--predlog postgres needs --database-url (INFERD_DATABASE_URL)".into());
-        }
-        if self.max_batch_size == Some(0) {
-            return Err("--max-batch-size must be at least 1".into());
-        }
-        if self.max_concurrency == Some(0) {
-            return Err("--max-concurrency must be at least 1".into());
         }
         Ok(())
     }
@@ -443,6 +513,11 @@ impl ServeConfig {
             .map(|k| format!("<{} keys>", key_count(k)))
             .into();
         v
+    }
+
+    /// The gRPC front door's address; `None` when it is off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listen.parse().ok()
     }
 
     /// Whether the repository API's load and unload are on.

@@ -32,13 +32,15 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api::extract::Arrival;
@@ -52,28 +54,35 @@ const RESERVED_FDS: u64 = 256;
 /// its own (about 15 KB measured), which glibc keeps after they close, so a
 /// flood of 20,000 left resident memory 290 MiB up for good. When the open
 /// count falls to a quarter of its high-water mark (of at least 1,024), the
-/// heap is trimmed once, off the runtime.
+/// heap is trimmed, off the runtime; and once more when the burst has
+/// drained (at most `SETTLED` open), for the last quarter's buffers.
 #[derive(Default)]
 struct BurstTrim {
     high: std::sync::atomic::AtomicUsize,
+    /// A burst happened since the last settled trim.
+    burst: AtomicBool,
 }
 
 impl BurstTrim {
     const MIN_BURST: usize = 1_024;
+    const SETTLED: usize = 16;
 
     fn opened(&self, open: usize) {
-        self.high.fetch_max(open, Ordering::AcqRel);
+        if self.high.fetch_max(open, Ordering::AcqRel).max(open) >= Self::MIN_BURST {
+            self.burst.store(true, Ordering::Release);
+        }
     }
 
     fn closed(&self, open: usize) {
         let high = self.high.load(Ordering::Acquire);
-        if high >= Self::MIN_BURST
+        let quarter = high >= Self::MIN_BURST
             && open <= high / 4
             && self
                 .high
                 .compare_exchange(high, open, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+                .is_ok();
+        let settled = open <= Self::SETTLED && self.burst.swap(false, Ordering::AcqRel);
+        if quarter || settled {
             tokio::task::spawn_blocking(crate::core::memory::trim);
         }
     }
@@ -184,11 +193,13 @@ impl ConnState {
         }
         match self.head_since.load(Ordering::Acquire) {
             0 => Some((
-                self.idle_since.load(Ordering::Acquire) + limits.idle_timeout.as_millis() as u64,
+                self.idle_since
+                    .load(Ordering::Acquire)
+                    .saturating_add(limits.idle_timeout.as_millis() as u64),
                 Closed::IdleTimeout,
             )),
             since => Some((
-                since + limits.header_read_timeout.as_millis() as u64,
+                since.saturating_add(limits.header_read_timeout.as_millis() as u64),
                 Closed::HeaderTimeout,
             )),
         }
@@ -329,52 +340,37 @@ pub fn effective_cap(configured: usize, fd_limit: Option<u64>) -> usize {
     }
 }
 
+/// After the last sweep of the accept queue at shutdown, how long the swept
+/// connections have to be read before the stop reaches them: their requests
+/// were sent with the connection, so they are in the socket already.
+const SWEEP_READ: Duration = Duration::from_millis(50);
+
 /// Accepts connections on `listener` and serves `app` on each until `signal`
 /// resolves; then stops accepting, closes each connection after the request it
-/// is serving, and returns when all are closed.
+/// is serving, and returns when all are closed, or, once `abandon` is
+/// cancelled (the grace period is over), when every connection still open has
+/// been dropped with its requests. Waiting for the drop, rather than only
+/// requesting it, lets the caller know that no handler is left to produce a
+/// prediction-log record after it shuts the log down.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     signal: impl Future<Output = ()> + Send + 'static,
+    abandon: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     metrics.connections_max.set(limits.max_connections as i64);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks = TaskTracker::new();
+    let mut tasks = JoinSet::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let burst = Arc::new(BurstTrim::default());
     tokio::pin!(signal);
-    loop {
-        // At the cap, wait here: the kernel queues new connections meanwhile.
-        let permit = tokio::select! {
-            _ = &mut signal => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = &mut signal => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics.accept_errors.inc();
-                    static FAILED: std::sync::LazyLock<crate::ratelimit::Every> =
-                        crate::ratelimit::every!("accept failed");
-                    if let Some(suppressed) = FAILED.tick() {
-                        tracing::warn!(error = %e, suppressed, "accept failed");
-                    }
-                    // Out of descriptors (EMFILE/ENFILE) does not clear at once:
-                    // pause rather than spin on the error.
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    continue;
-                }
-            },
-        };
+    let spawn = |tasks: &mut JoinSet<()>,
+                 tcp: TcpStream,
+                 peer: SocketAddr,
+                 permit: OwnedSemaphorePermit| {
         // Responses are small: send them at once rather than letting Nagle's
         // algorithm hold them for the client's (delayed) ACK.
         let _ = tcp.set_nodelay(true);
@@ -398,11 +394,70 @@ pub async fn serve(
                 .inc();
             drop(permit);
         });
+    };
+    loop {
+        // At the cap, wait here: the kernel queues new connections meanwhile.
+        // Finished connections are reaped as they end, not only at the next
+        // accept: a finished task's allocation (sized for the connection's
+        // whole future, kilobytes) lives until its handle is taken from the
+        // set, and after a flood of 20,000 that held 80 MiB until the next
+        // client came.
+        let permit = tokio::select! {
+            _ = &mut signal => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut signal => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics.accept_errors.inc();
+                    static FAILED: std::sync::LazyLock<crate::ratelimit::Every> =
+                        crate::ratelimit::every!("accept failed");
+                    if let Some(suppressed) = FAILED.tick() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
+                    // Out of descriptors (EMFILE/ENFILE) does not clear at once:
+                    // pause rather than spin on the error.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        spawn(&mut tasks, tcp, peer, permit);
+    }
+    // Connections the kernel has completed but the loop had not taken yet
+    // would be reset when the listener closes, their requests perhaps sent:
+    // take them in, and give them a moment to be read, so that they get the
+    // drain's answer (503 with `Connection: close`) instead. Any arriving
+    // after this sweep are refused, which a client can safely retry.
+    let mut swept = 0;
+    while let Ok(permit) = permits.clone().try_acquire_owned() {
+        match listener.accept().now_or_never() {
+            Some(Ok((tcp, peer))) => {
+                spawn(&mut tasks, tcp, peer, permit);
+                swept += 1;
+            }
+            _ => break,
+        }
     }
     drop(listener);
+    if swept > 0 {
+        tokio::time::sleep(SWEEP_READ).await;
+    }
     let _ = stop_tx.send(true);
-    tasks.close();
-    tasks.wait().await;
+    let all_closed = async { while tasks.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = all_closed => {}
+        _ = abandon.cancelled() => tasks.shutdown().await,
+    }
     Ok(())
 }
 

@@ -72,7 +72,24 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     };
     let bound = listener.local_addr().map_or(config.listen, |a| a);
     tracing::info!("listening on {bound}");
-    match inferd::run(config, listener, inferd::server::shutdown_signal()).await {
+    // Process-wide, like the logger: the SDK's model is one tracer provider.
+    let otel = match inferd::telemetry::otlp::Otel::from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("OpenTelemetry: {e:#}");
+            eprintln!("inferd: OpenTelemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let served = inferd::run(config, listener, inferd::server::shutdown_signal()).await;
+    if let Some(otel) = otel {
+        // Sends the last requests' spans; bounded, so a dead collector cannot
+        // hold up the exit.
+        let _ =
+            tokio::task::spawn_blocking(move || otel.shutdown(std::time::Duration::from_secs(5)))
+                .await;
+    }
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -71,9 +71,9 @@ impl Metrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "inferd_requests_total",
-                    "Prediction requests by model, version and HTTP status",
+                    "Prediction requests by model, version, HTTP status (for gRPC, the HTTP status its code stands for) and protocol (http, grpc)",
                 ),
-                &["model", "version", "status"],
+                &["model", "version", "status", "protocol"],
             )
             .expect("valid"),
             request_duration: histogram(
@@ -345,6 +345,9 @@ impl Metrics {
             Box::new(m.connections_accepted.clone()),
             Box::new(m.connections_closed.clone()),
             Box::new(m.accept_errors.clone()),
+            // The span exporter is process-wide: every server shows its counts.
+            Box::new(crate::telemetry::trace::SPANS_EXPORTED.clone()),
+            Box::new(crate::telemetry::trace::SPANS_DROPPED.clone()),
             // process_resident_memory_bytes, process_open_fds, process_max_fds,
             // process_cpu_seconds_total...: memory growth and descriptor leaks
             // show on the dashboard and in alerts.

@@ -31,9 +31,19 @@ static SITES: Mutex<Vec<&'static Every>> = Mutex::new(Vec::new());
 /// Logs, for each site, the occurrences held back since its last line, once
 /// its interval has passed: the tail of a burst that ended.
 pub fn report_held_back() {
+    report(false);
+}
+
+/// Logs every held-back count now, interval or not: at exit, where the last
+/// burst's tail would otherwise never be told.
+pub fn report_all_held_back() {
+    report(true);
+}
+
+fn report(all: bool) {
     let sites = SITES.lock().map(|s| s.clone()).unwrap_or_default();
     for e in sites {
-        if let Some(n) = e.flush() {
+        if let Some(n) = e.flush(all) {
             tracing::warn!(site = e.site, suppressed = n, "repeated warnings held back");
         }
     }
@@ -78,11 +88,13 @@ impl Every {
     }
 
     /// The held-back count, when there is one and the interval has passed
-    /// since the last line; it starts a new interval.
-    fn flush(&self) -> Option<u64> {
+    /// since the last line (or `now`); it starts a new interval.
+    fn flush(&self, now_anyway: bool) -> Option<u64> {
         let now = self.now();
         let last = self.last.load(Ordering::Acquire);
-        if self.suppressed.load(Ordering::Acquire) == 0 || now < last + self.interval_ms {
+        if self.suppressed.load(Ordering::Acquire) == 0
+            || (!now_anyway && now < last + self.interval_ms)
+        {
             return None;
         }
         self.last
@@ -131,9 +143,21 @@ mod tests {
             assert_eq!(e.tick_local(), None);
         }
         // Not before the interval: the next line may still come.
-        assert_eq!(e.flush(), None);
+        assert_eq!(e.flush(false), None);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(e.flush(), Some(7));
-        assert_eq!(e.flush(), None);
+        assert_eq!(e.flush(false), Some(7));
+        assert_eq!(e.flush(false), None);
+    }
+
+    #[test]
+    fn at_exit_the_tail_is_reported_without_waiting() {
+        let e = Every::new("test", Duration::from_secs(3600));
+        assert_eq!(e.tick_local(), Some(0));
+        for _ in 0..3 {
+            assert_eq!(e.tick_local(), None);
+        }
+        assert_eq!(e.flush(false), None);
+        assert_eq!(e.flush(true), Some(3));
+        assert_eq!(e.flush(true), None);
     }
 }

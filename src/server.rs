@@ -137,7 +137,7 @@ pub fn runtimes(opts: BackendOptions) -> anyhow::Result<Runtimes> {
     Ok(runtimes)
 }
 
-fn default_loader() -> MakeLoader {
+pub fn default_loader() -> MakeLoader {
     Box::new(|opts| Ok(Box::new(runtimes(opts)?)))
 }
 
@@ -163,13 +163,14 @@ pub fn load_models(
         intra_threads: config.intra_op_threads,
         device: config.device,
         pool_size: config.concurrency(),
+        arena_shrink_rows: config.arena_shrink_rows,
     };
     let loader: Arc<dyn Loader> = Arc::from(make_loader(opts.clone())?);
     let control = Arc::new(ModelControl::new(
         control::Settings {
             root: config.models_dir.clone(),
             // Round-robin through the pool: every session runs `warmup_runs` times.
-            warmup_runs: config.warmup_runs * opts.pool_size,
+            warmup_runs: config.warmup_runs.saturating_mul(opts.pool_size),
             max_batch_size: config.max_batch_size,
             max_batch_delay_ms: config.max_batch_delay_ms,
         },
@@ -196,7 +197,8 @@ pub async fn run(
     run_with_loader(config, listener, shutdown, default_loader()).await
 }
 
-/// `run`, with the models' backends built by `make_loader`.
+/// `run`, with the models' backends built by `make_loader`. The gRPC port
+/// (`INFERD_GRPC_LISTEN`, unless `off`) is bound here.
 pub async fn run_with_loader(
     config: ServeConfig,
     listener: TcpListener,
@@ -204,13 +206,36 @@ pub async fn run_with_loader(
     make_loader: MakeLoader,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let grpc = match config.grpc_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    run_with_listeners(config, listener, grpc, shutdown, make_loader).await
+}
+
+/// `run_with_loader` on listeners bound by the caller (tests bind port 0).
+pub async fn run_with_listeners(
+    config: ServeConfig,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    make_loader: MakeLoader,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let state = Arc::new(build_state(config.clone())?);
     let app = crate::api::router(state.clone());
     let draining = CancellationToken::new();
+    // Both doors stop accepting at the same moment, after the drain delay.
+    let stop_accepting = CancellationToken::new();
 
     let signal = {
         let state = state.clone();
         let draining = draining.clone();
+        let stop_accepting = stop_accepting.clone();
         let delay = config.drain_delay();
         async move {
             shutdown.await;
@@ -220,6 +245,7 @@ pub async fn run_with_loader(
             // Returning starts the accept loop's graceful shutdown, which closes
             // the listener.
             tokio::time::sleep(delay).await;
+            stop_accepting.cancel();
         }
     };
     let limits = crate::listen::ConnLimits {
@@ -230,13 +256,31 @@ pub async fn run_with_loader(
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
     };
+    let abandon = CancellationToken::new();
     let mut server = tokio::spawn(crate::listen::serve(
         listener,
         app,
         limits,
         state.metrics.clone(),
         signal,
+        abandon.clone(),
     ));
+    let grpc_server = grpc.map(|l| {
+        match l.local_addr() {
+            Ok(a) => tracing::info!("gRPC listening on {a}"),
+            Err(e) => tracing::warn!(error = %e, "gRPC listener has no address"),
+        }
+        let (router, health) = crate::api::grpc::router(state.clone());
+        let served = tokio::spawn(crate::listen::serve(
+            l,
+            router,
+            limits,
+            state.metrics.clone(),
+            stop_accepting.clone().cancelled_owned(),
+            abandon.clone(),
+        ));
+        (AbortOnDrop(served), AbortOnDrop(health))
+    });
 
     // The tails of bursts of repeated warnings (`ratelimit`).
     let reporter = tokio::spawn(async {
@@ -278,9 +322,23 @@ pub async fn run_with_loader(
         }
     }
 
-    let served = serve_until_drained(&config, &mut server, &draining).await;
+    let served = serve_until_drained(&config, &mut server, &draining, &abandon).await;
+    if let Some((mut grpc, _health)) = grpc_server {
+        // Its calls had the same grace as HTTP's, and were abandoned with
+        // them if HTTP's outlasted it; those still running now get one grace
+        // more at most, then are dropped before the log's last drain.
+        if tokio::time::timeout(config.shutdown_grace(), &mut grpc.0)
+            .await
+            .is_err()
+        {
+            abandon.cancel();
+            // Dropped (aborted) at the end of this block if still running.
+            let _ = tokio::time::timeout(ABANDON_WAIT, &mut grpc.0).await;
+        }
+    }
     // Nothing new can arrive now: write out (or spill) every log record.
     state.predlog.shutdown(config.shutdown_grace()).await;
+    crate::ratelimit::report_all_held_back();
     served
 }
 
@@ -288,6 +346,7 @@ async fn serve_until_drained(
     config: &ServeConfig,
     server: &mut tokio::task::JoinHandle<std::io::Result<()>>,
     draining: &CancellationToken,
+    abandon: &CancellationToken,
 ) -> anyhow::Result<()> {
     // Biased, shutdown first: when the server ends because a drain finished,
     // both arms are ready, and the drain's arm is the one that says so.
@@ -302,7 +361,14 @@ async fn serve_until_drained(
                 }
                 Err(_) => {
                     tracing::warn!(grace_ms = config.shutdown_grace_ms, "grace period over with requests still in flight; exiting");
-                    server.abort();
+                    // Drop the connections still open and wait until they are
+                    // gone, so that none answers (and logs) after the log
+                    // writer's last drain. A task is dropped at its next
+                    // await, so this takes a moment, not a request's length.
+                    abandon.cancel();
+                    if tokio::time::timeout(ABANDON_WAIT, &mut *server).await.is_err() {
+                        server.abort();
+                    }
                     Ok(())
                 }
             }
@@ -311,10 +377,15 @@ async fn serve_until_drained(
     }
 }
 
-/// Ends a background task when the server returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// How long dropping the connections left at the end of the grace may take:
+/// a handler busy in a synchronous stretch (JSON parsing of a large body) is
+/// only dropped when it next yields.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
-impl Drop for AbortOnDrop {
+/// Ends a background task when the server returns.
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -455,7 +455,7 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
     assert!(!spill.exists(), "the spill file was replayed and removed");
     assert_eq!(
         pg.psql("SELECT count(*) FROM inferd_schema_migrations"),
-        "2"
+        "3"
     );
     // Every served row has the hash of the input as sent (migration 2).
     assert_eq!(

@@ -178,6 +178,7 @@ fn onnx_runtime_honours_the_switch_and_the_session_stays_usable() {
         intra_threads: 1,
         device: inferd::config::Device::Cpu,
         pool_size: 1,
+        arena_shrink_rows: 8,
     })
     .expect("runtimes");
     let repo =

@@ -317,7 +317,7 @@ async fn a_canary_takes_its_share_of_ten_thousand_requests_by_request_id() {
     let m = s.metrics().await;
     let v2 = common::metric(
         &m,
-        "inferd_requests_total{model=\"text-classifier\",status=\"200\",version=\"2\"}",
+        "inferd_requests_total{model=\"text-classifier\",protocol=\"http\",status=\"200\",version=\"2\"}",
     );
     assert!(v2 >= on_canary as f64);
 }

@@ -57,7 +57,11 @@ async fn v2_infer_and_predict_share_one_pipeline() {
     let (_, metrics) = s.get("/metrics").await;
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("inferd_requests_total{model=\"text-classifier\",status=\"200\""))
+        .find(|l| {
+            l.starts_with(
+                "inferd_requests_total{model=\"text-classifier\",protocol=\"http\",status=\"200\"",
+            )
+        })
         .expect("request counter");
     assert!(line.ends_with(" 2"), "{line}");
 }

@@ -433,7 +433,7 @@ async fn metrics_and_request_ids() {
     assert_eq!(st, 200, "{body}");
     let (_, m) = s.get("/metrics").await;
     let requests = format!(
-        "inferd_requests_total{{model=\"text-classifier\",status=\"200\",version=\"{}\"}} 1",
+        "inferd_requests_total{{model=\"text-classifier\",protocol=\"http\",status=\"200\",version=\"{}\"}} 1",
         common::latest_version("text-classifier")
     );
     for needle in [
@@ -581,7 +581,7 @@ async fn a_full_queue_refuses_before_reading_the_body() {
     assert_eq!(
         metric(
             &m,
-            "inferd_requests_total{model=\"\",status=\"429\",version=\"\"}"
+            "inferd_requests_total{model=\"\",protocol=\"http\",status=\"429\",version=\"\"}"
         ),
         2.0
     );

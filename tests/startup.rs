@@ -40,6 +40,8 @@ fn inferd_binary() -> Command {
             cmd.env_remove(k);
         }
     }
+    // Processes run in parallel here: none may take the default gRPC port.
+    cmd.env("INFERD_GRPC_LISTEN", "127.0.0.1:0");
     cmd
 }
 

@@ -26,6 +26,7 @@ pub fn load_models(pool_size: usize) -> anyhow::Result<Repository> {
         intra_threads: 1,
         device: Device::Cpu,
         pool_size,
+        arena_shrink_rows: 8,
     };
     let runtimes = inferd::server::runtimes(opts)?;
     Ok(Repository::load(&root().join("models"), &runtimes)?)

@@ -115,13 +115,67 @@ fn bearer(req: &Request) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
+        .and_then(bearer_token)
 }
 
-impl ApiKeys {}
+/// What a call needs, for front doors that check keys themselves (gRPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: probes.
+    Open,
+    /// An inference key, when keys are on.
+    Inference,
+    /// An admin key, when any key is configured (model control).
+    Admin,
+}
+
+impl ApiKeys {
+    /// The same decision as `require_api_key`, for a bearer token taken from
+    /// wherever the protocol carries it.
+    pub fn check(&self, needs: Needs, token: Option<&str>) -> Result<(), ApiError> {
+        match needs {
+            Needs::Open => Ok(()),
+            Needs::Admin => {
+                if !self.enabled() && self.admin.is_empty() {
+                    return Ok(());
+                }
+                match token {
+                    Some(t) if self.accepts_admin(t) => Ok(()),
+                    Some(t) if self.accepts(t) => Err(ApiError::Forbidden(
+                        "an inference key cannot control models: use an admin key (INFERD_ADMIN_KEYS)",
+                    )),
+                    Some(_) => Err(ApiError::Unauthorized("the admin key is not valid")),
+                    None => Err(ApiError::Unauthorized(
+                        "an admin key is required: `authorization: Bearer <admin key>`",
+                    )),
+                }
+            }
+            Needs::Inference => {
+                if !self.enabled() {
+                    return Ok(());
+                }
+                match token {
+                    Some(t) if self.accepts(t) => Ok(()),
+                    Some(_) => Err(ApiError::Unauthorized("the API key is not valid")),
+                    None => Err(ApiError::Unauthorized(
+                        "an API key is required: `authorization: Bearer <key>`",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Whether a path is exempt from keys (`INFERD_AUTH_EXEMPT`).
+    pub fn exempt(&self, path: &str) -> bool {
+        self.exempt.contains(path)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
 
 /// The middleware: refusals are rendered by `F`, the router's error format.
 pub async fn require_api_key<F: ErrorFormat>(

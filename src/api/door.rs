@@ -52,7 +52,7 @@ pub async fn refuse_when_full<F: ErrorFormat>(
     // resolution, so `inferd_requests_total{status="429"}` counts every 429.
     st.metrics
         .requests
-        .with_label_values(&["", "", "429"])
+        .with_label_values(&["", "", "429", "http"])
         .inc();
     F::render(ApiError::Core(e))
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::error::Category;
 
 use super::error::ApiError;
@@ -142,6 +142,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     field: (path != ".").then_some(path),
                     message: inner.to_string(),
                 })),
+                // serde reads a struct from an array too, and an element too
+                // many is reported as "trailing characters", a syntax error,
+                // though the document is JSON of the wrong shape: well-formed
+                // documents are never 400.
+                _ if serde_json::from_slice::<IgnoredAny>(bytes).is_ok() => {
+                    Err(ApiError::Core(CoreError::Invalid {
+                        field: (path != ".").then_some(path),
+                        message: format!("wrong shape: {inner}"),
+                    }))
+                }
                 _ => Err(ApiError::MalformedJson(inner.to_string())),
             }
         }

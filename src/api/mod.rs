@@ -15,6 +15,7 @@ pub mod auth;
 pub mod door;
 pub mod error;
 pub mod extract;
+pub mod grpc;
 pub mod health;
 pub mod openapi;
 pub mod routes;

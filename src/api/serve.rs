@@ -11,7 +11,9 @@ use std::sync::{Arc, LazyLock};
 use crate::ratelimit::{every, Every};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use std::borrow::Cow;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -26,6 +28,9 @@ use crate::core::pipeline::{Predicted, Timings};
 use crate::core::repository::Model;
 use crate::core::CoreError;
 use crate::predlog::Record;
+use crate::telemetry::trace::{self, RequestSpan, TraceRef};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 
 /// Who asked, for the prediction log: the proxy's `x-forwarded-for` (first hop)
 /// or `x-real-ip` when present, else the peer address.
@@ -35,6 +40,15 @@ pub struct Caller {
     pub client: Option<String>,
     /// When the request's header arrived: its deadline runs from here.
     pub arrived: Instant,
+    /// The front door's protocol, a metric label: `http` or `grpc`.
+    pub protocol: &'static str,
+    /// A deadline the client set (gRPC's `grpc-timeout`); the earlier of it
+    /// and `INFERD_REQUEST_TIMEOUT_MS` applies.
+    pub timeout: Option<Duration>,
+    /// The client's W3C `traceparent`, continued by the request's span.
+    pub trace_parent: Option<SpanContext>,
+    /// The request's span name: method and route template, or the gRPC method.
+    pub span_name: Cow<'static, str>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -47,6 +61,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .map(|c| c.0);
         let mut caller = Caller::from_parts(&parts.headers, peer);
         caller.arrived = super::extract::Arrival::of(&parts.extensions);
+        // Named only when someone records spans.
+        if let Some(path) = parts
+            .extensions
+            .get::<MatchedPath>()
+            .filter(|_| trace::enabled())
+        {
+            caller.span_name = format!("{} {}", parts.method, path.as_str()).into();
+        }
         Ok(caller)
     }
 }
@@ -62,9 +84,30 @@ impl Caller {
             request_id: h("x-request-id").unwrap_or_default().to_string(),
             client: forwarded.or_else(|| peer.map(|p| p.to_string())),
             arrived: Instant::now(),
+            protocol: "http",
+            timeout: None,
+            trace_parent: trace::remote_parent(h("traceparent"), h("tracestate")),
+            span_name: Cow::Borrowed("POST"),
+        }
+    }
+
+    /// A caller from a protocol's own headers (gRPC metadata is HTTP/2 headers).
+    pub fn from_headers(
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        protocol: &'static str,
+    ) -> Self {
+        Caller {
+            protocol,
+            span_name: Cow::Borrowed(GRPC_INFER),
+            ..Caller::from_parts(headers, peer)
         }
     }
 }
+
+/// The span name of gRPC predictions (the only gRPC call that reaches
+/// `serve_prediction`), as the RPC semantic conventions name spans.
+const GRPC_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
 
 /// What a front door hands to `serve_prediction`: the model version it resolved and,
 /// unless the request's instances were unusable, the instances as JSON values
@@ -72,26 +115,79 @@ impl Caller {
 /// whatever the front door needs to answer (`T`).
 pub type Prepared<T> = Result<(Target, Result<(Vec<Value>, T), ApiError>), ApiError>;
 
-/// How a front door renders an answer.
+/// How a front door renders an answer, in its own reply type.
 pub trait Answer<T> {
-    fn ok(self, model: &Model, done: &Predicted, extra: T) -> Response;
-    fn err(self, e: ApiError) -> Response;
+    type Reply: Reply;
+    fn ok(self, model: &Model, done: &Predicted, extra: T) -> Self::Reply;
+    fn err(self, e: ApiError) -> Self::Reply;
+}
+
+/// What every reply gives the shared path: the HTTP status it stands for
+/// (the metrics' `status` label, the same for every protocol, so one alert
+/// on 5xx covers them all) and a place for the queue and inference times.
+pub trait Reply {
+    fn status(&self) -> u16;
+    fn add_timings(&mut self, t: &Timings);
+    /// The request's trace id (`x-trace-id`), so a client that sent no
+    /// `traceparent` can still find its trace and its log row.
+    fn add_trace_id(&mut self, trace_id: &str);
+}
+
+impl Reply for Response {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+
+    fn add_timings(&mut self, t: &Timings) {
+        let h = self.headers_mut();
+        // Room for these and the layers' two, without regrowing the map.
+        h.reserve(6);
+        h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
+        h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "queue;dur={:.3}, inference;dur={:.3}",
+            t.queue.as_secs_f64() * 1e3,
+            t.inference.as_secs_f64() * 1e3
+        )) {
+            h.insert(HeaderName::from_static("server-timing"), v);
+        }
+    }
+
+    fn add_trace_id(&mut self, trace_id: &str) {
+        if let Ok(v) = HeaderValue::from_str(trace_id) {
+            self.headers_mut()
+                .insert(HeaderName::from_static("x-trace-id"), v);
+        }
+    }
 }
 
 /// The one prediction path behind every front door: lifecycle checks, the
 /// instance limit, validation, the pipeline (cache, single-flight, admission,
 /// batching, inference), then metrics, the prediction log and timing headers,
 /// whatever the outcome.
-pub async fn serve_prediction<T>(
+pub async fn serve_prediction<T, A: Answer<T>>(
     st: Arc<AppState>,
     caller: Caller,
     prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
-    answer: impl Answer<T>,
-) -> Response {
+    answer: A,
+) -> A::Reply {
     let start = caller.arrived;
     let _in_flight = InFlight::enter(&st.metrics.requests_in_flight);
-    let mut ctx = RequestCtx::default();
-    let result = run(&st, prepare, &caller.request_id, start, &mut ctx).await;
+    let span = RequestSpan::start(
+        caller.span_name.clone(),
+        caller.trace_parent.as_ref(),
+        start,
+        || request_attributes(&caller),
+    );
+    let mut ctx = RequestCtx {
+        trace: span.at(),
+        trace_id: span.at().trace_id_hex(),
+        ..RequestCtx::default()
+    };
+    let timeout = caller.timeout.map_or(st.config.request_timeout(), |t| {
+        t.min(st.config.request_timeout())
+    });
+    let result = run(&st, prepare, &caller.request_id, start, timeout, &mut ctx).await;
     let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
     let latency = start.elapsed();
     let mut resp = match result {
@@ -132,34 +228,61 @@ pub async fn serve_prediction<T>(
                     latency_ms: latency.as_secs_f32() * 1e3,
                     client: caller.client.clone(),
                     error: Some(e.to_string()),
+                    trace_id: ctx.trace_id.clone(),
+                    trace: ctx.trace,
                 });
             }
             answer.err(e)
         }
     };
-    let status = resp.status().as_u16().to_string();
+    let status = Reply::status(&resp).to_string();
     st.metrics
         .requests
-        .with_label_values(&[&model_label, &version_label, &status])
+        .with_label_values(&[&model_label, &version_label, &status, caller.protocol])
         .inc();
     st.metrics
         .request_duration
         .with_label_values(&[&model_label, &version_label])
         .observe(latency.as_secs_f64());
-    let t = ctx.timings;
-    let h = resp.headers_mut();
-    // Room for these and the layers' two, without regrowing the map.
-    h.reserve(6);
-    h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
-    h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "queue;dur={:.3}, inference;dur={:.3}",
-        t.queue.as_secs_f64() * 1e3,
-        t.inference.as_secs_f64() * 1e3
-    )) {
-        h.insert(HeaderName::from_static("server-timing"), v);
+    resp.add_timings(&ctx.timings);
+    if let Some(id) = &ctx.trace_id {
+        resp.add_trace_id(id);
     }
+    let instances = ctx.instance_count;
+    span.finish(Reply::status(&resp), || {
+        vec![
+            KeyValue::new("inferd.model", model_label),
+            KeyValue::new("inferd.version", version_label),
+            KeyValue::new("inferd.instances", instances as i64),
+        ]
+    });
     resp
+}
+
+/// The request span's attributes known at its start (semantic conventions
+/// for HTTP servers and RPC, plus inferd's request id).
+fn request_attributes(caller: &Caller) -> Vec<KeyValue> {
+    let mut a = vec![KeyValue::new(
+        "inferd.request_id",
+        caller.request_id.clone(),
+    )];
+    if caller.protocol == "grpc" {
+        a.push(KeyValue::new("rpc.system", "grpc"));
+        a.push(KeyValue::new(
+            "rpc.service",
+            "inference.GRPCInferenceService",
+        ));
+        a.push(KeyValue::new("rpc.method", "ModelInfer"));
+    } else {
+        a.push(KeyValue::new("http.request.method", "POST"));
+        if let Some((_, route)) = caller.span_name.split_once(' ') {
+            a.push(KeyValue::new("http.route", route.to_string()));
+        }
+    }
+    if let Some(c) = &caller.client {
+        a.push(KeyValue::new("client.address", c.clone()));
+    }
+    a
 }
 
 #[derive(Default)]
@@ -172,6 +295,12 @@ struct RequestCtx {
     instances: Option<Vec<Value>>,
     /// SHA-256 of each instance as sent.
     raw_sha256: Vec<String>,
+    /// Where the request's spans hang.
+    trace: TraceRef,
+    /// Its trace id as written to the log and the response, formatted once.
+    trace_id: Option<String>,
+    /// How many instances the request carried, once decoded.
+    instance_count: usize,
 }
 
 async fn run<T>(
@@ -179,9 +308,11 @@ async fn run<T>(
     prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
     request_id: &str,
     start: Instant,
+    timeout: Duration,
     ctx: &mut RequestCtx,
 ) -> Result<(Arc<Model>, Predicted, T), ApiError> {
     let deployment = st.lifecycle.admit()?;
+    let decoding = trace::start(ctx.trace);
     let (target, instances) = prepare(&deployment, request_id)?;
     let model = &target.model;
     ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
@@ -200,6 +331,14 @@ async fn run<T>(
             (st.pipeline.decode(&target, &instances), instances)
         };
     let decoded = decoded?;
+    ctx.instance_count = decoded.batch.len();
+    trace::child(
+        ctx.trace,
+        "decode",
+        decoding,
+        || vec![KeyValue::new("inferd.instances", ctx.instance_count as i64)],
+        Vec::new(),
+    );
     if st.predlog.enabled() {
         // The log keeps the instance the model saw (the cache key's input) and
         // the hash of the one that was sent.
@@ -217,7 +356,7 @@ async fn run<T>(
         .instances
         .with_label_values(&[&model.manifest.name])
         .observe(batch.len() as f64);
-    let deadline = tokio::time::Instant::from_std(start + st.config.request_timeout());
+    let deadline = tokio::time::Instant::from_std(start + timeout);
     let done = st
         .pipeline
         .predict(
@@ -225,6 +364,7 @@ async fn run<T>(
             batch,
             deadline,
             st.predlog.enabled(),
+            ctx.trace,
             &mut ctx.timings,
         )
         .await?;
@@ -262,6 +402,8 @@ fn log_success(
             latency_ms: latency.as_secs_f32() * 1e3,
             client: caller.client.clone(),
             error: None,
+            trace_id: ctx.trace_id.clone(),
+            trace: ctx.trace,
         });
     }
 }

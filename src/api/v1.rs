@@ -64,6 +64,8 @@ pub struct PredictResponse<'a> {
 struct V1;
 
 impl Answer<()> for V1 {
+    type Reply = Response;
+
     fn ok(self, model: &Model, done: &Predicted, _: ()) -> Response {
         Json(PredictResponse {
             model: &model.manifest.name,

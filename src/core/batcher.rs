@@ -26,6 +26,7 @@ use super::error::CoreError;
 use super::repository::Model;
 use super::slots::{Slots, Work};
 use crate::metrics::Metrics;
+use crate::telemetry::trace::{self, TraceRef};
 
 /// What a job gets back: its own rows, and how long it queued and ran.
 pub type JobResult = Result<(OutputBatch, Duration, Duration), CoreError>;
@@ -37,6 +38,8 @@ struct Job {
     reply: oneshot::Sender<JobResult>,
     /// Counts against `INFERD_MAX_QUEUE` until the job is taken into a batch.
     ticket: Option<QueueTicket>,
+    /// The request's trace: its queue, batch and inference spans hang there.
+    trace: TraceRef,
 }
 
 /// A handle on one model version's queue; clones share it.
@@ -93,6 +96,7 @@ impl Batcher {
         input: InputBatch,
         deadline: Instant,
         ticket: QueueTicket,
+        trace: TraceRef,
     ) -> oneshot::Receiver<JobResult> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -101,6 +105,7 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
             ticket: Some(ticket),
+            trace,
         };
         let q = &self.queue;
         let mut st = q.lock();
@@ -257,6 +262,15 @@ impl ModelQueue {
         h.batch_size.observe(merged.len() as f64);
         h.batches.inc();
         let jobs = std::mem::take(&mut *running.lock());
+        // Read before the replies consume the jobs; recorded after them. Only
+        // sampled jobs: at a low sampling rate most batches collect nothing.
+        let traced: Vec<(TraceRef, std::time::Instant, usize)> = jobs
+            .iter()
+            .filter(|j| j.trace.sampled)
+            .map(|j| (j.trace, j.enqueued.into_std(), j.input.len()))
+            .collect();
+        let requests = jobs.len();
+        let ok = out.is_ok();
         match out {
             Ok(out) => {
                 let mut row = 0;
@@ -290,6 +304,10 @@ impl ModelQueue {
                     let _ = j.reply.send(Err(e.clone()));
                 }
             }
+        }
+        if !traced.is_empty() {
+            let run = (started.into_std(), t + took);
+            trace::batch(&traced, merged.len(), requests, run, ok);
         }
     }
 }
@@ -454,8 +472,12 @@ mod formation_tests {
     impl Rig {
         fn submit(&self, v: f32, within: Duration) -> oneshot::Receiver<JobResult> {
             let ticket = self.admission.enter().expect("queue has room");
-            self.batcher
-                .submit(window(v), Instant::now() + within, ticket)
+            self.batcher.submit(
+                window(v),
+                Instant::now() + within,
+                ticket,
+                TraceRef::default(),
+            )
         }
 
         /// Submits `v` and waits until it is inside the model, holding the slot.

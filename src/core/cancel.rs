@@ -130,8 +130,9 @@ impl Shared {
             drop(st);
             for b in due {
                 if !b.control().is_cancelled() && b.abandoned() {
+                    // Counted first: whoever sees the stop sees the count.
+                    self.cancelled.fetch_add(1, Ordering::AcqRel);
                     b.control().cancel();
-                    self.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
             }
             st = self.lock();
@@ -195,7 +196,7 @@ impl Watcher {
 
     /// Batches cancelled so far.
     pub fn cancelled(&self) -> u64 {
-        self.shared.cancelled.load(Ordering::Relaxed)
+        self.shared.cancelled.load(Ordering::Acquire)
     }
 }
 

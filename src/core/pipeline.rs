@@ -24,6 +24,8 @@ use super::policy::Routing;
 use super::repository::Repository;
 use super::task::{Decoded, Prediction};
 use crate::metrics::Metrics;
+use crate::telemetry::trace::{self, TraceRef};
+use opentelemetry::KeyValue;
 
 /// Where a request's time went (accumulated over its model calls).
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,6 +110,7 @@ impl Pipeline {
         mut batch: InputBatch,
         deadline: Instant,
         want_keys: bool,
+        trace: TraceRef,
         timings: &mut Timings,
     ) -> Result<Predicted, CoreError> {
         let model = &target.model;
@@ -123,7 +126,9 @@ impl Pipeline {
             Vec::new()
         };
         let Some(cache) = cache else {
-            let predictions = self.run_model(target, batch, deadline, timings).await?;
+            let predictions = self
+                .run_model(target, batch, deadline, trace, timings)
+                .await?;
             return Ok(Predicted {
                 predictions,
                 cached: vec![false; n],
@@ -134,6 +139,7 @@ impl Pipeline {
 
         let mut slots: Vec<Option<Prediction>> = vec![None; n];
         let mut cached = vec![false; n];
+        let looking = trace::start(trace);
         for (i, hit) in cache
             .get_many(name, version, &keys)
             .await
@@ -145,6 +151,20 @@ impl Pipeline {
                 cached[i] = true;
             }
         }
+        trace::child(
+            trace,
+            "cache.lookup",
+            looking,
+            || {
+                let hits = cached.iter().filter(|c| **c).count();
+                vec![
+                    KeyValue::new("inferd.cache.hits", hits as i64),
+                    KeyValue::new("inferd.cache.misses", (n - hits) as i64),
+                    KeyValue::new("inferd.cache.remote", cache.has_remote()),
+                ]
+            },
+            Vec::new(),
+        );
 
         let mut leads: Vec<(usize, Lead)> = Vec::new();
         let mut follows = Vec::new();
@@ -184,7 +204,7 @@ impl Pipeline {
             } else {
                 batch.select(&idx)
             };
-            match self.run_model(target, sub, deadline, timings).await {
+            match self.run_model(target, sub, deadline, trace, timings).await {
                 Ok(preds) => {
                     let entries: Vec<(Key, Bytes)> = idx
                         .iter()
@@ -221,6 +241,12 @@ impl Pipeline {
             }
         }
 
+        let following = if follows.is_empty() {
+            None
+        } else {
+            trace::start(trace)
+        };
+        let followed = follows.len();
         for (i, rx) in follows {
             match tokio::time::timeout_at(deadline, follow(rx)).await {
                 Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
@@ -232,12 +258,24 @@ impl Pipeline {
                 // The leader's request went away before finishing: run it here.
                 Ok(None) => {
                     let mut out = self
-                        .run_model(target, batch.select(&[i]), deadline, timings)
+                        .run_model(target, batch.select(&[i]), deadline, trace, timings)
                         .await?;
                     slots[i] = out.pop();
                 }
             }
         }
+        trace::child(
+            trace,
+            "single_flight.wait",
+            following,
+            || {
+                vec![KeyValue::new(
+                    "inferd.single_flight.followed",
+                    followed as i64,
+                )]
+            },
+            Vec::new(),
+        );
         let predictions: Vec<Prediction> = slots.into_iter().flatten().collect();
         if predictions.len() != n {
             return Err(CoreError::Internal("a prediction went missing"));
@@ -302,6 +340,7 @@ impl Pipeline {
         target: &Target,
         batch: InputBatch,
         deadline: Instant,
+        trace: TraceRef,
         timings: &mut Timings,
     ) -> Result<Vec<Prediction>, CoreError> {
         let batcher = target.batcher();
@@ -318,7 +357,7 @@ impl Pipeline {
         };
         for part in pieces {
             let ticket = self.admission.enter()?;
-            parts.push(batcher.submit(part, deadline, ticket));
+            parts.push(batcher.submit(part, deadline, ticket, trace));
         }
         let mut predictions = Vec::with_capacity(n);
         for rx in parts {

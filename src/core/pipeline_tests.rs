@@ -122,8 +122,15 @@ impl Rig {
 async fn predict(p: &Pipeline, t: &Target, values: &[f32]) -> Result<Predicted, CoreError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut timings = Timings::default();
-    p.predict(t, windows(values), deadline, false, &mut timings)
-        .await
+    p.predict(
+        t,
+        windows(values),
+        deadline,
+        false,
+        TraceRef::default(),
+        &mut timings,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,17 +34,29 @@ impl JsonlSink {
 
     fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
         let size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        if size >= self.max_bytes {
+        // An empty or missing file is never rotated: there is nothing to keep,
+        // and renaming a missing file would fail the write.
+        if size > 0 && size >= self.max_bytes {
             self.rotate()?;
         }
         append_jsonl(&self.path, records)
     }
 
     /// `predictions.jsonl` -> `.1` -> `.2` ... up to `keep` old files.
+    /// Only the run of existing files from `.1` up is shifted (the first gap
+    /// absorbs it), so a rotation costs one rename per file that exists,
+    /// whatever `keep` is.
     fn rotate(&self) -> std::io::Result<()> {
         let name = |i: usize| PathBuf::from(format!("{}.{i}", self.path.display()));
-        let _ = fs::remove_file(name(self.keep));
-        for i in (1..self.keep).rev() {
+        let mut gap = 1;
+        while gap <= self.keep && name(gap).exists() {
+            gap += 1;
+        }
+        if gap > self.keep {
+            let _ = fs::remove_file(name(self.keep));
+            gap = self.keep;
+        }
+        for i in (1..gap).rev() {
             let _ = fs::rename(name(i), name(i + 1));
         }
         fs::rename(&self.path, name(1))
@@ -113,5 +125,30 @@ mod tests {
         let line = fs::read_to_string(&path).unwrap();
         let back: Record = serde_json::from_str(line.lines().next().unwrap()).unwrap();
         assert_eq!(back.model, "m");
+    }
+
+    #[test]
+    fn rotation_shifts_only_up_to_the_first_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let at = |i: u32| dir.path().join(format!("p.jsonl.{i}"));
+        fs::write(&path, "current\n").unwrap();
+        fs::write(at(1), "one\n").unwrap();
+        fs::write(at(3), "three\n").unwrap();
+        let s = JsonlSink::open(path.clone(), 1, 3).unwrap();
+        s.rotate().unwrap();
+        let read = |i| fs::read_to_string(at(i)).unwrap();
+        assert_eq!(
+            (read(1), read(2), read(3)),
+            ("current\n".into(), "one\n".into(), "three\n".into())
+        );
+        // All kept numbers taken: the oldest goes.
+        fs::write(&path, "newest\n").unwrap();
+        s.rotate().unwrap();
+        assert_eq!(
+            (read(1), read(2), read(3)),
+            ("newest\n".into(), "current\n".into(), "one\n".into())
+        );
+        assert!(!at(4).exists() && !path.exists());
     }
 }

@@ -73,7 +73,22 @@ impl PredLog {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(r) {
             Ok(()) => self.metrics.predlog_queue.inc(),
-            Err(_) => {
+            // Only after shutdown (or if the writer died): no handler should
+            // be left to log then, so any such record is a bug worth seeing.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics
+                    .predlog_dropped
+                    .with_label_values(&["writer_stopped"])
+                    .inc();
+                static STOPPED: LazyLock<Every> = every!("prediction log writer stopped");
+                if let Some(suppressed) = STOPPED.tick() {
+                    tracing::error!(
+                        suppressed,
+                        "prediction log writer has stopped: record dropped"
+                    );
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 self.metrics
                     .predlog_dropped
                     .with_label_values(&["channel_full"])

@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "input sha256",
         sql: include_str!("migrations/0002_input_sha256.sql"),
     },
+    Migration {
+        version: 3,
+        name: "trace id",
+        sql: include_str!("migrations/0003_trace_id.sql"),
+    },
 ];
 
 /// Taken by the migrating transaction so several workers starting at once do
@@ -49,9 +54,9 @@ const MIGRATION_LOCK: i64 = 0x696e_6665_7264;
 /// One statement per batch: the columns go as arrays, so a batch costs one
 /// round trip whatever its size.
 const INSERT: &str = "INSERT INTO predictions
-    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error, input_sha256)
+    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error, input_sha256, trace_id)
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::smallint[],
-        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[], $14::text[])
+        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[], $14::text[], $15::text[])
     ON CONFLICT (id) DO NOTHING";
 
 pub(super) struct PgSink {
@@ -142,6 +147,7 @@ impl PgSink {
         let client_addr: Vec<Option<&str>> = rows.iter().map(|r| r.client.as_deref()).collect();
         let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         let input_sha: Vec<Option<&str>> = rows.iter().map(|r| r.input_sha256.as_deref()).collect();
+        let trace_id: Vec<Option<&str>> = rows.iter().map(|r| r.trace_id.as_deref()).collect();
         client
             .execute(
                 INSERT,
@@ -160,6 +166,7 @@ impl PgSink {
                     &client_addr,
                     &error,
                     &input_sha,
+                    &trace_id,
                 ],
             )
             .await?;

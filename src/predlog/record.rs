@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::telemetry::trace::TraceRef;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -34,6 +35,14 @@ pub struct Record {
     pub latency_ms: f32,
     pub client: Option<String>,
     pub error: Option<String>,
+    /// The request's trace id (OpenTelemetry, W3C), when it had one: tracing
+    /// is on, or the client sent a `traceparent`.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// Where the request's spans hang, for the `predlog.write` span; not
+    /// stored.
+    #[serde(skip)]
+    pub trace: TraceRef,
 }
 
 /// Both sinks count their writes the same way, so dashboards need not care
@@ -107,6 +116,8 @@ pub(super) fn test_record(i: u32) -> Record {
         latency_ms: 0.5,
         client: Some("127.0.0.1:1".into()),
         error: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        trace: TraceRef::default(),
     }
 }
 

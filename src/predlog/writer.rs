@@ -183,7 +183,7 @@ impl Writer {
                         // Take a large bite: past the bound, each turn ends in one
                         // spill append, and small bites cannot keep up with a
                         // burst (the channel would overflow and drop).
-                        while self.buf.len() < self.buffer_rows + SPILL_CHUNK.max(self.batch_rows) {
+                        while self.buf.len() < self.buffer_rows.saturating_add(SPILL_CHUNK.max(self.batch_rows)) {
                             match rx.try_recv() {
                                 Ok(r) => { self.metrics.predlog_queue.dec(); self.buf.push_back(r); }
                                 Err(_) => break,
@@ -296,6 +296,10 @@ impl Writer {
             Ok(Ok(())) => {
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
+                crate::telemetry::trace::logged(
+                    batch.iter().map(|r| (r.trace, r.ts.into())),
+                    self.sink.name(),
+                );
             }
             Ok(Err(e)) => {
                 self.requeue(batch);

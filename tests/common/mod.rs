@@ -52,6 +52,8 @@ pub fn ort_dylib_path() -> PathBuf {
 pub fn config() -> ServeConfig {
     let mut c = default_config();
     c.listen = "127.0.0.1:0".parse().expect("addr");
+    // gRPC tests bind their own port (`run_with_listeners`).
+    c.grpc_listen = "off".into();
     c.models_dir = root().join("models");
     c.max_concurrency = Some(2);
     c.warmup_runs = 1;
@@ -74,6 +76,8 @@ pub fn slowed(latency: Duration) -> MakeLoader {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The gRPC port, when the config turns it on (bound here, port 0 is fine).
+    pub grpc: Option<SocketAddr>,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<anyhow::Result<()>>,
@@ -119,14 +123,24 @@ impl TestServer {
         let shutdown = async move {
             let _ = rx.await;
         };
-        let handle = match make_loader {
-            None => tokio::spawn(inferd::run(config, listener, shutdown)),
-            Some(make) => tokio::spawn(inferd::server::run_with_loader(
-                config, listener, shutdown, make,
-            )),
+        let grpc_listener = match config.grpc_addr() {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.expect("bind gRPC")),
+            None => None,
         };
+        let grpc = grpc_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("addr"));
+        let make = make_loader.unwrap_or_else(inferd::server::default_loader);
+        let handle = tokio::spawn(inferd::server::run_with_listeners(
+            config,
+            listener,
+            grpc_listener,
+            shutdown,
+            make,
+        ));
         TestServer {
             addr,
+            grpc,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             handle,

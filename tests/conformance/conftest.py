@@ -30,8 +30,9 @@ def running_inferd(models_dir: Path, **extra_env):
     binary = Path(os.environ.get("INFERD_BIN", ROOT / "target/release/inferd"))
     if not binary.is_file():
         pytest.fail(f"no inferd binary at {binary}: cargo build --release")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = dict(os.environ, INFERD_LISTEN=f"127.0.0.1:{port}", INFERD_API_KEYS=API_KEY,
+               INFERD_GRPC_LISTEN=f"127.0.0.1:{grpc_port}",
                INFERD_CACHE="off", INFERD_PREDLOG="off", INFERD_MODELS_DIR=str(models_dir))
     env.update(extra_env)
     env.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort/lib/libonnxruntime.so.1.31.1"))
@@ -50,7 +51,7 @@ def running_inferd(models_dir: Path, **extra_env):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"inferd did not become ready:\n{Path(log.name).read_text()[-4000:]}")
             time.sleep(0.1)
-        yield {"url": url, "host": f"127.0.0.1:{port}", "key": API_KEY,
+        yield {"url": url, "host": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}", "key": API_KEY,
                "log": Path(log.name)}
     finally:
         proc.terminate()

@@ -40,9 +40,10 @@ def inferd_bin() -> Path:
 
 
 def exported_metrics() -> set[str]:
-    """Metric families the server defines (src/metrics.rs), the names dashboards
-    and alerts may use."""
-    src = (ROOT / "src/metrics.rs").read_text()
+    """Metric families the server defines (src/metrics.rs, and the span
+    exporter's process-wide counters it registers from src/telemetry/trace.rs),
+    the names dashboards and alerts may use."""
+    src = "".join((ROOT / f).read_text() for f in ("src/metrics.rs", "src/telemetry/trace.rs"))
     return set(re.findall(r'"(inferd_[a-z0-9_]+)"', src))
 
 

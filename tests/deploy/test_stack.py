@@ -141,6 +141,43 @@ def test_cache_is_shared_across_workers(stack):
     SENT["direct"] = 3
 
 
+def test_grpc_through_nginx(stack):
+    """KServe v2 over gRPC through nginx's `grpc_pass` least_conn upstream:
+    tritonclient.grpc's answers equal /predict's, the calls reach the workers'
+    gRPC ports and are counted there as protocol="grpc", the health service
+    answers through the proxy, and model control is refused there."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    target = f"127.0.0.1:{stack['NGINX_GRPC_PORT']}"
+    client = tgrpc.InferenceServerClient(target)
+    assert client.is_server_live() and client.is_server_ready()
+    golden = json.loads((ROOT / "models/lstm-forecaster/1/golden.json").read_text())["cases"]
+    before = fleet_total(stack, "inferd_requests_total", 'protocol="grpc"')
+    n = 6
+    for case in golden[:n]:
+        window = np.array([case["input"]], dtype=np.float32)
+        inp = tgrpc.InferInput("window", list(window.shape), "FP32")
+        inp.set_data_from_numpy(window)
+        got = client.infer("lstm-forecaster", [inp]).as_numpy("forecast")[0, 0]
+        want = post(stack["NGINX_URL"], {"model": "lstm-forecaster", "instances": [case["input"]]})
+        assert got == np.float32(want["predictions"][0]["forecast"]["co2_ppm"])
+    SENT["grpc"] = 2 * n
+    per_worker = [total(metrics(w), "inferd_requests_total", 'protocol="grpc"') for w in workers(stack)]
+    assert sum(per_worker) - before == n, per_worker
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_repository_index()
+    assert e.value.status() == "StatusCode.PERMISSION_DENIED"
+    client.close()
+    # grpc.health.v1.Health/Check, hand-encoded: {service = ""} -> {status = SERVING (1)}.
+    with grpc.insecure_channel(target) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        assert check(b"", timeout=5) == b"\x08\x01"
+
+
 def fleet_total(s, name, label_filter="") -> float:
     """A counter summed over every worker's own /metrics."""
     return sum(total(metrics(w), name, label_filter) for w in workers(s))
@@ -237,6 +274,34 @@ def test_rolling_restart_fails_no_request(stack):
     # The drains were exercised: nginx moved requests off a draining worker.
     log = (stack["dir"] / "nginx-access.log").read_text()
     assert re.search(r'"upstream_status":"50[23], 200"', log), "no request was retried off a draining worker"
+
+
+def test_trace_id_reaches_the_access_log_and_the_log_row(stack):
+    """A client's W3C traceparent, sent through nginx: the worker continues its
+    trace and answers `x-trace-id`, which nginx's access log records, and the
+    prediction-log row in PostgreSQL carries the same id."""
+    trace = uuid.uuid4().hex
+    rid = f"traced-{trace[:8]}"
+    req = urllib.request.Request(
+        f"{stack['NGINX_URL']}/predict", method="POST",
+        data=json.dumps({"model": "text-classifier", "instances": ["Are we still on for Friday?"]}).encode(),
+        headers={"content-type": "application/json", "x-request-id": rid,
+                 "traceparent": f"00-{trace}-{uuid.uuid4().hex[:16]}-01"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["x-trace-id"] == trace
+    SENT["traced"] = 1
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(l) for l in (stack["dir"] / "nginx-access.log").read_text().splitlines()
+                 if rid in l]
+        row = psql(stack, f"SELECT trace_id FROM predictions WHERE request_id = '{rid}'")
+        if lines and row:
+            break
+        assert time.monotonic() < deadline, (lines, row)
+        time.sleep(0.2)
+    assert [l["trace_id"] for l in lines] == [trace], lines
+    assert row == trace
 
 
 def test_one_log_row_per_request(stack):

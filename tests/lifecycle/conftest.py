@@ -109,6 +109,8 @@ class Server:
         full = dict(
             base,
             INFERD_LISTEN=f"127.0.0.1:{self.port}",
+            # Several servers run at once: none may take the default gRPC port.
+            INFERD_GRPC_LISTEN="127.0.0.1:0",
             INFERD_MODELS_DIR=str(models_dir),
             INFERD_CACHE="off",
             INFERD_PREDLOG="off",

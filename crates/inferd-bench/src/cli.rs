@@ -1,24 +1,42 @@
-//! The command line: every flag of `inferd-bench` (the same ones `inferd bench`
-//! had) and the duration parser they share.
+//! The command line: every flag of `inferd-bench` (those `inferd bench` had,
+//! plus `--payloads`, `--protocol` and `--schedule`) and the duration parser
+//! they share.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::protocol::Protocol;
+use crate::schedule::{parse_schedule, Schedule};
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "inferd-bench",
     version,
-    about = "Load-test a running inferd with the models' held-out inputs"
+    about = "Load-test a running inferd with the models' held-out inputs or your own payloads"
 )]
 pub struct BenchConfig {
-    /// Server base URL.
+    /// Server base URL; with --protocol grpc, the server's gRPC address
+    /// (INFERD_GRPC_LISTEN, e.g. http://127.0.0.1:8081).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Model to load; payloads come from its golden.json.
+    /// Model to load; payloads come from its golden.json unless --payloads is given.
     #[arg(long, default_value = "text-classifier")]
     pub model: String,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::V1)]
+    pub protocol: Protocol,
+    /// JSON-lines file of payloads to send instead of the golden inputs. Each
+    /// non-blank line is either a full request body for --protocol, sent as it
+    /// is (v1: `{"model": ..., "instances": [...]}`; v2: `{"inputs": [...]}`),
+    /// or one bare instance (a string for a text model, an array of rows for a
+    /// window model), wrapped into a request for --model with --instances
+    /// instances (its own and the next bare lines'). A bad line stops start-up,
+    /// naming it. Requests go round robin over the lines, in order: each
+    /// closed-loop connection starts at its own line, the open loop at line 1.
+    #[arg(long, value_name = "FILE")]
+    pub payloads: Option<PathBuf>,
     /// Directory holding `<model>/1/golden.json` (the server's models directory).
     #[arg(long, env = "INFERD_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
@@ -40,6 +58,17 @@ pub struct BenchConfig {
     /// Requests per second (open loop); overrides the closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop on a rate schedule: comma-separated DURATION:RATE steps, e.g.
+    /// `10s:100,30s:500,10s:0` (durations as for --duration, rates in requests
+    /// per second). Steps jump, they do not ramp: each holds its rate for its
+    /// duration, then the next starts at its own (write a ramp as several short
+    /// steps); a step at 0 sends nothing. Replaces --rate and --duration: the
+    /// run measures the steps' total, after a warm-up at the first non-zero
+    /// step's rate. The report adds a row per step: the requests scheduled in
+    /// it (their count, p50/p95/p99 and errors by status) and the answers
+    /// received during it per second (the rate achieved).
+    #[arg(long, value_parser = parse_schedule, conflicts_with_all = ["rate", "duration"])]
+    pub schedule: Option<Schedule>,
     /// How long to measure, e.g. `10s`, `500ms`, `1m`.
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -67,6 +96,33 @@ pub struct BenchConfig {
     /// No progress bar (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl BenchConfig {
+    /// The open loop's schedule: `--schedule`, or `--rate` for `--duration`;
+    /// `None` for the closed loop.
+    pub fn open_schedule(&self) -> Result<Option<Schedule>, String> {
+        match (&self.schedule, self.rate) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(rate)) => {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--rate {rate}: must be positive"));
+                }
+                Schedule::constant(rate, self.duration.max(Duration::from_millis(1)))
+                    .map(Some)
+                    .map_err(|e| format!("--rate {rate}: {e}"))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// How long the run measures: the schedule's total or `--duration`.
+    pub fn measured_duration(&self) -> Duration {
+        match &self.schedule {
+            Some(s) => s.total(),
+            None => self.duration,
+        }
+    }
 }
 
 /// `10s`, `500ms`, `1m`, or a bare number of seconds.
@@ -154,5 +210,52 @@ mod tests {
         assert_eq!(cfg.requests, Some(7));
         assert_eq!(cfg.instances, 3);
         assert!(cfg.quiet);
+        assert_eq!(cfg.protocol, Protocol::V1);
+        assert!(cfg.payloads.is_none() && cfg.schedule.is_none());
+        let s = cfg.open_schedule().expect("valid").expect("open loop");
+        assert_eq!(s.to_string(), "2s:100");
+    }
+
+    #[test]
+    fn new_flags_parse_and_the_schedule_replaces_rate_and_duration() {
+        let cfg = BenchConfig::try_parse_from([
+            "inferd-bench",
+            "--protocol",
+            "v2",
+            "--payloads",
+            "p.jsonl",
+            "--schedule",
+            "2s:10,500ms:0",
+        ])
+        .expect("flags parse");
+        assert_eq!(cfg.protocol, Protocol::V2);
+        assert_eq!(cfg.payloads, Some(PathBuf::from("p.jsonl")));
+        assert_eq!(cfg.measured_duration(), Duration::from_millis(2500));
+        let s = cfg.open_schedule().expect("valid").expect("open loop");
+        assert_eq!(s.steps().len(), 2);
+        for clash in [["--rate", "5"], ["-d", "3s"]] {
+            let e = BenchConfig::try_parse_from(
+                ["inferd-bench", "--schedule", "1s:5"]
+                    .into_iter()
+                    .chain(clash),
+            )
+            .expect_err("conflict");
+            assert!(e.to_string().contains("cannot be used with"), "{e}");
+        }
+        let e = BenchConfig::try_parse_from(["inferd-bench", "--schedule", "1s:5,x"])
+            .expect_err("bad schedule");
+        assert!(e.to_string().contains("step 2"), "{e}");
+        let g = BenchConfig::try_parse_from(["inferd-bench", "--protocol", "grpc"]).expect("grpc");
+        assert_eq!(g.protocol, Protocol::Grpc);
+        let e = BenchConfig::try_parse_from(["inferd-bench", "--protocol", "http3"])
+            .expect_err("unknown");
+        assert!(
+            e.to_string().contains("v1") && e.to_string().contains("grpc"),
+            "{e}"
+        );
+        let closed = BenchConfig::try_parse_from(["inferd-bench"]).expect("defaults");
+        assert_eq!(closed.open_schedule(), Ok(None));
+        let zero = BenchConfig::try_parse_from(["inferd-bench", "--rate", "0"]).expect("parses");
+        assert!(zero.open_schedule().is_err());
     }
 }

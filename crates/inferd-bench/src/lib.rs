@@ -1,17 +1,22 @@
 //! `inferd-bench`: a load generator for a running inferd (or any server with the
-//! same `/predict` contract), built apart from the server so that the server
-//! binary carries none of it.
+//! same `/predict` or KServe v2 REST contract), built apart from the server so
+//! that the server binary carries none of it.
 //!
-//! Payloads are the model's held-out golden inputs (`payloads`). The load runs in
-//! a closed or an open loop (`run`); percentiles come from HDR histograms, and the
-//! report is a table, optional JSON and targets that set the exit code (`report`),
-//! plus an optional SVG plot (`plot`). The flags are in `cli`.
+//! Payloads are the model's held-out golden inputs or the lines of a JSON-lines
+//! file (`payloads`), encoded and sent by the chosen protocol (`protocol`). The
+//! load runs in a closed or an open loop, the open one on a rate schedule
+//! (`schedule`, `run`); percentiles come from HDR histograms, and the report is
+//! a table, optional JSON and targets that set the exit code (`report`), plus
+//! an optional SVG plot (`plot`). The flags are in `cli`.
 
 pub mod cli;
+pub mod grpc;
 pub mod payloads;
 pub mod plot;
+pub mod protocol;
 pub mod report;
 pub mod run;
+pub mod schedule;
 
 pub use cli::BenchConfig;
 pub use report::Report;

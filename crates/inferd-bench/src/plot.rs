@@ -1,5 +1,5 @@
-//! The SVG plot of a report: latency over time (p50 and p99 per window) above
-//! the latency distribution.
+//! The SVG plot of a report: latency over time (p50 and p99 per window, with
+//! the schedule's step boundaries) above the latency distribution.
 
 use std::path::Path;
 
@@ -56,6 +56,25 @@ fn timeline(r: &Report, area: &Area<'_>) -> anyhow::Result<()> {
         .y_desc("ms")
         .draw()
         .map_err(draw_err)?;
+    // Where each schedule step begins, labelled with its target rate.
+    for s in &r.steps {
+        let grey = BLACK.mix(0.4);
+        if s.start_s > 0.0 {
+            chart
+                .draw_series(LineSeries::new(
+                    [(s.start_s, 0.0), (s.start_s, y_max)],
+                    grey.stroke_width(1),
+                ))
+                .map_err(draw_err)?;
+        }
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{}/s", s.target_rps),
+                (s.start_s, y_max * 0.97),
+                ("sans-serif", 12).into_font().color(&grey),
+            )))
+            .map_err(draw_err)?;
+    }
     for (label, column, color) in [("p50", 2, BLUE), ("p99", 3, RED)] {
         chart
             .draw_series(LineSeries::new(
@@ -130,7 +149,7 @@ mod tests {
             s.record(i / 20, 200 + i * 7, "200".into());
         }
         let cfg = BenchConfig::try_parse_from(["inferd-bench", "--model", "m"]).expect("parse");
-        let r = summarize(&cfg, &s, Duration::from_secs(1));
+        let r = summarize(&cfg, &s, Duration::from_secs(1), 1);
         let path =
             std::env::temp_dir().join(format!("inferd-bench-plot-{}.svg", std::process::id()));
         plot(&r, &path).expect("plot");
@@ -138,5 +157,24 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("m: latency over time") && svg.contains("latency distribution"));
+    }
+
+    #[test]
+    fn marks_the_schedule_steps() {
+        let mut s = Samples::with_steps(2);
+        for i in 1..=200u64 {
+            s.record(i / 10, 200 + i * 7, "200".into());
+        }
+        let cfg = BenchConfig::try_parse_from(["inferd-bench", "--schedule", "1s:100,1s:250"])
+            .expect("parse");
+        let r = summarize(&cfg, &s, Duration::from_secs(2), 1);
+        let path = std::env::temp_dir().join(format!(
+            "inferd-bench-plot-steps-{}.svg",
+            std::process::id()
+        ));
+        plot(&r, &path).expect("plot");
+        let svg = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("100/s") && svg.contains("250/s"), "{svg}");
     }
 }

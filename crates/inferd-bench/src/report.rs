@@ -1,7 +1,7 @@
 //! What a run measured and what it concludes: the samples the workers record
-//! (HDR histograms overall and per time window, counts by status), the `Report`
-//! built from them (percentiles, timeline, distribution), the targets checked
-//! against it, and the table printed at the end.
+//! (HDR histograms overall, per time window and per schedule step, counts by
+//! status), the `Report` built from them (percentiles, timeline, distribution,
+//! steps), the targets checked against it, and the table printed at the end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,9 +20,15 @@ const BUCKETS: u64 = 40;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub model: String,
+    /// `v1` or `v2`.
+    pub protocol: String,
+    /// Distinct requests sent round robin (golden cases or payload-file lines).
+    pub payloads: usize,
     pub mode: String,
     pub connections: usize,
     pub rate: Option<f64>,
+    /// `--schedule`, as `10s:100,30s:500`.
+    pub schedule: Option<String>,
     pub instances_per_request: usize,
     pub duration_s: f64,
     pub requests: u64,
@@ -38,13 +44,45 @@ pub struct Report {
     /// Admitted (2xx) requests' latency less the queue wait the server reported
     /// (`x-queue-time`): what admission costs a request beyond its wait.
     pub admitted_ms_less_queue: Option<Latency>,
+    /// Open loop: how late requests started after their scheduled start (the
+    /// load generator's own lag, which the latency includes; when it grows, the
+    /// generator is short of CPU, not the server slow).
+    pub send_lag_ms: Option<Latency>,
     /// Per 100 ms window: [seconds since start, requests, p50 ms, p99 ms].
     pub timeline: Vec<[f64; 4]>,
     /// Latency distribution: [bucket upper bound ms, requests], 40 equal buckets
     /// up to p99.9 (slower requests are in the last bucket).
     pub distribution: Vec<[f64; 2]>,
+    /// One entry per `--schedule` step (none without a schedule).
+    pub steps: Vec<StepReport>,
     pub targets: Vec<TargetResult>,
     pub passed: bool,
+}
+
+/// One schedule step. A request belongs to the step it was scheduled in (its
+/// latency, status and count), except for `rps` and `goodput_rps`: answers
+/// received during the step, over its duration, i.e. what the server delivered
+/// then (below the target when it falls behind).
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    /// 1-based.
+    pub step: usize,
+    /// When it started, in seconds since measuring began.
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub target_rps: f64,
+    /// Requests scheduled in the step (answered or failed by the end of the run).
+    pub requests: u64,
+    pub ok: u64,
+    /// Answers received during the step, per second.
+    pub rps: f64,
+    /// 2xx answers received during the step, per second.
+    pub goodput_rps: f64,
+    pub latency_ms: Latency,
+    /// How late the step's requests started after their scheduled start.
+    pub send_lag_ms: Latency,
+    pub errors_by_status: BTreeMap<String, u64>,
+    pub error_rate: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +90,7 @@ pub struct Latency {
     pub mean: f64,
     pub p50: f64,
     pub p90: f64,
+    pub p95: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
@@ -78,6 +117,23 @@ pub struct Samples {
     by_status: BTreeMap<String, Histogram<u64>>,
     /// 2xx latency less the server's reported queue wait.
     less_queue: Histogram<u64>,
+    /// Open loop: how late requests started after their scheduled start.
+    lag: Histogram<u64>,
+    /// Per schedule step (empty without a schedule).
+    steps: Vec<StepSamples>,
+}
+
+/// What one schedule step recorded.
+struct StepSamples {
+    /// Latency of the requests scheduled in the step.
+    hist: Histogram<u64>,
+    /// Their statuses.
+    statuses: BTreeMap<String, u64>,
+    /// How late they started.
+    lag: Histogram<u64>,
+    /// Answers received during the step, and how many of them were 2xx.
+    answered: u64,
+    answered_ok: u64,
 }
 
 impl Default for Samples {
@@ -88,12 +144,53 @@ impl Default for Samples {
 
 impl Samples {
     pub fn new() -> Self {
+        Self::with_steps(0)
+    }
+
+    /// Samples with room for a schedule of `steps` steps.
+    pub fn with_steps(steps: usize) -> Self {
         Samples {
             hist: new_hist(),
             windows: BTreeMap::new(),
             statuses: BTreeMap::new(),
             by_status: BTreeMap::new(),
             less_queue: new_hist(),
+            lag: new_hist(),
+            steps: (0..steps)
+                .map(|_| StepSamples {
+                    hist: new_hist(),
+                    lag: new_hist(),
+                    statuses: BTreeMap::new(),
+                    answered: 0,
+                    answered_ok: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// A request scheduled in `step`: its latency and status.
+    pub fn record_step(&mut self, step: usize, latency_us: u64, status: &str) {
+        if let Some(s) = self.steps.get_mut(step) {
+            let _ = s.hist.record(latency_us);
+            *s.statuses.entry(status.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// How late an open-loop request started, in microseconds (0 is on time),
+    /// and the step it was scheduled in.
+    pub fn record_lag(&mut self, step: Option<usize>, us: u64) {
+        // The histogram starts at 1 us; on time and 1 us late are one bucket.
+        let _ = self.lag.record(us.max(1));
+        if let Some(s) = step.and_then(|i| self.steps.get_mut(i)) {
+            let _ = s.lag.record(us.max(1));
+        }
+    }
+
+    /// An answer received during `step`.
+    pub fn record_answer(&mut self, step: usize, ok: bool) {
+        if let Some(s) = self.steps.get_mut(step) {
+            s.answered += 1;
+            s.answered_ok += u64::from(ok);
         }
     }
 
@@ -130,8 +227,14 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
 
-/// The report of a run that measured `samples` over `elapsed`.
-pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Report {
+/// The report of a run that measured `samples` over `elapsed`, sending
+/// `payloads` distinct requests.
+pub fn summarize(
+    cfg: &BenchConfig,
+    samples: &Samples,
+    elapsed: Duration,
+    payloads: usize,
+) -> Report {
     let hist = &samples.hist;
     let total = hist.len();
     let is_ok = |status: &str| status.starts_with('2');
@@ -174,11 +277,62 @@ pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Rep
     let rps = total as f64 / secs;
     let targets = targets(cfg, latency.p99, rps, error_rate);
     let passed = total > 0 && targets.iter().all(|t| t.passed);
+    let steps = match &cfg.schedule {
+        Some(schedule) => schedule
+            .steps()
+            .iter()
+            .zip(schedule.starts())
+            .zip(&samples.steps)
+            .enumerate()
+            .map(|(i, ((step, start), s))| {
+                let requests = s.hist.len();
+                let ok = s
+                    .statuses
+                    .iter()
+                    .filter(|(k, _)| is_ok(k))
+                    .map(|(_, v)| *v)
+                    .sum::<u64>();
+                let secs = step.duration.as_secs_f64();
+                StepReport {
+                    step: i + 1,
+                    start_s: start.as_secs_f64(),
+                    duration_s: secs,
+                    target_rps: step.rate,
+                    requests,
+                    ok,
+                    rps: s.answered as f64 / secs,
+                    goodput_rps: s.answered_ok as f64 / secs,
+                    latency_ms: latency_of(&s.hist),
+                    send_lag_ms: latency_of(&s.lag),
+                    errors_by_status: s
+                        .statuses
+                        .iter()
+                        .filter(|(k, _)| !is_ok(k))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
+                    error_rate: if requests == 0 {
+                        0.0
+                    } else {
+                        (requests - ok) as f64 / requests as f64
+                    },
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     Report {
         model: cfg.model.clone(),
-        mode: if cfg.rate.is_some() { "open" } else { "closed" }.into(),
+        protocol: cfg.protocol.to_string(),
+        payloads,
+        mode: if cfg.rate.is_some() || cfg.schedule.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .into(),
         connections: cfg.connections,
         rate: cfg.rate,
+        schedule: cfg.schedule.as_ref().map(|s| s.to_string()),
         instances_per_request: cfg.instances,
         duration_s: secs,
         requests: total,
@@ -191,8 +345,10 @@ pub fn summarize(cfg: &BenchConfig, samples: &Samples, elapsed: Duration) -> Rep
         latency_ms_by_status,
         admitted_ms_less_queue: (!samples.less_queue.is_empty())
             .then(|| latency_of(&samples.less_queue)),
+        send_lag_ms: (!samples.lag.is_empty()).then(|| latency_of(&samples.lag)),
         timeline,
         distribution: distribution(hist),
+        steps,
         targets,
         passed,
     }
@@ -203,6 +359,7 @@ fn latency_of(hist: &Histogram<u64>) -> Latency {
         mean: hist.mean() / 1e3,
         p50: ms(hist.value_at_quantile(0.50)),
         p90: ms(hist.value_at_quantile(0.90)),
+        p95: ms(hist.value_at_quantile(0.95)),
         p99: ms(hist.value_at_quantile(0.99)),
         p999: ms(hist.value_at_quantile(0.999)),
         max: ms(hist.max()),
@@ -245,14 +402,18 @@ fn targets(cfg: &BenchConfig, p99_ms: f64, rps: f64, error_rate: f64) -> Vec<Tar
 
 pub fn print_table(r: &Report) {
     println!(
-        "model {}  mode {}  connections {}  rate {}  instances/request {}",
+        "model {}  protocol {}  mode {}  connections {}  rate {}  instances/request {}  payloads {}",
         r.model,
+        r.protocol,
         r.mode,
         r.connections,
-        r.rate
-            .map(|v| format!("{v}/s"))
-            .unwrap_or_else(|| "-".into()),
-        r.instances_per_request
+        match (&r.schedule, r.rate) {
+            (Some(s), _) => format!("schedule {s}"),
+            (None, Some(v)) => format!("{v}/s"),
+            (None, None) => "-".into(),
+        },
+        r.instances_per_request,
+        r.payloads
     );
     println!(
         "{:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -277,6 +438,13 @@ pub fn print_table(r: &Report) {
         let p99 = r.latency_ms_by_status.get(status).map_or(0.0, |l| l.p99);
         println!("  status {status}: {n} (p99 {p99:.3} ms)");
     }
+    if let Some(l) = &r.send_lag_ms {
+        println!(
+            "  started late vs schedule (load generator): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            l.p50, l.p99, l.max
+        );
+    }
+    print_steps(&r.steps);
     for t in &r.targets {
         println!(
             "  target {} {} (limit {}, measured {:.3})",
@@ -285,6 +453,47 @@ pub fn print_table(r: &Report) {
             t.limit,
             t.value
         );
+    }
+}
+
+/// One line per schedule step, then each step's errors by status.
+fn print_steps(steps: &[StepReport]) {
+    if steps.is_empty() {
+        return;
+    }
+    println!(
+        "{:>5} {:>15} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "step",
+        "seconds",
+        "target/s",
+        "requests",
+        "req/s",
+        "2xx/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors"
+    );
+    for s in steps {
+        let l = &s.latency_ms;
+        println!(
+            "{:>5} {:>15} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            s.step,
+            format!("{:.1}-{:.1}", s.start_s, s.start_s + s.duration_s),
+            s.target_rps,
+            s.requests,
+            s.rps,
+            s.goodput_rps,
+            l.p50,
+            l.p95,
+            l.p99,
+            s.requests - s.ok
+        );
+    }
+    for s in steps {
+        for (status, n) in &s.errors_by_status {
+            println!("  step {} status {status}: {n}", s.step);
+        }
     }
 }
 
@@ -317,6 +526,7 @@ mod tests {
             ]),
             &s,
             Duration::from_secs(2),
+            3,
         );
         assert_eq!((r.requests, r.ok), (100, 98));
         assert_eq!(r.errors_by_status.get("503"), Some(&2));
@@ -347,11 +557,77 @@ mod tests {
         assert!(by_name["max_error_rate"]);
         assert!(!r.passed);
         assert_eq!(r.mode, "closed");
+        assert_eq!((r.protocol.as_str(), r.payloads), ("v1", 3));
+        assert!(r.steps.is_empty() && r.schedule.is_none() && r.send_lag_ms.is_none());
+    }
+
+    #[test]
+    fn steps_report_their_own_figures() {
+        let c = cfg(&["--schedule", "1s:100,2s:50,1s:0"]);
+        let mut s = Samples::with_steps(3);
+        // Step 1: 100 requests, 1..=100 ms, the last 5 refused; all answered in
+        // step 1 but 10, answered in step 2.
+        for i in 1..=100u64 {
+            let status = if i > 95 { "429" } else { "200" };
+            s.record(i / 10, i * 1000, status.into());
+            s.record_step(0, i * 1000, status);
+            s.record_answer(if i > 90 { 1 } else { 0 }, status == "200");
+        }
+        // Step 2: 100 requests at 2 ms, answered in step 2.
+        for _ in 0..100 {
+            s.record(15, 2000, "200".into());
+            s.record_step(1, 2000, "200");
+            s.record_answer(1, true);
+        }
+        s.record_lag(Some(1), 300);
+        s.record_lag(Some(1), 0);
+        s.record_lag(None, 2000);
+        let r = summarize(&c, &s, Duration::from_secs(4), 2);
+        assert_eq!(r.mode, "open");
+        let lag = r.send_lag_ms.as_ref().expect("open loop lag");
+        assert!((lag.max - 2.0).abs() < 0.01, "{}", lag.max);
+        assert!((r.steps[1].send_lag_ms.max - 0.3).abs() < 0.01);
+        assert_eq!(r.steps[0].send_lag_ms.max, 0.0);
+        assert_eq!(r.schedule.as_deref(), Some("1s:100,2s:50,1s:0"));
+        assert_eq!(r.steps.len(), 3);
+        let (a, b, z) = (&r.steps[0], &r.steps[1], &r.steps[2]);
+        assert_eq!(
+            (a.step, a.start_s, a.duration_s, a.target_rps),
+            (1, 0.0, 1.0, 100.0)
+        );
+        assert_eq!((a.requests, a.ok), (100, 95));
+        assert_eq!(a.errors_by_status.get("429"), Some(&5));
+        assert!((a.error_rate - 0.05).abs() < 1e-9);
+        assert!((a.rps - 90.0).abs() < 1e-9 && (a.goodput_rps - 90.0).abs() < 1e-9);
+        assert!(
+            (a.latency_ms.p50 - 50.0).abs() < 0.1,
+            "{}",
+            a.latency_ms.p50
+        );
+        assert!(
+            (a.latency_ms.p95 - 95.0).abs() < 0.1,
+            "{}",
+            a.latency_ms.p95
+        );
+        assert!(
+            (a.latency_ms.p99 - 99.0).abs() < 0.1,
+            "{}",
+            a.latency_ms.p99
+        );
+        assert_eq!(
+            (b.start_s, b.target_rps, b.requests, b.ok),
+            (1.0, 50.0, 100, 100)
+        );
+        // 110 answers over 2 s, 105 of them 2xx.
+        assert!((b.rps - 55.0).abs() < 1e-9 && (b.goodput_rps - 52.5).abs() < 1e-9);
+        assert!(b.errors_by_status.is_empty());
+        assert_eq!((z.requests, z.rps, z.error_rate), (0, 0.0, 0.0));
+        assert_eq!(r.requests, 200);
     }
 
     #[test]
     fn no_requests_is_a_failed_run() {
-        let r = summarize(&cfg(&[]), &Samples::new(), Duration::from_secs(1));
+        let r = summarize(&cfg(&[]), &Samples::new(), Duration::from_secs(1), 1);
         assert_eq!(r.requests, 0);
         assert_eq!(r.error_rate, 1.0);
         assert!(r.targets.is_empty());

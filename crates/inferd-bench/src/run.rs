@@ -1,8 +1,9 @@
-//! The run loop: sends the payloads to `<url>/predict` in a closed loop (N
-//! connections, each sending its next request when the last one answers) or an
-//! open loop (a fixed rate; latency counts from each request's scheduled start,
-//! so a stalled server cannot hide queueing), records every measured request
-//! into `Samples`, and shows progress while it runs.
+//! The run loop: sends the payloads through the protocol's `Target` in a
+//! closed loop (N connections, each sending its next request when the last one
+//! answers) or an open loop (a schedule of rates, one step for `--rate`;
+//! latency counts from each request's scheduled start, so a stalled server
+//! cannot hide queueing), records every measured request into `Samples`, and
+//! shows progress while it runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,78 +13,71 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 
 use crate::cli::BenchConfig;
-use crate::payloads::payloads;
+use crate::payloads;
+use crate::protocol::{Outcome, Target};
 use crate::report::{summarize, Report, Samples, WINDOW_MS};
+use crate::schedule::Schedule;
 
-/// Sends the next body (round robin over the payloads) and names the outcome.
-#[derive(Clone)]
-struct Sender {
-    client: reqwest::Client,
-    url: Arc<str>,
-    bodies: Arc<Vec<Vec<u8>>>,
-    next: Arc<AtomicU64>,
-}
-
-impl Sender {
-    /// The HTTP status as a string, or `timeout` / `connect_error`, and the
-    /// server's `x-queue-time` (microseconds) when it sent one.
-    async fn send_next(&self) -> (String, Option<u64>) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.bodies.len();
-        let sent = self
-            .client
-            .post(&*self.url)
-            .header("content-type", "application/json")
-            .body(self.bodies[i].clone())
-            .send()
-            .await;
-        match sent {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let queue_us = r
-                    .headers()
-                    .get("x-queue-time")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|ms| (ms * 1e3) as u64);
-                // Read the body so the connection can be reused.
-                let _ = r.bytes().await;
-                (status.to_string(), queue_us)
-            }
-            Err(e) if e.is_timeout() => ("timeout".into(), None),
-            Err(_) => ("connect_error".into(), None),
-        }
-    }
-}
-
-/// Records measured requests and says when the run is over.
+/// Records measured requests, hands out the `--requests` tickets, and says
+/// when the closed loop is over.
 #[derive(Clone)]
 struct Recorder {
     samples: Arc<Mutex<Samples>>,
     measured: Arc<AtomicU64>,
+    /// Measured requests started so far (at most `limit` are).
+    tickets: Arc<AtomicU64>,
     /// End of the warm-up: requests scheduled before it are not recorded.
     start: Instant,
     stop_at: Instant,
     limit: u64,
+    /// The `--schedule` the per-step figures follow, if any.
+    schedule: Option<Arc<Schedule>>,
 }
 
 impl Recorder {
-    /// One answered request; `scheduled` is when it should have started.
-    fn observe(&self, scheduled: Instant, (status, queue_us): (String, Option<u64>)) {
+    /// Whether a request scheduled at `scheduled` may start: always during the
+    /// warm-up, and while `--requests` allows once measuring (it takes a ticket).
+    fn admit(&self, scheduled: Instant) -> bool {
+        scheduled < self.start || self.tickets.fetch_add(1, Ordering::Relaxed) < self.limit
+    }
+
+    /// No measured request may start any more.
+    fn exhausted(&self) -> bool {
+        self.tickets.load(Ordering::Relaxed) >= self.limit
+    }
+
+    /// One answered request; `scheduled` is when it should have started, and
+    /// in the open loop, `lag` how late it did.
+    fn observe(&self, scheduled: Instant, outcome: Outcome, lag: Option<Duration>) {
         if scheduled < self.start {
             return;
         }
-        let latency_us = scheduled.elapsed().as_micros().max(1) as u64;
-        let window = (scheduled - self.start).as_millis() as u64 / WINDOW_MS;
+        let answered = Instant::now();
+        let latency_us = answered
+            .saturating_duration_since(scheduled)
+            .as_micros()
+            .max(1) as u64;
+        let offset = scheduled - self.start;
+        let window = offset.as_millis() as u64 / WINDOW_MS;
+        let ok = outcome.status.starts_with('2');
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if let (true, Some(q)) = (status.starts_with('2'), queue_us) {
+        if let (true, Some(q)) = (ok, outcome.queue_us) {
             samples.record_less_queue(latency_us.saturating_sub(q));
         }
-        samples.record(window, latency_us, status);
+        let step = self.schedule.as_ref().and_then(|s| s.step_at(offset));
+        if let Some(lag) = lag {
+            samples.record_lag(step, lag.as_micros() as u64);
+        }
+        if let Some(schedule) = &self.schedule {
+            if let Some(step) = step {
+                samples.record_step(step, latency_us, &outcome.status);
+            }
+            if let Some(step) = schedule.step_at(answered - self.start) {
+                samples.record_answer(step, ok);
+            }
+        }
+        samples.record(window, latency_us, outcome.status);
         self.measured.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn done(&self) -> bool {
-        Instant::now() >= self.stop_at || self.measured.load(Ordering::Relaxed) >= self.limit
     }
 }
 
@@ -91,7 +85,7 @@ fn progress_bar(cfg: &BenchConfig) -> ProgressBar {
     if cfg.quiet {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new((cfg.warmup + cfg.duration).as_millis() as u64);
+    let bar = ProgressBar::new((cfg.warmup + cfg.measured_duration()).as_millis() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -99,66 +93,92 @@ fn progress_bar(cfg: &BenchConfig) -> ProgressBar {
     bar
 }
 
+/// The progress bar's message: requests so far, their rate, and with a
+/// schedule, the step running now.
+fn progress_message(n: u64, secs: f64, schedule: Option<&Schedule>) -> String {
+    if secs <= 0.0 {
+        return "warming up".to_string();
+    }
+    let so_far = format!("{n} requests, {:.0} req/s", n as f64 / secs);
+    let step = schedule.and_then(|s| {
+        let i = s.step_at(Duration::from_secs_f64(secs))?;
+        Some(format!(
+            "step {}/{} at {} req/s; ",
+            i + 1,
+            s.steps().len(),
+            s.steps()[i].rate
+        ))
+    });
+    format!("{}{so_far}", step.unwrap_or_default())
+}
+
 /// Runs the load described by `cfg` and returns its report.
 pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
-    let interval = match cfg.rate {
-        Some(rate) => {
-            anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be positive");
-            Some(
-                Duration::try_from_secs_f64(1.0 / rate)
-                    .map_err(|_| anyhow::anyhow!("--rate {rate} is too low"))?,
-            )
-        }
-        None => None,
-    };
-    let sender = Sender {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(cfg.connections.max(1))
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        url: format!("{}/predict", cfg.url.trim_end_matches('/')).into(),
-        bodies: Arc::new(payloads(
+    let open = cfg.open_schedule().map_err(anyhow::Error::msg)?;
+    let payloads = match &cfg.payloads {
+        Some(path) => payloads::read_file(path, cfg.protocol, cfg.instances)?,
+        None => payloads::golden(
             &cfg.models_dir,
             &cfg.model,
             cfg.model_version.as_deref(),
             &cfg.golden_field,
             cfg.instances,
-        )?),
-        next: Arc::new(AtomicU64::new(0)),
+        )?,
     };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(cfg.connections.max(1))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let target = Arc::new(
+        Target::connect(
+            cfg.protocol,
+            client,
+            &cfg.url,
+            &cfg.model,
+            cfg.model_version.as_deref(),
+            &payloads,
+        )
+        .await?,
+    );
+    let duration = cfg.measured_duration();
     let begin = Instant::now();
+    let schedule = cfg.schedule.clone().map(Arc::new);
     let recorder = Recorder {
-        samples: Arc::new(Mutex::new(Samples::new())),
+        samples: Arc::new(Mutex::new(Samples::with_steps(
+            schedule.as_ref().map_or(0, |s| s.steps().len()),
+        ))),
         measured: Arc::new(AtomicU64::new(0)),
+        tickets: Arc::new(AtomicU64::new(0)),
         start: begin + cfg.warmup,
-        stop_at: begin + cfg.warmup + cfg.duration,
+        stop_at: begin + cfg.warmup + duration,
         limit: cfg.requests.unwrap_or(u64::MAX),
+        schedule: schedule.clone(),
     };
 
     let bar = progress_bar(cfg);
     let ticker = {
         let (bar, measured, start) = (bar.clone(), recorder.measured.clone(), recorder.start);
+        let schedule = schedule.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 bar.set_position(begin.elapsed().as_millis() as u64);
-                let n = measured.load(Ordering::Relaxed);
                 let secs = Instant::now()
                     .saturating_duration_since(start)
                     .as_secs_f64();
-                if secs > 0.0 {
-                    bar.set_message(format!("{n} requests, {:.0} req/s", n as f64 / secs));
-                } else {
-                    bar.set_message("warming up".to_string());
-                }
+                bar.set_message(progress_message(
+                    measured.load(Ordering::Relaxed),
+                    secs,
+                    schedule.as_deref(),
+                ));
             }
         })
     };
 
-    match interval {
-        Some(interval) => open_loop(&sender, &recorder, begin, interval).await,
-        None => closed_loop(&sender, &recorder, cfg.connections).await,
+    match &open {
+        Some(plan) => open_loop(&target, &recorder, begin, plan).await,
+        None => closed_loop(&target, &recorder, cfg.connections).await,
     }
     ticker.abort();
     bar.finish_and_clear();
@@ -169,40 +189,120 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     let elapsed = if cfg.requests.is_some() {
         measured_for
     } else {
-        measured_for.min(cfg.duration.max(Duration::from_millis(1)))
+        measured_for.min(duration.max(Duration::from_millis(1)))
     };
     let samples = recorder.samples.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(summarize(cfg, &samples, elapsed))
+    Ok(summarize(cfg, &samples, elapsed, target.len()))
 }
 
-/// A request every `interval` from `begin`, whether or not earlier ones answered.
-async fn open_loop(sender: &Sender, recorder: &Recorder, begin: Instant, interval: Duration) {
-    let mut tasks = JoinSet::new();
-    let mut k: u64 = 0;
-    while !recorder.done() {
-        let scheduled = begin + interval.mul_f64(k as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let (sender, recorder) = (sender.clone(), recorder.clone());
-        tasks.spawn(async move {
-            let status = sender.send_next().await;
-            recorder.observe(scheduled, status);
+/// A stretch of the open loop: `rate` requests per second from `start` to `end`.
+struct Segment {
+    start: Instant,
+    end: Instant,
+    rate: f64,
+}
+
+/// The warm-up at the schedule's first non-zero rate, then each step: within a
+/// step, a request every `1 / rate` from its start, whether or not earlier ones
+/// answered. Request `k` of the run carries payload `k` (round robin).
+///
+/// The pace is kept by a thread of its own, which sleeps until each request is
+/// due and hands it to the runtime: tokio's timer wakes on millisecond ticks,
+/// which would add up to a millisecond to every latency measured from the
+/// scheduled start, and the OS's sleep is good to tens of microseconds.
+async fn open_loop(target: &Arc<Target>, recorder: &Recorder, begin: Instant, plan: &Schedule) {
+    let mut segments = vec![Segment {
+        start: begin,
+        end: recorder.start,
+        rate: plan.warmup_rate(),
+    }];
+    for (step, at) in plan.steps().iter().zip(plan.starts()) {
+        segments.push(Segment {
+            start: recorder.start + at,
+            end: recorder.start + at + step.duration,
+            rate: step.rate,
         });
-        k += 1;
+    }
+    let (due_tx, mut due) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let pacer = {
+        let recorder = recorder.clone();
+        std::thread::spawn(move || pace(&segments, &recorder, |k, at| due_tx.send((k, at)).is_ok()))
+    };
+    let mut tasks = JoinSet::new();
+    while let Some((k, scheduled)) = due.recv().await {
+        let (target, recorder) = (target.clone(), recorder.clone());
+        tasks.spawn(async move {
+            let lag = scheduled.elapsed();
+            let outcome = target.send(k).await;
+            recorder.observe(scheduled, outcome, Some(lag));
+        });
         while tasks.try_join_next().is_some() {}
     }
+    // The channel closes when the pacer is done.
+    let _ = pacer.join();
     while tasks.join_next().await.is_some() {}
 }
 
-/// `connections` workers, each sending its next request when the last one answers.
-async fn closed_loop(sender: &Sender, recorder: &Recorder, connections: usize) {
+/// Sleeps until each request of `segments` is due and passes it (its number and
+/// scheduled start) to `send`, until the segments end, `--requests` is used up,
+/// or `send` refuses. A run that is not stopped early lasts until its end.
+fn pace(segments: &[Segment], recorder: &Recorder, send: impl Fn(u64, Instant) -> bool) {
+    let sleep_until = |t: Instant| {
+        let now = Instant::now();
+        if t > now {
+            std::thread::sleep(t - now);
+        }
+    };
+    let mut k: u64 = 0;
+    for seg in segments {
+        if seg.start >= seg.end {
+            continue;
+        }
+        if seg.rate <= 0.0 {
+            // A pause: nothing to send until its end, unless the run is over.
+            if seg.start >= recorder.start && recorder.exhausted() {
+                return;
+            }
+            sleep_until(seg.end);
+            continue;
+        }
+        let span = (seg.end - seg.start).as_secs_f64();
+        for j in 0u64.. {
+            let offset = j as f64 / seg.rate;
+            if offset >= span {
+                break;
+            }
+            let scheduled = seg.start + Duration::from_secs_f64(offset);
+            if !recorder.admit(scheduled) {
+                return;
+            }
+            sleep_until(scheduled);
+            if !send(k, scheduled) {
+                return;
+            }
+            k += 1;
+        }
+    }
+    // The last step lasts its whole duration, as the rate counts it.
+    sleep_until(recorder.stop_at);
+}
+
+/// `connections` workers, each sending its next request when the last one
+/// answers; worker `w` sends payloads `w, w + 1, ...` (round robin).
+async fn closed_loop(target: &Arc<Target>, recorder: &Recorder, connections: usize) {
     let mut tasks = JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let (sender, recorder) = (sender.clone(), recorder.clone());
+    for w in 0..connections.max(1) {
+        let (target, recorder) = (target.clone(), recorder.clone());
         tasks.spawn(async move {
-            while !recorder.done() {
+            let mut k = w as u64;
+            loop {
                 let sent_at = Instant::now();
-                let status = sender.send_next().await;
-                recorder.observe(sent_at, status);
+                if sent_at >= recorder.stop_at || !recorder.admit(sent_at) {
+                    break;
+                }
+                let outcome = target.send(k).await;
+                recorder.observe(sent_at, outcome, None);
+                k += 1;
             }
         });
     }

@@ -31,9 +31,9 @@ const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-cont
 
 /// What the answer needs from the request: its id and the outputs asked for,
 /// each with whether it goes back in binary.
-struct Plan {
-    id: Option<String>,
-    outputs: Vec<(String, bool)>,
+pub(crate) struct Plan {
+    pub(crate) id: Option<String>,
+    pub(crate) outputs: Vec<(String, bool)>,
 }
 
 fn flag(params: &Option<Map<String, Value>>, key: &str) -> Result<bool, ApiError> {
@@ -48,7 +48,7 @@ fn flag(params: &Option<Map<String, Value>>, key: &str) -> Result<bool, ApiError
 }
 
 /// The request's one input tensor as instances for `Task::decode`.
-fn instances(
+pub(crate) fn instances(
     model: &Model,
     inputs: Vec<InferInput>,
     mut tail: Bytes,
@@ -190,7 +190,7 @@ fn instances(
 }
 
 /// Validates the requested outputs against the model's.
-fn plan(model: &Model, req: &InferRequest) -> Result<Plan, ApiError> {
+pub(crate) fn plan(model: &Model, req: &InferRequest) -> Result<Plan, ApiError> {
     let all_binary = flag(&req.parameters, "binary_data_output")?;
     let outputs = match &req.outputs {
         None => model
@@ -235,7 +235,11 @@ fn plan(model: &Model, req: &InferRequest) -> Result<Plan, ApiError> {
 }
 
 /// One output tensor of the model, rebuilt from the predictions.
-fn output(model: &Model, name: &str, preds: &[Prediction]) -> (String, Vec<u64>, TensorData) {
+pub(crate) fn output(
+    model: &Model,
+    name: &str,
+    preds: &[Prediction],
+) -> (String, Vec<u64>, TensorData) {
     let n = preds.len() as u64;
     match &model.task {
         Task::TextClassification { labels, .. } => {
@@ -286,6 +290,8 @@ fn output(model: &Model, name: &str, preds: &[Prediction]) -> (String, Vec<u64>,
 struct V2Answer;
 
 impl Answer<Plan> for V2Answer {
+    type Reply = Response;
+
     fn ok(self, model: &Model, done: &Predicted, plan: Plan) -> Response {
         let mut blobs: Vec<u8> = Vec::new();
         let outputs = plan

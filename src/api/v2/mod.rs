@@ -74,11 +74,11 @@ fn tensors(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
 }
 
 /// The current deployment, for the metadata routes (they answer while draining).
-fn deployment(st: &AppState) -> Result<Arc<Deployment>, CoreError> {
+pub(crate) fn deployment(st: &AppState) -> Result<Arc<Deployment>, CoreError> {
     st.lifecycle.deployment().ok_or(CoreError::NotReady)
 }
 
-fn metadata(
+pub(crate) fn metadata(
     deployment: &Deployment,
     name: String,
     version: Option<String>,
@@ -164,7 +164,7 @@ pub async fn model_version_metadata(
     Ok(Json(metadata(&d, name, Some(version))?))
 }
 
-fn readiness(
+pub(crate) fn readiness(
     st: &AppState,
     name: String,
     version: Option<String>,

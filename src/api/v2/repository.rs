@@ -120,11 +120,11 @@ fn body_of<T: Default + serde::de::DeserializeOwned>(
     parse(&body)
 }
 
-fn control(st: &AppState) -> Result<Arc<ModelControl>, CoreError> {
+pub(crate) fn control(st: &AppState) -> Result<Arc<ModelControl>, CoreError> {
     st.control.get().cloned().ok_or(CoreError::NotReady)
 }
 
-fn enabled(st: &AppState) -> Result<(), ApiError> {
+pub(crate) fn enabled(st: &AppState) -> Result<(), ApiError> {
     if st.config.model_control_on() {
         Ok(())
     } else {
@@ -188,8 +188,15 @@ pub async fn load(
 ) -> Result<Json<ControlResult>, V2Failure> {
     enabled(&st)?;
     let req: LoadRequest = body_of(body, st.config.max_body_bytes)?;
+    let policy = policy_of(req.parameters)?;
+    let outcome = control(&st)?.load(&name, policy).await?;
+    Ok(result(name, outcome))
+}
+
+/// The version policy a load's parameters carry (`config`), if any.
+pub(crate) fn policy_of(parameters: BTreeMap<String, Value>) -> Result<Option<Policy>, ApiError> {
     let mut policy = None;
-    for (key, value) in req.parameters {
+    for (key, value) in parameters {
         match (key.as_str(), value) {
             ("config", Value::String(text)) => {
                 policy = Some(
@@ -215,8 +222,7 @@ pub async fn load(
             _ => {}
         }
     }
-    let outcome = control(&st)?.load(&name, policy).await?;
-    Ok(result(name, outcome))
+    Ok(policy)
 }
 
 /// Takes every version of a model out of service; requests already accepted

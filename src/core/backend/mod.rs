@@ -198,6 +198,9 @@ pub struct BackendOptions {
     pub device: Device,
     /// Sessions per model: one per inference slot, so slots never wait on each other.
     pub pool_size: usize,
+    /// A run of more rows than this hands the memory it grew back at its end
+    /// (ONNX Runtime's arena shrinkage); 0: never. See `onnx::Pooled`.
+    pub arena_shrink_rows: usize,
 }
 
 /// What a loader gets: the graph file and what the manifest says about it.

@@ -385,6 +385,7 @@ mod tests {
             intra_threads: 1,
             device: Device::Cpu,
             pool_size: 1,
+            arena_shrink_rows: 0,
         }
     }
 

@@ -36,9 +36,32 @@ use mail_parser::{HeaderName, Message, MessageParser, MessagePart, MimeHeaders, 
 ///   adds nothing; Python added its encoded text.
 /// - Beyond `MAX_CONTAINERS` multipart containers the input is cut.
 pub fn clean(raw: &str, truncate_chars: usize) -> String {
-    match message_text(raw) {
+    // mail-parser panics on some malformed structures (a `multipart/digest`
+    // whose `message/rfc822` part is empty: "Invalid part ID"), found by the
+    // property tests. A client's text must never take the handler down, so a
+    // panic there reads the input as plain text, as any other unparsable
+    // message is read.
+    let parsed = std::panic::catch_unwind(|| message_text(raw)).unwrap_or_else(|_| {
+        parser_panicked();
+        None
+    });
+    match parsed {
         Some(text) => normalize(&text, truncate_chars),
         None => normalize(raw, truncate_chars),
+    }
+}
+
+/// One warning per interval, with the count held back: the input is a
+/// client's, and the same one may come again and again.
+fn parser_panicked() {
+    use crate::ratelimit::{every, Every};
+    use std::sync::LazyLock;
+    static PANICKED: LazyLock<Every> = every!("email parser panicked");
+    if let Some(suppressed) = PANICKED.tick() {
+        tracing::warn!(
+            suppressed,
+            "the email parser panicked on an input; read as plain text"
+        );
     }
 }
 

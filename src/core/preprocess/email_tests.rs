@@ -401,3 +401,18 @@ proptest! {
         check_output(&clean(&raw, limit), limit)?;
     }
 }
+
+/// The property tests' find: mail-parser panics ("Invalid part ID, could not
+/// find multipart") on a digest whose message part is empty. The text is read
+/// as plain text instead, and cleaning stays idempotent.
+#[test]
+fn a_digest_with_an_empty_message_part_is_read_as_text() {
+    let raw = "Content-Type: multipart/digest; boundary=b\n--b\n\nContent-Type: message/rfc822\n\n\n--b--\n";
+    let once = clean(raw, 3000);
+    assert_eq!(once, clean(raw, 3000));
+    assert!(
+        once.starts_with("Content-Type: multipart/digest"),
+        "{once:?}"
+    );
+    assert_eq!(clean(&once, 3000), once);
+}

@@ -1,5 +1,12 @@
-//! Logging set-up: `tracing` with a text or JSON formatter, filtered by `RUST_LOG`
-//! (default `info`). Kept apart from `main` so tests and embedders can skip it.
+//! What the server tells operators about itself besides metrics: logs
+//! (`init`: `tracing` with a text or JSON formatter, filtered by `RUST_LOG`,
+//! default `info`) and OpenTelemetry traces (`trace`: each request's spans,
+//! recorded by the core and the front doors; `otlp`: their export, configured
+//! by the standard `OTEL_*` variables). Kept apart from `main` so tests and
+//! embedders can skip it.
+
+pub mod otlp;
+pub mod trace;
 
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
