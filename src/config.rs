@@ -158,6 +158,12 @@ pub struct ServeConfig {
     #[arg(long, env = "INFERD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Connections the kernel queues for accepting (listen(2)'s backlog, per
+    /// port): where those past the cap wait. Past it, a client's SYN is dropped
+    /// and retried for seconds. The kernel caps it at net.core.somaxconn.
+    #[arg(long, env = "INFERD_LISTEN_BACKLOG", default_value_t = 1024)]
+    pub listen_backlog: u32,
+
     /// Time a client has to send a request's whole header, from its first byte;
     /// past it the connection is closed.
     #[arg(long, env = "INFERD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
@@ -401,7 +407,7 @@ impl ServeConfig {
         const HOUR_MS: u64 = 3600 * 1000;
         // Upper bounds too: past these a value is a typo, and near the integer
         // limits it overflows arithmetic or exceeds a library's own limit.
-        let ranges: [(&str, u64, u64, u64); 27] = [
+        let ranges: [(&str, u64, u64, u64); 28] = [
             (
                 "max-concurrency",
                 self.max_concurrency.unwrap_or(1) as u64,
@@ -411,6 +417,7 @@ impl ServeConfig {
             ("max-queue", self.max_queue as u64, 1, 1_000_000),
             ("request-timeout-ms", self.request_timeout_ms, 1, DAY_MS),
             ("max-connections", self.max_connections as u64, 1, 1_000_000),
+            ("listen-backlog", self.listen_backlog.into(), 1, 65_535),
             (
                 "header-read-timeout-ms",
                 self.header_read_timeout_ms,
@@ -558,43 +565,4 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:p4ss@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert_eq!(redact_url("redis://:pw@r:6379/0"), "redis://:***@r:6379/0");
-        assert_eq!(redact_url("redis://r:6379"), "redis://r:6379");
-        let cli =
-            Cli::try_parse_from(["inferd", "--database-url", "postgres://a:secret@h/d"]).unwrap();
-        assert!(!cli.serve.redacted().to_string().contains("secret"));
-        let cli = Cli::try_parse_from(["inferd", "--api-keys", "k1-secret,k2-secret"]).unwrap();
-        let shown = cli.serve.redacted().to_string();
-        assert!(
-            !shown.contains("secret") && shown.contains("<2 keys>"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn defaults_parse_and_validate() {
-        let cli = Cli::try_parse_from(["inferd"]).expect("defaults parse");
-        assert!(cli.command.is_none());
-        assert_eq!(cli.serve.max_queue, 512);
-        assert!(cli.serve.validate().is_ok());
-        assert!(cli.serve.concurrency() >= 1);
-    }
-
-    #[test]
-    fn zero_limits_are_rejected() {
-        let cli = Cli::try_parse_from(["inferd", "serve", "--max-instances", "0"]).expect("parse");
-        let Some(Command::Serve(cfg)) = cli.command else {
-            panic!("serve subcommand expected")
-        };
-        assert!(cfg.validate().unwrap_err().contains("max-instances"));
-    }
-}
+mod tests;

@@ -5,7 +5,8 @@
 //! descriptors (then `accept` fails and nobody gets in). So:
 //!
 //! - a cap on open connections (`--max-connections`): at the cap the loop stops
-//!   accepting and new connections wait in the kernel's listen backlog;
+//!   accepting and new connections wait in the kernel's listen backlog, whose
+//!   length is ours to set (`bind`);
 //! - per connection, one watchdog task with two deadlines, worked out from what
 //!   the connection is doing: *idle* (no request in progress: a new connection
 //!   before its first byte, a keep-alive one between requests) and *header*
@@ -294,6 +295,21 @@ pub fn fd_limit() -> Option<u64> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
 }
 
+/// Binds a listener with `backlog` places in the kernel's accept queue.
+/// tokio's `bind` asks for 128, the standard library's figure: a flood past
+/// the connection cap overflows that at once, and every connection past it
+/// waits out SYN retransmits (1, 3, 7 s...) instead of its turn.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind`: a restarted worker rebinds while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Raises the soft descriptor limit to the hard one: the default soft limit
 /// (often 1,024) is far below what a server holding thousands of keep-alive
 /// connections needs, and only the hard limit is the operator's decision.
@@ -523,63 +539,4 @@ async fn serve_one(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> ConnLimits {
-        ConnLimits {
-            max_connections: 10,
-            header_read_timeout: Duration::from_millis(100),
-            idle_timeout: Duration::from_millis(1_000),
-        }
-    }
-
-    #[test]
-    fn deadlines_follow_what_the_connection_is_doing() {
-        let s = ConnState::new();
-        let l = limits();
-        // New connection: idle until its first byte.
-        assert_eq!(s.deadline(&l), Some((1 + 1_000, Closed::IdleTimeout)));
-        std::thread::sleep(Duration::from_millis(5));
-        s.on_read();
-        let (at, why) = s.deadline(&l).unwrap();
-        assert_eq!(why, Closed::HeaderTimeout);
-        assert!((105..200).contains(&at), "{at}");
-        // While a request is served, no connection deadline applies, and body
-        // bytes do not start a header.
-        s.request_started();
-        s.on_read();
-        assert_eq!(s.deadline(&l), None);
-        s.request_done();
-        let (at, why) = s.deadline(&l).unwrap();
-        assert_eq!(why, Closed::IdleTimeout);
-        assert!(at >= 1_005, "{at}");
-    }
-
-    #[test]
-    fn the_cap_leaves_room_for_other_descriptors() {
-        assert_eq!(effective_cap(10_000, Some(1_048_576)), 10_000);
-        assert_eq!(effective_cap(10_000, Some(1_024)), 768);
-        assert_eq!(effective_cap(10_000, None), 10_000);
-        assert_eq!(effective_cap(100, Some(10)), 1);
-    }
-
-    #[tokio::test]
-    async fn the_watchdog_fires_on_the_earliest_deadline() {
-        let s = Arc::new(ConnState::new());
-        let l = limits();
-        let w = tokio::spawn({
-            let s = s.clone();
-            async move { s.watchdog(l).await }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        // The header's deadline is earlier than the idle one: the watchdog
-        // must wake for it rather than sleep on to the idle deadline.
-        s.on_read();
-        let why = tokio::time::timeout(Duration::from_millis(500), w)
-            .await
-            .expect("fired before the idle deadline")
-            .unwrap();
-        assert_eq!(why, Closed::HeaderTimeout);
-    }
-}
+mod tests;

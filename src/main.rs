@@ -63,7 +63,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match inferd::listen::bind(config.listen, config.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {}: {e}", config.listen);

@@ -208,8 +208,7 @@ pub async fn run_with_loader(
     config.validate().map_err(anyhow::Error::msg)?;
     let grpc = match config.grpc_addr() {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+            crate::listen::bind(addr, config.listen_backlog)
                 .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?,
         ),
         None => None,

@@ -7,8 +7,10 @@ machines, and no CAP_SYS_RESOURCE), so the connections are held by four holder
 processes of 5,000 each, and the server, at that same limit, fits its
 connection cap under it (INFERD_MAX_CONNECTIONS is set above the limit on
 purpose: the server lowers it, leaving 256 descriptors for everything else,
-and says so). What does not fit waits in the listen backlog: the server never
-runs out of descriptors (`inferd_accept_errors_total` stays 0).
+and says so). What does not fit waits in the listen backlog (1024 places by
+default; tokio's own 128 overflowed here, and the connections past it hung in
+SYN retransmits until the first timeouts freed places): the server never runs
+out of descriptors (`inferd_accept_errors_total` stays 0).
 """
 
 import json
@@ -196,8 +198,8 @@ def test_twenty_thousand_idle_or_half_sent_connections_are_closed_while_clients_
     assert len(closed) == HELD
     limit = {"silent": IDLE_MS / 1000, "half_header": HEADER_MS / 1000, "short_body": BODY_MS / 1000}
     # What the cap held back waited in the backlog for a place first: up to one
-    # idle timeout more.
-    waited = HELD - cap
+    # idle timeout more. The normal client and the observer hold a place each.
+    waited = HELD + 2 - cap
     late = [c for c in closed if c[1] > limit[c[0]] + SLACK_S]
     assert len(late) <= max(waited, 0), f"{len(late)} closed late, e.g. {late[:5]}"
     assert all(c[1] <= limit[c[0]] + IDLE_MS / 1000 + SLACK_S for c in closed), \
