@@ -204,15 +204,7 @@ async fn infer_over_grpc_equals_the_rest_door_for_both_models_typed_and_raw() {
         }
     }
     let m = s.metrics().await;
-    let grpc_200: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("inferd_requests_total{")
-                && l.contains("protocol=\"grpc\"")
-                && l.contains("status=\"200\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let grpc_200 = grpc_requests(&m, 200);
     assert_eq!(
         grpc_200, 4.0,
         "two models x typed and raw, counted as gRPC:\n{m}"
@@ -421,15 +413,7 @@ async fn overload_is_resource_exhausted_and_the_client_deadline_is_honoured() {
     // Each refusal counted once, as a gRPC 429, whether refused at the door
     // (queue already full) or at admission.
     let m = s.metrics().await;
-    let refused: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("inferd_requests_total{")
-                && l.contains("protocol=\"grpc\"")
-                && l.contains("status=\"429\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let refused = grpc_requests(&m, 429);
     let exhausted = codes
         .iter()
         .filter(|c| **c == Code::ResourceExhausted)
@@ -478,15 +462,7 @@ async fn overload_is_resource_exhausted_and_the_client_deadline_is_honoured() {
         "answered at the client's deadline, before the model would have: {took:?}"
     );
     let m = s.metrics().await;
-    let deadline_504: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("inferd_requests_total{")
-                && l.contains("protocol=\"grpc\"")
-                && l.contains("status=\"504\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let deadline_504 = grpc_requests(&m, 504);
     assert!(deadline_504 >= 1.0, "the server counted the deadline:\n{m}");
 }
 

@@ -380,6 +380,34 @@ async fn metrics_until(s: &TestServer, what: &str, ok: impl Fn(&str) -> bool) ->
     }
 }
 
+/// `n` LSTM predictions, each answered 200.
+async fn serve_windows(s: &TestServer, n: usize) {
+    for i in 0..n {
+        let (st, _, v) = s
+            .post_json(
+                "/predict",
+                &json!({"model": "lstm-forecaster", "instances": [window(i)]}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+}
+
+/// The writer keeps every record queued or buffered until shutdown.
+fn hold_records_until_shutdown(cfg: &mut ServeConfig) {
+    cfg.predlog_flush_ms = 60_000;
+    cfg.predlog_batch_rows = 100_000;
+}
+
+/// Waits until the writer holds `n` records, queued or buffered.
+async fn held_by_writer(s: &TestServer, n: usize) {
+    metrics_until(s, &format!("{n} records held by the writer"), |m| {
+        metric(m, "inferd_predlog_queue_depth") + metric(m, "inferd_predlog_buffered_records")
+            == n as f64
+    })
+    .await;
+}
+
 fn dropped(m: &str, reason: &str) -> f64 {
     metric_opt(
         m,
@@ -509,26 +537,12 @@ async fn in_flight_work_past_the_grace_period_is_abandoned() {
     let mut cfg = jsonl_config(&path);
     cfg.max_concurrency = Some(1);
     cfg.shutdown_grace_ms = 500;
-    // The served requests' records stay with the writer until shutdown.
-    cfg.predlog_flush_ms = 60_000;
-    cfg.predlog_batch_rows = 100_000;
+    hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
     let _open = OpenOnDrop(gate.clone());
     let mut s = TestServer::start_with_loader(cfg, held(&gate)).await;
-    for i in 0..3 {
-        let (st, _, v) = s
-            .post_json(
-                "/predict",
-                &json!({"model": "lstm-forecaster", "instances": [window(i)]}),
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-    }
-    metrics_until(&s, "three records held by the writer", |m| {
-        metric(m, "inferd_predlog_queue_depth") + metric(m, "inferd_predlog_buffered_records")
-            == 3.0
-    })
-    .await;
+    serve_windows(&s, 3).await;
+    held_by_writer(&s, 3).await;
     gate.close();
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(1_500))
@@ -609,25 +623,11 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
     cfg.database_url = Some(pg.url());
     cfg.predlog_spill_path = spill.clone();
     cfg.shutdown_grace_ms = 3_000;
-    // Nothing is written before shutdown: every record is still queued then.
-    cfg.predlog_flush_ms = 60_000;
-    cfg.predlog_batch_rows = 100_000;
+    hold_records_until_shutdown(&mut cfg);
     let s = TestServer::start(cfg.clone()).await;
     const N: usize = 30;
-    for i in 0..N {
-        let (st, _, v) = s
-            .post_json(
-                "/predict",
-                &json!({"model": "lstm-forecaster", "instances": [window(i)]}),
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-    }
-    metrics_until(&s, "every record held by the writer", |m| {
-        metric(m, "inferd_predlog_queue_depth") + metric(m, "inferd_predlog_buffered_records")
-            == N as f64
-    })
-    .await;
+    serve_windows(&s, N).await;
+    held_by_writer(&s, N).await;
 
     let frozen = Frozen::new(&pg);
     let t = Instant::now();
@@ -695,20 +695,11 @@ async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record(
     cfg.database_url = Some(pg.url());
     cfg.predlog_spill_path = spill.clone();
     cfg.shutdown_grace_ms = 2_400; // the writer's budget: 800 ms
-    cfg.predlog_flush_ms = 60_000;
-    cfg.predlog_batch_rows = 100_000;
+    hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
     let _open = OpenOnDrop(gate.clone());
     let mut s = TestServer::start_with_loader(cfg, held(&gate)).await;
-    for i in 0..5 {
-        let (st, _, v) = s
-            .post_json(
-                "/predict",
-                &json!({"model": "lstm-forecaster", "instances": [window(i)]}),
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-    }
+    serve_windows(&s, 5).await;
     gate.close();
     let late = tokio::spawn(
         s.client

@@ -17,18 +17,7 @@ fn set_sha(manifest: &std::path::Path, onnx: &std::path::Path) {
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(onnx).unwrap()));
     let text = std::fs::read_to_string(manifest).unwrap();
-    let fixed: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("graph_sha256") {
-                format!("graph_sha256 = \"{sha}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(manifest, fixed).unwrap();
+    std::fs::write(manifest, common::with_graph_sha(&text, &sha)).unwrap();
 }
 
 /// The real binary, configured only by the test: none of the caller's

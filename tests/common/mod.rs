@@ -271,6 +271,35 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     values.iter().sum()
 }
 
+/// The gRPC requests counted with HTTP status `status` (the code's stand-in
+/// in `inferd_requests_total`), over every model; 0 when there are none.
+pub fn grpc_requests(text: &str, status: u16) -> f64 {
+    let status = format!("status=\"{status}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("inferd_requests_total{")
+                && l.contains("protocol=\"grpc\"")
+                && l.contains(&status)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A manifest's text with its `graph_sha256` line set to `sha`.
+pub fn with_graph_sha(manifest: &str, sha: &str) -> String {
+    manifest
+        .lines()
+        .map(|l| {
+            if l.starts_with("graph_sha256") {
+                format!("graph_sha256 = \"{sha}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A config whose cache is off: load tests need every request to reach the model.
 pub fn uncached() -> ServeConfig {
     let mut c = config();

@@ -193,17 +193,7 @@ pub fn base_manifests() -> Vec<(String, String, String)> {
             .join(version)
             .join("model.toml");
         let text = std::fs::read_to_string(p).expect("manifest");
-        let text = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("graph_sha256") {
-                    format!("graph_sha256 = \"{sha}\"")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = common::with_graph_sha(&text, &sha);
         out.push((model.to_string(), version.to_string(), text));
     }
     out

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{golden, root, uncached, TestServer};
+use common::{golden, grpc_requests, root, uncached, TestServer};
 use inferd::config::{PredLogMode, ServeConfig};
 use serde_json::{json, Value};
 
@@ -524,15 +524,7 @@ async fn grpc_sends_the_inputs_and_the_server_counts_them_as_grpc() {
         assert!(out.contains("protocol grpc"), "{out}");
     }
     let m = s.metrics().await;
-    let grpc_200: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("inferd_requests_total{")
-                && l.contains("protocol=\"grpc\"")
-                && l.contains("status=\"200\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let grpc_200 = grpc_requests(&m, 200);
     assert_eq!(grpc_200, 50.0, "{m}");
 
     // A payload file of three texts, sent 6 times: each logged twice (plain
