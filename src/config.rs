@@ -407,7 +407,7 @@ impl ServeConfig {
         const HOUR_MS: u64 = 3600 * 1000;
         // Upper bounds too: past these a value is a typo, and near the integer
         // limits it overflows arithmetic or exceeds a library's own limit.
-        let ranges: [(&str, u64, u64, u64); 28] = [
+        let ranges: &[(&str, u64, u64, u64)] = &[
             (
                 "max-concurrency",
                 self.max_concurrency.unwrap_or(1) as u64,
@@ -482,7 +482,7 @@ impl ServeConfig {
             ),
             ("model-poll-secs", self.model_poll_secs, 0, 7 * 24 * 3600),
         ];
-        for (name, value, min, max) in ranges {
+        for &(name, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
                 return Err(format!(
                     "--{name} must be between {min} and {max} (it is {value})"

@@ -179,12 +179,11 @@ impl GrpcTarget {
         match client.model_infer(req).await {
             Ok(r) => Outcome {
                 status: "200".into(),
-                queue_us: r
-                    .metadata()
-                    .get("x-queue-time")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|ms| (ms * 1e3) as u64),
+                queue_us: crate::protocol::queue_us(
+                    r.metadata()
+                        .get("x-queue-time")
+                        .and_then(|v| v.to_str().ok()),
+                ),
             },
             Err(s) => Outcome {
                 status: format!("{:?}", s.code()),

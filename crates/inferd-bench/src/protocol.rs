@@ -59,6 +59,12 @@ pub struct Outcome {
     pub queue_us: Option<u64>,
 }
 
+/// The server's `x-queue-time` (milliseconds, as a header or gRPC metadata)
+/// in microseconds.
+pub fn queue_us(value: Option<&str>) -> Option<u64> {
+    value?.parse::<f64>().ok().map(|ms| (ms * 1e3) as u64)
+}
+
 /// The model's input as KServe v2 metadata describes it (`inputs[0]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSpec {
@@ -201,12 +207,11 @@ impl Target {
                 match sent {
                     Ok(r) => {
                         let status = r.status().as_u16().to_string();
-                        let queue_us = r
-                            .headers()
-                            .get("x-queue-time")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<f64>().ok())
-                            .map(|ms| (ms * 1e3) as u64);
+                        let queue_us = queue_us(
+                            r.headers()
+                                .get("x-queue-time")
+                                .and_then(|v| v.to_str().ok()),
+                        );
                         // Read the body so the connection can be reused.
                         let _ = r.bytes().await;
                         Outcome { status, queue_us }

@@ -345,13 +345,17 @@ impl Backend for OrtBackend {
             // inherit it.
             let _ = pooled.run.unterminate();
         }
-        if inner.shrink_rows > 0 && input.len() > inner.shrink_rows {
-            pooled.grown = true;
-            inner.grown.store(true, Ordering::Release);
+        // Only the relaxer reads these, and only models with shrinking on
+        // are registered with it: no clock read per batch otherwise.
+        if inner.shrink_rows > 0 {
+            if input.len() > inner.shrink_rows {
+                pooled.grown = true;
+                inner.grown.store(true, Ordering::Release);
+            }
+            inner
+                .last_run_ms
+                .store(relaxer::now_ms(), Ordering::Release);
         }
-        inner
-            .last_run_ms
-            .store(relaxer::now_ms(), Ordering::Release);
         // The pool has room for every session it handed out, so this cannot block.
         let _ = inner.give.send(pooled);
         result
