@@ -686,16 +686,18 @@ def test_sigterm_direct(stack, campaign, inputs):
     # Nothing in front: clients see the drain (503 `draining`, Retry-After), then
     # a closed port, then the new process warming up (503 `not_ready`).
     clean = {"503 draining", "refused", "503 not_ready"}
-    # A request sent on a keep-alive connection the server closes at the end of
-    # the drain: the client cannot tell whether it was processed. The draining
-    # 503s do not say `Connection: close`, so every idle keep-alive connection
-    # meets this; reported, not asserted (see the campaign report).
+    # A request sent on an idle keep-alive connection just as the server closes
+    # it at the end of the drain: HTTP/1.1's own race, which no server can
+    # close for a direct client (nginx retries it: 0 behind nginx). The
+    # draining 503s say `Connection: close` and the accept queue is swept, so
+    # it is rare (1 in ~1,700 in one CI run of six): a handful at most, and
+    # every one in the report; more would mean the drain itself is wrong.
     keepalive_race = {"broken pipe", "reset", "closed without response"}
     ph.check(set(r["failed_by_kind"]) <= clean | keepalive_race,
              f"failures other than {sorted(clean | keepalive_race)}: {r['failed_by_kind']}")
     raced = {k: v for k, v in r["failed_by_kind"].items() if k in keepalive_race}
-    ph.check(not raced, f"requests failed on keep-alive connections closed at the end of "
-                                f"the drain without `Connection: close`: {raced}")
+    ph.check(sum(raced.values()) <= 3, f"requests failed on keep-alive connections closed at the end of "
+                                       f"the drain: {raced}")
     ph.check(not lost and counted == 0, f"{len(lost)} rows lost, {counted} dropped after a graceful stop")
     ph.finish()
 
