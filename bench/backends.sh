@@ -21,7 +21,7 @@ $WT cargo build --release --features torch --bin inferd >&2
 cargo build --release -p inferd-bench >&2
 
 echo "== criterion (in process, one intra-op thread)" >&2
-$WT cargo bench --features torch --bench backends -- --noplot 2>&1 | tee "$OUT/criterion.txt" >&2
+$WT cargo bench -p inferd-microbench --features torch --bench backends -- --noplot 2>&1 | tee "$OUT/criterion.txt" >&2
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 $WT ./target/release/inferd serve --listen 127.0.0.1:$port --grpc-listen 127.0.0.1:0 --cache off --predlog off \

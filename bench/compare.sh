@@ -3,7 +3,7 @@
 #   raw in-process ONNX Runtime (the ceiling), inferd direct, inferd behind nginx,
 #   and the Python peer (FastAPI + uvicorn + onnxruntime, bench/peers/), for both
 #   models at 1, 16, 64, 100 and 256 connections, single-instance requests.
-#   Then the request path against its HTTP ceiling (examples/ceiling.rs: a bare axum
+#   Then the request path against its HTTP ceiling (bench/micro/examples/ceiling.rs: a bare axum
 #   route parsing the same JSON), for the LSTM at 16, 64 and 256 connections: inferd
 #   with cache and log off (every request runs the model) and with its defaults (every
 #   request a cache hit, JSON-lines log), as shares of the ceiling, measured back to back.
@@ -35,7 +35,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 export ORT_DYLIB_PATH="$(./scripts/install-ort.sh | tail -n 1)"
 echo "== building (release)" >&2
-cargo build --release --bin inferd --example raw_ort --example ceiling >&2
+cargo build --release --bin inferd >&2
+cargo build --release -p inferd-microbench --example raw_ort --example ceiling >&2
 cargo build --release -p inferd-bench >&2
 if [ ! -x .venv-peer/bin/uvicorn ] || ! cmp -s bench/peers/requirements.txt .venv-peer/.requirements; then
   echo "== installing the Python peer's venv" >&2
@@ -153,7 +154,7 @@ for m in raw:
     print()
 m = "lstm-forecaster"
 print(f"### The request path against the HTTP ceiling ({m})\n")
-print("The ceiling is examples/ceiling.rs: a bare axum route that parses the same body and answers the same shape.")
+print("The ceiling is bench/micro/examples/ceiling.rs: a bare axum route that parses the same body and answers the same shape.")
 print("The three servers are measured back to back at each connection count.\n")
 print("| conns | ceiling req/s | p99 ms | miss path (cache, log off) req/s | p99 ms | share | p99 / ceiling p99 | defaults (cache hits, JSONL log) req/s | p99 ms | share |")
 print("|---|---|---|---|---|---|---|---|---|---|")

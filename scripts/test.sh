@@ -70,8 +70,8 @@ venv "$VENV" tests/python/requirements.txt --find-links "$ROOT/.ort/wheel"
 step "Model checks (manifest vs graph, sha256, golden outputs)"
 "$VENV/bin/python" -m pytest -q tests/python
 
-step "Layers: module graph one-way, no import cycles, no web crate in src/core, files within 600 lines"
-python3 scripts/layers.py --quiet
+step "Layers: the core and the adapters free of the wire, the command line and database clients (cargo tree)"
+scripts/check-layers.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -79,13 +79,18 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (the server and crates/inferd-bench; property tests at a fixed case count)"
+step "cargo doc --workspace --no-deps (no warnings; missing docs on the library crates fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "cargo test (every crate of the workspace; property tests at a fixed case count)"
 cargo test --workspace --all-targets
 
 step "libtorch backend (--features torch): libtorch 2.13.0 unpacked from PyPI wheels into .libtorch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
 disk
+scripts/with-torch.sh cargo clippy -p inferd-torch --features libtorch --all-targets -- -D warnings
 scripts/with-torch.sh cargo clippy --features torch --lib --test torch -- -D warnings
-scripts/with-torch.sh cargo test --features torch --lib --test torch
+scripts/with-torch.sh cargo test -p inferd-torch --features libtorch
+scripts/with-torch.sh cargo test --features torch --test torch
 
 step "Release build (the binaries the deployment, conformance and lifecycle tests run)"
 cargo build --release --workspace --bins

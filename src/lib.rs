@@ -1,24 +1,28 @@
-//! inferd: a model-inference server for ONNX models.
+//! The inferd server: the binary's configuration (`config`), its accept loop
+//! (`listen`: connection cap and per-connection deadlines) and its process
+//! lifecycle (`server`: build the state, load the models off the runtime,
+//! serve both front doors, drain). Everything else lives in the crates below:
 //!
-//! Layers, each depending only on those below it:
-//! - `server`: the process lifecycle (state, model loading, serving, shutdown),
-//!   over `listen`, the accept loop (connection cap and timeouts);
-//! - `api`: the HTTP front doors (inferd's JSON API and KServe v2), which
-//!   translate wire formats and map core errors to statuses in one place;
-//! - `core`: models, backends, tasks, admission, batching, single-flight, cache
-//!   and the pipeline, knowing nothing of HTTP;
-//! - leaves used by all: `config`, `metrics`, `predlog` (the prediction log,
-//!   written off the request path), `ratelimit` (repeated warnings) and
-//!   `telemetry`.
+//! - `inferd-core`: models, tasks, admission, batching, the cache's port, the
+//!   pipeline, lifecycle and model control, knowing no wire protocol;
+//! - `inferd-onnx`, `inferd-torch`: the runtimes behind the core's `Backend`;
+//! - `inferd-cache-redis`, `inferd-predlog`, `inferd-otlp`,
+//!   `inferd-telemetry`: the adapters (shared cache, prediction log, trace
+//!   export) and what every layer shares (metrics, spans, rate-limited logs);
+//! - `inferd-api`: the front doors (JSON API, KServe v2 over REST and gRPC,
+//!   OpenAPI), mapping core errors to their statuses in one place.
+//!
+//! This library exists for `main` and the integration tests: `run` takes a
+//! listener and a shutdown future, so a test serves on port 0 and stops the
+//! server when it likes.
 
-pub mod api;
+#![warn(missing_docs)]
+// Request paths return typed errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod config;
-pub mod core;
 pub mod listen;
-pub mod metrics;
-pub mod predlog;
-pub mod ratelimit;
+pub mod logging;
 pub mod server;
-pub mod telemetry;
 
 pub use server::run;

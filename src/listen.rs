@@ -44,8 +44,46 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::api::extract::Arrival;
-use crate::metrics::Metrics;
+use inferd_api::Arrival;
+use inferd_telemetry::metrics::Registrar;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+
+/// The accept loop's metrics.
+#[allow(missing_docs)] // Each field's help text is its documentation.
+pub struct ConnMetrics {
+    pub connections_open: IntGauge,
+    pub connections_max: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub accept_errors: IntCounter,
+}
+
+impl ConnMetrics {
+    /// The accept loop's metrics, registered into `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let r = Registrar(registry);
+        ConnMetrics {
+            connections_open: r.gauge("inferd_connections_open", "Client connections open now"),
+            connections_max: r.gauge(
+                "inferd_connections_max",
+                "The cap on open client connections (INFERD_MAX_CONNECTIONS, after fitting the descriptor limit)",
+            ),
+            connections_accepted: r.counter(
+                "inferd_connections_accepted_total",
+                "Client connections accepted",
+            ),
+            connections_closed: r.counter_vec(
+                "inferd_connections_closed_total",
+                "Client connections closed, by reason: client, error, idle_timeout, header_timeout, body_timeout, shutdown",
+                &["reason"],
+            ),
+            accept_errors: r.counter(
+                "inferd_accept_errors_total",
+                "Failed accept calls (out of descriptors, for one)",
+            ),
+        }
+    }
+}
 
 /// Descriptors kept back from the connection cap for everything else the
 /// process opens: model files, Redis and PostgreSQL pools, the log files.
@@ -84,7 +122,7 @@ impl BurstTrim {
                 .is_ok();
         let settled = open <= Self::SETTLED && self.burst.swap(false, Ordering::AcqRel);
         if quarter || settled {
-            tokio::task::spawn_blocking(crate::core::memory::trim);
+            tokio::task::spawn_blocking(inferd_core::memory::trim);
         }
     }
 }
@@ -92,8 +130,11 @@ impl BurstTrim {
 /// The connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    /// Open connections, at most (after fitting the descriptor limit).
     pub max_connections: usize,
+    /// Time to send a whole header, from its first byte.
     pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request in progress.
     pub idle_timeout: Duration,
 }
 
@@ -286,6 +327,8 @@ impl AsyncWrite for Tracked {
 }
 
 /// The soft descriptor limit (`RLIMIT_NOFILE`), or `None` where it cannot be read.
+// Unsafe: std has no rlimit call; see SAFETY.
+#[allow(unsafe_code)]
 pub fn fd_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -314,6 +357,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// (often 1,024) is far below what a server holding thousands of keep-alive
 /// connections needs, and only the hard limit is the operator's decision.
 /// Returns (soft before, soft after, hard).
+// Unsafe: std has no rlimit call; see SAFETY.
+#[allow(unsafe_code)]
 pub fn raise_fd_limit() -> std::io::Result<(u64, u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -372,7 +417,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ConnMetrics>,
     signal: impl Future<Output = ()> + Send + 'static,
     abandon: CancellationToken,
 ) -> std::io::Result<()> {
@@ -433,8 +478,8 @@ pub async fn serve(
                 Ok(c) => c,
                 Err(e) => {
                     metrics.accept_errors.inc();
-                    static FAILED: std::sync::LazyLock<crate::ratelimit::Every> =
-                        crate::ratelimit::every!("accept failed");
+                    static FAILED: std::sync::LazyLock<inferd_telemetry::ratelimit::Every> =
+                        inferd_telemetry::every!("accept failed");
                     if let Some(suppressed) = FAILED.tick() {
                         tracing::warn!(error = %e, suppressed, "accept failed");
                     }

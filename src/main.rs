@@ -8,15 +8,15 @@ use clap::Parser;
 use std::io::{BufRead, Write};
 
 use inferd::config::{Cli, Command, PreprocessConfig, PreprocessKind};
-use inferd::core::preprocess::email;
+use inferd_core::preprocess::email;
 
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
-    inferd::core::memory::fix_mmap_threshold();
+    inferd_core::memory::fix_mmap_threshold();
     let cli = Cli::parse();
     let reactor_nice = match &cli.command {
-        None => cli.serve.reactor_nice,
-        Some(Command::Serve(c)) => c.reactor_nice,
+        None => cli.serve.runtime.reactor_nice,
+        Some(Command::Serve(c)) => c.runtime.reactor_nice,
         Some(_) => 0,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
             thread_local!(static NICED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
             NICED.with(|n| {
                 if !n.replace(true) {
-                    inferd::core::slots::nice_current_thread(i32::from(reactor_nice));
+                    inferd_core::slots::nice_current_thread(i32::from(reactor_nice));
                 }
             });
         });
@@ -51,29 +51,29 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Some(Command::Preprocess(p)) => return preprocess(&p),
         None => cli.serve,
     };
-    inferd::telemetry::init(config.log_format);
+    inferd::logging::init(config.telemetry.log_format);
     tracing::info!(config = %config.redacted(), "starting inferd {}", env!("CARGO_PKG_VERSION"));
     match inferd::listen::raise_fd_limit() {
         Ok((before, after, hard)) => tracing::info!(
             soft_before = before,
             soft = after,
             hard,
-            max_connections = config.max_connections,
+            max_connections = config.net.max_connections,
             "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
-    let listener = match inferd::listen::bind(config.listen, config.listen_backlog) {
+    let listener = match inferd::listen::bind(config.net.listen, config.net.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("cannot listen on {}: {e}", config.listen);
+            tracing::error!("cannot listen on {}: {e}", config.net.listen);
             return std::process::ExitCode::FAILURE;
         }
     };
-    let bound = listener.local_addr().map_or(config.listen, |a| a);
+    let bound = listener.local_addr().map_or(config.net.listen, |a| a);
     tracing::info!("listening on {bound}");
     // Process-wide, like the logger: the SDK's model is one tracer provider.
-    let otel = match inferd::telemetry::otlp::Otel::from_env() {
+    let otel = match inferd_otlp::Otel::from_env() {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("OpenTelemetry: {e:#}");

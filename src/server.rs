@@ -15,85 +15,78 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use inferd_api::{ApiKeys, AppState, DoorMetrics};
+use inferd_core::admission::Admission;
+use inferd_core::backend::{BackendOptions, Loader, Runtimes};
+use inferd_core::cache::Cache;
+use inferd_core::control::ModelControl;
+use inferd_core::lifecycle::{Lifecycle, Phase};
+use inferd_core::manifest::Format;
+use inferd_core::pipeline::Pipeline;
+use inferd_core::policy::Routing;
+use inferd_core::repository::Repository;
+use inferd_core::Metrics;
+use inferd_onnx::OrtLoader;
+use inferd_predlog::PredLog;
+use inferd_telemetry::metrics::Registrar;
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::ApiKeys;
-use crate::api::AppState;
-use crate::config::{CacheMode, PredLogMode, ServeConfig};
-use crate::core::admission::Admission;
-use crate::core::backend::onnx::{self, OrtLoader};
-use crate::core::backend::{BackendOptions, Loader, Runtimes};
-use crate::core::cache::{Cache, RedisSettings};
-use crate::core::control::{self, ModelControl};
-use crate::core::lifecycle::{Lifecycle, Phase};
-use crate::core::manifest::Format;
-use crate::core::pipeline::{Limits, Pipeline};
-use crate::core::policy::Routing;
-use crate::core::repository::Repository;
-use crate::metrics::Metrics;
-use crate::predlog::{PredLog, SinkConfig, WriterConfig};
+use crate::config::{CacheChoice, ServeConfig};
+use crate::listen::ConnMetrics;
 
 fn build_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Arc<Cache>>> {
-    let ttl = std::time::Duration::from_secs(config.cache_ttl_secs);
-    Ok(match (config.cache, &config.redis_url) {
-        (CacheMode::Off, _) => None,
-        (CacheMode::On, Some(url)) => Some(Arc::new(Cache::redis(
-            RedisSettings {
-                url: url.clone(),
-                timeout: std::time::Duration::from_millis(config.cache_timeout_ms),
-                breaker_backoff: std::time::Duration::from_millis(config.cache_breaker_ms),
-            },
-            ttl,
-            metrics.clone(),
-        )?)),
-        (CacheMode::On, None) => Some(Arc::new(Cache::memory(
-            config.cache_max_bytes,
-            ttl,
-            metrics.clone(),
-        ))),
+    Ok(match config.cache.choice() {
+        CacheChoice::Off => None,
+        CacheChoice::Redis { settings, ttl } => {
+            let store = inferd_cache_redis::RedisStore::new(settings)?;
+            Some(Arc::new(Cache::shared(
+                Arc::new(store),
+                ttl,
+                metrics.clone(),
+            )))
+        }
+        CacheChoice::Memory { max_bytes, ttl } => {
+            Some(Arc::new(Cache::memory(max_bytes, ttl, metrics.clone())))
+        }
     })
 }
 
-fn predlog_config(config: &ServeConfig) -> WriterConfig {
-    let jsonl = || SinkConfig::Jsonl {
-        path: config.predlog_path.clone(),
-        max_bytes: config.predlog_max_bytes,
-        keep: config.predlog_keep,
-    };
-    let sink = match (config.predlog, &config.database_url) {
-        (PredLogMode::Off, _) => SinkConfig::Off,
-        (PredLogMode::Jsonl, _) | (PredLogMode::Auto, None) => jsonl(),
-        (PredLogMode::Postgres | PredLogMode::Auto, Some(url)) => SinkConfig::Postgres {
-            url: url.clone(),
-            spill_path: config.predlog_spill_path.clone(),
-        },
-        (PredLogMode::Postgres, None) => SinkConfig::Off, // rejected by validate()
-    };
-    WriterConfig {
-        sink,
-        shutdown_budget: config.shutdown_grace() / 3,
-        channel_capacity: config.predlog_channel,
-        batch_rows: config.predlog_batch_rows,
-        flush_interval: std::time::Duration::from_millis(config.predlog_flush_ms),
-        buffer_rows: config.predlog_buffer_rows,
-    }
+/// Every layer's metrics in one registry, plus the process-wide ones: the
+/// span exporter's counts and the process collector's `process_*` (resident
+/// memory, descriptors, CPU), so memory growth and descriptor leaks show on
+/// the dashboard and in alerts.
+fn registry() -> Registry {
+    let registry = Registry::new();
+    let r = Registrar(&registry);
+    r.collector(Box::new(inferd_telemetry::trace::SPANS_EXPORTED.clone()));
+    r.collector(Box::new(inferd_telemetry::trace::SPANS_DROPPED.clone()));
+    r.collector(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    registry
 }
 
-/// Builds the shared state. Needs a tokio runtime (the log writer starts here).
-pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
-    let metrics = Arc::new(Metrics::new());
-    let admission = Admission::new(config.concurrency(), config.max_queue, metrics.clone());
-    let cache = build_cache(&config, &metrics)?;
+/// Builds the shared state, and the accept loop's metrics in the same
+/// registry. Needs a tokio runtime (the log writer starts here).
+pub fn build_state(config: &ServeConfig) -> anyhow::Result<(AppState, Arc<ConnMetrics>)> {
+    let registry = registry();
+    let metrics = Arc::new(Metrics::new(&registry));
+    let doors = DoorMetrics::new(&registry);
+    let conns = Arc::new(ConnMetrics::new(&registry));
+    let predlog_metrics = Arc::new(inferd_predlog::Metrics::new(&registry));
+    let admission = Admission::new(
+        config.limits.concurrency(),
+        config.limits.max_queue,
+        metrics.clone(),
+    );
+    let cache = build_cache(config, &metrics)?;
     if let Some(c) = &cache {
         tracing::info!(backend = c.backend_name(), "result cache on");
     }
-    let limits = Limits {
-        max_instances: config.max_instances,
-        timeout_ms: config.request_timeout_ms,
-    };
-    let pipeline = Pipeline::new(admission, cache, metrics.clone(), limits);
-    let api_keys = ApiKeys::from_config(&config)?;
+    let pipeline = Pipeline::new(admission, cache, metrics.clone(), config.limits.pipeline());
+    let api_keys = ApiKeys::load(&config.auth.sources())?;
     if api_keys.enabled() {
         tracing::info!(
             keys = api_keys.count(),
@@ -106,16 +99,19 @@ pub fn build_state(config: ServeConfig) -> anyhow::Result<AppState> {
             "admin keys required on the model control routes"
         );
     }
-    let predlog = PredLog::start(predlog_config(&config), metrics.clone())?;
-    Ok(AppState {
+    let predlog = PredLog::start(config.predlog_writer(), predlog_metrics)?;
+    let state = AppState {
+        settings: config.api_settings(),
         api_keys: Arc::new(api_keys),
         lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
         control: std::sync::OnceLock::new(),
-        config,
+        registry,
         metrics,
+        doors,
         pipeline: Arc::new(pipeline),
         predlog,
-    })
+    };
+    Ok((state, conns))
 }
 
 /// Builds the loader for the models from the backend options. `run` uses
@@ -126,54 +122,45 @@ pub type MakeLoader = Box<dyn FnOnce(BackendOptions) -> anyhow::Result<Box<dyn L
 /// with the `torch` feature. Fails where `--device cuda` cannot be honoured by
 /// libtorch (ONNX Runtime says so at its first session).
 pub fn runtimes(opts: BackendOptions) -> anyhow::Result<Runtimes> {
-    let runtimes = Runtimes::new().with(Format::Onnx, OrtLoader(opts.clone()));
+    let runtimes = Runtimes::new().with(Format::Onnx, OrtLoader::new(opts.clone()));
     #[cfg(feature = "torch")]
     let runtimes = runtimes.with(
         Format::Torchscript,
-        crate::core::backend::torch::TorchLoader::new(opts).map_err(anyhow::Error::msg)?,
+        inferd_torch::TorchLoader::new(opts).map_err(anyhow::Error::msg)?,
     );
     #[cfg(not(feature = "torch"))]
     let _ = opts;
     Ok(runtimes)
 }
 
+/// The loader `run` uses: this build's runtimes.
 pub fn default_loader() -> MakeLoader {
     Box::new(|opts| Ok(Box::new(runtimes(opts)?)))
 }
 
 /// What start-up loaded: the model control that loaded it, the repository
 /// and each model's routing.
-pub struct Loaded {
-    pub control: Arc<ModelControl>,
-    pub repo: Repository,
-    pub routing: HashMap<String, Routing>,
+struct Loaded {
+    control: Arc<ModelControl>,
+    repo: Repository,
+    routing: HashMap<String, Routing>,
 }
 
 /// Loads ONNX Runtime and every model version its policy selects, each
 /// verified, warmed up and gated by its golden file. Blocking.
-pub fn load_models(
+fn load_models(
     config: &ServeConfig,
     state: &AppState,
     make_loader: MakeLoader,
 ) -> anyhow::Result<Loaded> {
-    let dylib =
-        onnx::resolve_dylib(config.ort_dylib_path.as_deref()).map_err(anyhow::Error::msg)?;
-    onnx::init(&dylib).map_err(anyhow::Error::msg)?;
-    let opts = BackendOptions {
-        intra_threads: config.intra_op_threads,
-        device: config.device,
-        pool_size: config.concurrency(),
-        arena_shrink_rows: config.arena_shrink_rows,
-    };
-    let loader: Arc<dyn Loader> = Arc::from(make_loader(opts.clone())?);
+    let cwd = std::env::current_dir()?;
+    let dylib = inferd_onnx::resolve_dylib(config.runtime.ort_dylib_path.as_deref(), &cwd)
+        .map_err(anyhow::Error::msg)?;
+    inferd_onnx::init(&dylib).map_err(anyhow::Error::msg)?;
+    let opts = config.runtime.backend_options(config.limits.concurrency());
+    let loader: Arc<dyn Loader> = Arc::from(make_loader(opts)?);
     let control = Arc::new(ModelControl::new(
-        control::Settings {
-            root: config.models_dir.clone(),
-            // Round-robin through the pool: every session runs `warmup_runs` times.
-            warmup_runs: config.warmup_runs.saturating_mul(opts.pool_size),
-            max_batch_size: config.max_batch_size,
-            max_batch_delay_ms: config.max_batch_delay_ms,
-        },
+        config.control_settings(),
         loader,
         state.pipeline.clone(),
         state.lifecycle.clone(),
@@ -206,9 +193,9 @@ pub async fn run_with_loader(
     make_loader: MakeLoader,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let grpc = match config.grpc_addr() {
+    let grpc = match config.net.grpc_listen.addr() {
         Some(addr) => Some(
-            crate::listen::bind(addr, config.listen_backlog)
+            crate::listen::bind(addr, config.net.listen_backlog)
                 .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?,
         ),
         None => None,
@@ -225,8 +212,9 @@ pub async fn run_with_listeners(
     make_loader: MakeLoader,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let state = Arc::new(build_state(config.clone())?);
-    let app = crate::api::router(state.clone());
+    let (state, conns) = build_state(&config)?;
+    let state = Arc::new(state);
+    let app = inferd_api::router(state.clone());
     let draining = CancellationToken::new();
     // Both doors stop accepting at the same moment, after the drain delay.
     let stop_accepting = CancellationToken::new();
@@ -235,7 +223,7 @@ pub async fn run_with_listeners(
         let state = state.clone();
         let draining = draining.clone();
         let stop_accepting = stop_accepting.clone();
-        let delay = config.drain_delay();
+        let delay = config.net.drain_delay();
         async move {
             shutdown.await;
             state.lifecycle.drain();
@@ -247,20 +235,13 @@ pub async fn run_with_listeners(
             stop_accepting.cancel();
         }
     };
-    let limits = crate::listen::ConnLimits {
-        max_connections: crate::listen::effective_cap(
-            config.max_connections,
-            crate::listen::fd_limit(),
-        ),
-        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-    };
+    let limits = config.net.conn_limits(crate::listen::fd_limit());
     let abandon = CancellationToken::new();
     let mut server = tokio::spawn(crate::listen::serve(
         listener,
         app,
         limits,
-        state.metrics.clone(),
+        conns.clone(),
         signal,
         abandon.clone(),
     ));
@@ -269,12 +250,12 @@ pub async fn run_with_listeners(
             Ok(a) => tracing::info!("gRPC listening on {a}"),
             Err(e) => tracing::warn!(error = %e, "gRPC listener has no address"),
         }
-        let (router, health) = crate::api::grpc::router(state.clone());
+        let (router, health) = inferd_api::grpc_router(state.clone());
         let served = tokio::spawn(crate::listen::serve(
             l,
             router,
             limits,
-            state.metrics.clone(),
+            conns.clone(),
             stop_accepting.clone().cancelled_owned(),
             abandon.clone(),
         ));
@@ -283,10 +264,10 @@ pub async fn run_with_listeners(
 
     // The tails of bursts of repeated warnings (`ratelimit`).
     let reporter = tokio::spawn(async {
-        let mut tick = tokio::time::interval(crate::ratelimit::INTERVAL);
+        let mut tick = tokio::time::interval(inferd_telemetry::ratelimit::INTERVAL);
         loop {
             tick.tick().await;
-            crate::ratelimit::report_held_back();
+            inferd_telemetry::ratelimit::report_held_back();
         }
     });
     let _reporter = AbortOnDrop(reporter);
@@ -305,14 +286,14 @@ pub async fn run_with_listeners(
             let control = loaded.control;
             tracing::info!(
                 api = config.model_control_on(),
-                poll_secs = config.model_poll_secs,
+                poll_secs = config.models.model_poll_secs,
                 "model control"
             );
             if control.deploy_initial(loaded.repo, loaded.routing) == Phase::Serving {
                 tracing::info!("ready");
             }
-            if config.model_poll_secs > 0 {
-                control.spawn_poller(Duration::from_secs(config.model_poll_secs));
+            if config.models.model_poll_secs > 0 {
+                control.spawn_poller(Duration::from_secs(config.models.model_poll_secs));
             }
             let _ = state.control.set(control);
         }
@@ -337,7 +318,7 @@ pub async fn run_with_listeners(
     }
     // Nothing new can arrive now: write out (or spill) every log record.
     state.predlog.shutdown(config.shutdown_grace()).await;
-    crate::ratelimit::report_all_held_back();
+    inferd_telemetry::ratelimit::report_all_held_back();
     served
 }
 
@@ -352,14 +333,14 @@ async fn serve_until_drained(
     tokio::select! {
         biased;
         _ = draining.cancelled() => {
-            let grace = config.drain_delay() + config.shutdown_grace();
+            let grace = config.net.drain_delay() + config.shutdown_grace();
             match tokio::time::timeout(grace, &mut *server).await {
                 Ok(res) => {
                     tracing::info!("drained; exiting");
                     res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into)
                 }
                 Err(_) => {
-                    tracing::warn!(grace_ms = config.shutdown_grace_ms, "grace period over with requests still in flight; exiting");
+                    tracing::warn!(grace_ms = config.net.shutdown_grace_ms, "grace period over with requests still in flight; exiting");
                     // Drop the connections still open and wait until they are
                     // gone, so that none answers (and logs) after the log
                     // writer's last drain. A task is dropped at its next

@@ -29,8 +29,8 @@ async fn concurrent(s: &TestServer, bodies: Vec<Value>) -> Vec<(u16, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_results_equal_golden_and_batches_really_form() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.max_batch_delay_ms = Some(20); // hold batches open so requests merge
+    cfg.limits.max_concurrency = Some(1);
+    cfg.batching.max_batch_delay_ms = Some(20); // hold batches open so requests merge
     let s = TestServer::start(cfg).await;
     for model in ["lstm-forecaster", "text-classifier"] {
         let g = golden(model);
@@ -70,8 +70,8 @@ async fn batched_results_equal_golden_and_batches_really_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_is_split_across_batches_in_order() {
     let mut cfg = uncached();
-    cfg.max_instances = 128;
-    cfg.max_batch_size = Some(8);
+    cfg.limits.max_instances = 128;
+    cfg.batching.max_batch_size = Some(8);
     let s = TestServer::start(cfg).await;
     let cases = golden("lstm-forecaster")["cases"]
         .as_array()
@@ -142,9 +142,9 @@ async fn expired_requests_never_reach_the_model() {
     const N: usize = 12;
     const SIZE: usize = 64;
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.max_batch_size = Some(SIZE); // one request, one call: none merge
-    cfg.request_timeout_ms = 1050;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.batching.max_batch_size = Some(SIZE); // one request, one call: none merge
+    cfg.limits.request_timeout_ms = 1050;
     let s = TestServer::start_slowed(cfg, Duration::from_millis(300)).await;
     let series = &common::latest_series("inferd_model_instances_total", "text-classifier");
     let calls = &common::latest_series("inferd_batches_total", "text-classifier");

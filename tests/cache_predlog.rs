@@ -39,8 +39,8 @@ async fn predict(s: &TestServer, body: Value) -> Value {
 
 fn redis_config(r: &Redis) -> ServeConfig {
     let mut c = config();
-    c.redis_url = Some(r.url());
-    c.cache_breaker_ms = 100;
+    c.cache.redis_url = Some(r.url());
+    c.cache.cache_breaker_ms = 100;
     c
 }
 
@@ -130,9 +130,9 @@ async fn redis_cache_hits_after_reformatted_json_and_keeps_order_on_partial_hits
 async fn entries_expire_after_their_ttl() {
     let r = Redis::start();
     let mut rc = redis_config(&r);
-    rc.cache_ttl_secs = 1;
+    rc.cache.cache_ttl_secs = 1;
     let mut mc = config();
-    mc.cache_ttl_secs = 1;
+    mc.cache.cache_ttl_secs = 1;
     for cfg in [rc, mc] {
         let s = TestServer::start(cfg).await;
         let body = json!({"model": "lstm-forecaster", "instances": [fresh_window(200)]});
@@ -154,8 +154,8 @@ async fn concurrent_identical_requests_run_the_model_once() {
     const N: usize = 24;
     let r = Redis::start();
     for (backend, mut cfg) in [("memory", config()), ("redis", redis_config(&r))] {
-        cfg.max_concurrency = Some(1);
-        cfg.warmup_runs = 0; // each warm-up call would take the second too
+        cfg.limits.max_concurrency = Some(1);
+        cfg.models.warmup_runs = 0; // each warm-up call would take the second too
         let s = TestServer::start_slowed(cfg, Duration::from_secs(1)).await;
         let m = s.metrics().await;
         // Zero before the first request (the series exists from the
@@ -287,8 +287,8 @@ async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart
     let redis = Arc::new(std::sync::Mutex::new(Redis::start()));
     let url = redis.lock().unwrap().url();
     let mut cfg = config();
-    cfg.redis_url = Some(url);
-    cfg.cache_breaker_ms = 100;
+    cfg.cache.redis_url = Some(url);
+    cfg.cache.cache_breaker_ms = 100;
     let cfg2 = cfg.clone();
     let s = TestServer::start(cfg).await;
     // Every request a new instance: each one misses the in-process L1 and asks
@@ -390,10 +390,10 @@ async fn redis_killed_during_load_fails_no_request_and_hits_resume_after_restart
 
 fn pg_config(pg: &Postgres, spill: &std::path::Path) -> ServeConfig {
     let mut c = config();
-    c.predlog = PredLogMode::Postgres;
-    c.database_url = Some(pg.url());
-    c.predlog_spill_path = spill.to_path_buf();
-    c.predlog_flush_ms = 50;
+    c.predlog.sink = PredLogMode::Postgres;
+    c.predlog.database_url = Some(pg.url());
+    c.predlog.predlog_spill_path = spill.to_path_buf();
+    c.predlog.predlog_flush_ms = 50;
     c
 }
 
@@ -403,8 +403,8 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill.jsonl");
     let mut cfg = pg_config(&pg.lock().unwrap(), &spill);
-    cfg.predlog_buffer_rows = 300; // small, so the outage spills to disk
-    cfg.predlog_batch_rows = 100;
+    cfg.predlog.predlog_buffer_rows = 300; // small, so the outage spills to disk
+    cfg.predlog.predlog_batch_rows = 100;
     let s = TestServer::start(cfg).await;
     let bodies: Vec<Value> = (0..50)
         .map(|i| json!({"model": "lstm-forecaster", "instances": [fresh_window(400 + i)]}))
@@ -472,8 +472,8 @@ async fn shutdown_flushes_buffered_records_and_spills_when_postgres_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill.jsonl");
     let mut cfg = pg_config(&pg, &spill);
-    cfg.predlog_flush_ms = 60_000; // nothing is written before shutdown
-    cfg.predlog_batch_rows = 100_000;
+    cfg.predlog.predlog_flush_ms = 60_000; // nothing is written before shutdown
+    cfg.predlog.predlog_batch_rows = 100_000;
     let s = TestServer::start(cfg.clone()).await;
     for i in 0..50 {
         predict(
@@ -521,7 +521,7 @@ async fn shutdown_flushes_buffered_records_and_spills_when_postgres_is_down() {
     assert_eq!(lines, 20);
     pg.resume();
     let mut c2 = cfg;
-    c2.predlog_flush_ms = 50;
+    c2.predlog.predlog_flush_ms = 50;
     let s = TestServer::start(c2).await;
     let t = Instant::now();
     while pg.psql("SELECT count(*) FROM predictions") != "70" {
@@ -537,9 +537,9 @@ async fn jsonl_sink_is_the_default_and_logs_failures_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log/predictions.jsonl");
     let mut cfg = config();
-    cfg.predlog = PredLogMode::Auto;
-    cfg.predlog_path = path.clone();
-    cfg.predlog_flush_ms = 20;
+    cfg.predlog.sink = PredLogMode::Auto;
+    cfg.predlog.predlog_path = path.clone();
+    cfg.predlog.predlog_flush_ms = 20;
     let s = TestServer::start(cfg.clone()).await;
     for i in 0..5 {
         predict(
@@ -583,8 +583,8 @@ async fn jsonl_sink_is_the_default_and_logs_failures_too() {
 
     // Hash mode keeps inputs out of the log.
     let mut hashed = cfg;
-    hashed.predlog_path = dir.path().join("hashed.jsonl");
-    hashed.predlog_inputs = inferd::config::LogInputs::Hash;
+    hashed.predlog.predlog_path = dir.path().join("hashed.jsonl");
+    hashed.predlog.predlog_inputs = inferd::config::LogInputs::Hash;
     let s = TestServer::start(hashed.clone()).await;
     predict(
         &s,
@@ -592,7 +592,7 @@ async fn jsonl_sink_is_the_default_and_logs_failures_too() {
     )
     .await;
     s.stop().await.unwrap();
-    let text = std::fs::read_to_string(&hashed.predlog_path).unwrap();
+    let text = std::fs::read_to_string(&hashed.predlog.predlog_path).unwrap();
     assert!(!text.contains("secret text"));
     assert!(text.contains("instance_sha256"));
 }

@@ -13,10 +13,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{metric, uncached, TestServer};
-use inferd::core::backend::{
+use inferd_core::backend::{
     Backend, BackendError, GraphSpec, InputBatch, LoadFailure, Loader, OutputBatch, TensorInfo,
 };
-use inferd::core::cancel::RunControl;
+use inferd_core::cancel::RunControl;
 use serde_json::json;
 
 const MODEL_TIME: Duration = Duration::from_secs(3);
@@ -76,8 +76,8 @@ impl Loader for LongRuns {
 
 async fn server(request_timeout_ms: u64) -> TestServer {
     let mut c = uncached();
-    c.max_concurrency = Some(1);
-    c.request_timeout_ms = request_timeout_ms;
+    c.limits.max_concurrency = Some(1);
+    c.limits.request_timeout_ms = request_timeout_ms;
     TestServer::start_with_loader(
         c,
         Box::new(|opts| {
@@ -171,19 +171,18 @@ async fn a_batch_whose_clients_all_left_is_stopped_and_its_slot_freed() {
 /// not stopped by the switch left over.
 #[test]
 fn onnx_runtime_honours_the_switch_and_the_session_stays_usable() {
-    let dylib = inferd::core::backend::onnx::resolve_dylib(Some(&common::ort_dylib_path()))
+    let dylib = inferd_onnx::resolve_dylib(Some(&common::ort_dylib_path()), &common::root())
         .expect("ONNX Runtime");
-    inferd::core::backend::onnx::init(&dylib).expect("init");
-    let runtimes = inferd::server::runtimes(inferd::core::backend::BackendOptions {
+    inferd_onnx::init(&dylib).expect("init");
+    let runtimes = inferd::server::runtimes(inferd_core::backend::BackendOptions {
         intra_threads: 1,
-        device: inferd::config::Device::Cpu,
+        device: inferd_core::backend::Device::Cpu,
         pool_size: 1,
         arena_shrink_rows: 8,
     })
     .expect("runtimes");
-    let repo =
-        inferd::core::repository::Repository::load(&common::root().join("models"), &runtimes)
-            .expect("models");
+    let repo = inferd_core::repository::Repository::load(&common::root().join("models"), &runtimes)
+        .expect("models");
     let model = repo.get("lstm-forecaster", None).expect("model");
     let steps = model.backend.inputs()[0].shape[1] as usize;
     let batch = InputBatch::Windows {

@@ -25,8 +25,8 @@ async fn until_closed(mut s: TcpStream) -> (Vec<u8>, Instant) {
 #[tokio::test]
 async fn past_the_cap_a_connection_waits_for_a_free_one() {
     let mut c = common::config();
-    c.max_connections = 4;
-    c.idle_timeout_ms = 1_500;
+    c.net.max_connections = 4;
+    c.net.idle_timeout_ms = 1_500;
     let server = TestServer::start(c).await;
     // `start` polled /readyz on a keep-alive connection: let it idle out, so
     // that the four below fill the cap.

@@ -9,16 +9,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use inferd::api::grpc::pb;
-use inferd::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use inferd::config::ServeConfig;
+use inferd_api::testing::pb;
+use inferd_api::testing::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 fn grpc_config() -> ServeConfig {
     let mut c = uncached();
-    c.grpc_listen = "127.0.0.1:0".into();
+    c.net.grpc_listen = "127.0.0.1:0".parse().expect("addr");
     c
 }
 
@@ -373,9 +373,9 @@ async fn bad_input_and_unknown_models_get_their_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_resource_exhausted_and_the_client_deadline_is_honoured() {
     let mut cfg = grpc_config();
-    cfg.max_concurrency = Some(1);
-    cfg.max_queue = 1;
-    cfg.max_batch_size = Some(1);
+    cfg.limits.max_concurrency = Some(1);
+    cfg.limits.max_queue = 1;
+    cfg.batching.max_batch_size = Some(1);
     let s = TestServer::start_slowed(cfg, Duration::from_millis(400)).await;
     let c = client(&s).await;
     let (typed, _, _) = requests("lstm-forecaster", 1);
@@ -469,8 +469,8 @@ async fn overload_is_resource_exhausted_and_the_client_deadline_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_come_from_the_authorization_metadata() {
     let mut cfg = grpc_config();
-    cfg.api_keys = Some("inference-key".into());
-    cfg.admin_keys = Some("admin-key".into());
+    cfg.auth.api_keys = Some("inference-key".into());
+    cfg.auth.admin_keys = Some("admin-key".into());
     let s = TestServer::start(cfg).await;
     let mut c = client(&s).await;
     let with = |key: Option<&str>, req: pb::ModelInferRequest| {
@@ -529,7 +529,7 @@ async fn api_keys_come_from_the_authorization_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_is_unavailable_and_the_health_service_says_so() {
     let mut cfg = grpc_config();
-    cfg.drain_delay_ms = 1_500;
+    cfg.net.drain_delay_ms = 1_500;
     let mut s = TestServer::start(cfg).await;
     let mut c = client(&s).await;
     let channel = Channel::from_shared(format!("http://{}", s.grpc.unwrap()))

@@ -68,8 +68,8 @@ async fn classify(s: &TestServer, version: Option<&str>, id: Option<&str>) -> (u
 
 fn open_control(models: &Path) -> inferd::config::ServeConfig {
     let mut c = config();
-    c.models_dir = models.to_path_buf();
-    c.model_control = ModelControlMode::On;
+    c.models.models_dir = models.to_path_buf();
+    c.models.model_control = ModelControlMode::On;
     c
 }
 
@@ -78,8 +78,8 @@ async fn admin_routes_need_an_admin_key_and_the_switch() {
     // Keys on: inference keys are refused on the admin routes, admin keys on
     // the inference routes.
     let mut c = config();
-    c.api_keys = Some(USER.into());
-    c.admin_keys = Some(ADMIN.into());
+    c.auth.api_keys = Some(USER.into());
+    c.auth.admin_keys = Some(ADMIN.into());
     let s = TestServer::start(c).await;
     let index = "/v2/repository/index";
     assert_eq!(post(&s, index, None, json!({}), None).await.0, 401);
@@ -200,8 +200,8 @@ async fn unloading_lets_requests_in_flight_finish() {
     let models = tempfile::tempdir().unwrap();
     copy_dir(&root().join("models"), models.path());
     let mut c = open_control(models.path());
-    c.cache = inferd::config::CacheMode::Off;
-    c.max_concurrency = Some(8);
+    c.cache.mode = inferd::config::CacheMode::Off;
+    c.limits.max_concurrency = Some(8);
     let s = TestServer::start_slowed(c, Duration::from_millis(400)).await;
     let s = std::sync::Arc::new(s);
 
@@ -326,8 +326,8 @@ async fn a_canary_takes_its_share_of_ten_thousand_requests_by_request_id() {
 async fn polling_picks_up_a_new_version_and_ignores_a_half_written_one() {
     let models = models_without_v2();
     let mut c = open_control(models.path());
-    c.model_control = ModelControlMode::Off; // polling needs no API
-    c.model_poll_secs = 1;
+    c.models.model_control = ModelControlMode::Off; // polling needs no API
+    c.models.model_poll_secs = 1;
     let s = TestServer::start(c).await;
     // Half-written: everything but the manifest, which operators write last.
     let v2 = models.path().join("text-classifier/2");

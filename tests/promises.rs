@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use common::services::Postgres;
 use common::{config, golden, latest_series, metric, metric_opt, root, uncached, TestServer};
 use inferd::config::{PredLogMode, ServeConfig};
-use inferd::core::backend::{
+use inferd::server::MakeLoader;
+use inferd_core::backend::{
     Backend, BackendError, GraphSpec, InputBatch, LoadFailure, Loader, OutputBatch, TensorInfo,
 };
-use inferd::core::cancel::RunControl;
-use inferd::server::MakeLoader;
+use inferd_core::cancel::RunControl;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -297,6 +297,8 @@ fn pg_processes(pg: &Postgres) -> Vec<i32> {
 
 /// Sends `sig` to each; a process that has exited meanwhile (the backend of
 /// the `psql` that read the data directory) is skipped.
+// Unsafe: std sends no signal but SIGKILL; see SAFETY.
+#[allow(unsafe_code)]
 fn signal(pids: &[i32], sig: i32) {
     for &p in pids {
         // SAFETY: kill(2) with a pid of the cluster this test started.
@@ -322,6 +324,8 @@ impl Frozen {
 }
 
 impl Drop for Frozen {
+    // Unsafe: as `signal`.
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         for &p in &self.0 {
             // SAFETY: as in `signal`; errors are ignored while unwinding.
@@ -347,9 +351,9 @@ fn v2_text(t: &str) -> Value {
 
 fn jsonl_config(path: &Path) -> ServeConfig {
     let mut c = uncached();
-    c.predlog = PredLogMode::Jsonl;
-    c.predlog_path = path.to_path_buf();
-    c.predlog_flush_ms = 20;
+    c.predlog.sink = PredLogMode::Jsonl;
+    c.predlog.predlog_path = path.to_path_buf();
+    c.predlog.predlog_flush_ms = 20;
     c
 }
 
@@ -395,8 +399,8 @@ async fn serve_windows(s: &TestServer, n: usize) {
 
 /// The writer keeps every record queued or buffered until shutdown.
 fn hold_records_until_shutdown(cfg: &mut ServeConfig) {
-    cfg.predlog_flush_ms = 60_000;
-    cfg.predlog_batch_rows = 100_000;
+    cfg.predlog.predlog_flush_ms = 60_000;
+    cfg.predlog.predlog_batch_rows = 100_000;
 }
 
 /// Waits until the writer holds `n` records, queued or buffered.
@@ -430,7 +434,7 @@ async fn channel_overflow_drops_records_counted_and_logged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("predictions.jsonl");
     let mut cfg = jsonl_config(&path);
-    cfg.predlog_channel = 1;
+    cfg.predlog.predlog_channel = 1;
     let s = TestServer::start(cfg).await;
     let instances: Vec<Value> = (0..64).map(window).collect();
     let (st, _, v) = s
@@ -474,12 +478,12 @@ async fn unwritable_spill_file_drops_records_counted_and_logged() {
     std::fs::write(&not_a_dir, b"a file where the spill directory should be").unwrap();
     let spill = not_a_dir.join("spill.jsonl");
     let mut cfg = config();
-    cfg.predlog = PredLogMode::Postgres;
-    cfg.database_url = Some(pg.url());
-    cfg.predlog_spill_path = spill.clone();
-    cfg.predlog_buffer_rows = 2;
-    cfg.predlog_batch_rows = 1;
-    cfg.predlog_flush_ms = 20;
+    cfg.predlog.sink = PredLogMode::Postgres;
+    cfg.predlog.database_url = Some(pg.url());
+    cfg.predlog.predlog_spill_path = spill.clone();
+    cfg.predlog.predlog_buffer_rows = 2;
+    cfg.predlog.predlog_batch_rows = 1;
+    cfg.predlog.predlog_flush_ms = 20;
     let s = TestServer::start(cfg).await;
     const N: usize = 16;
     let instances: Vec<Value> = (0..N).map(window).collect();
@@ -535,8 +539,8 @@ async fn in_flight_work_past_the_grace_period_is_abandoned() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("predictions.jsonl");
     let mut cfg = jsonl_config(&path);
-    cfg.max_concurrency = Some(1);
-    cfg.shutdown_grace_ms = 500;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.net.shutdown_grace_ms = 500;
     hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
     let _open = OpenOnDrop(gate.clone());
@@ -619,10 +623,10 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill.jsonl");
     let mut cfg = config();
-    cfg.predlog = PredLogMode::Postgres;
-    cfg.database_url = Some(pg.url());
-    cfg.predlog_spill_path = spill.clone();
-    cfg.shutdown_grace_ms = 3_000;
+    cfg.predlog.sink = PredLogMode::Postgres;
+    cfg.predlog.database_url = Some(pg.url());
+    cfg.predlog.predlog_spill_path = spill.clone();
+    cfg.net.shutdown_grace_ms = 3_000;
     hold_records_until_shutdown(&mut cfg);
     let s = TestServer::start(cfg.clone()).await;
     const N: usize = 30;
@@ -656,7 +660,7 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
 
     drop(frozen);
     let mut next = cfg;
-    next.predlog_flush_ms = 50;
+    next.predlog.predlog_flush_ms = 50;
     let s = TestServer::start(next).await;
     let t = Instant::now();
     while pg.psql("SELECT count(*) FROM predictions") != N.to_string() {
@@ -690,11 +694,11 @@ async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record(
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill.jsonl");
     let mut cfg = config();
-    cfg.max_concurrency = Some(1);
-    cfg.predlog = PredLogMode::Postgres;
-    cfg.database_url = Some(pg.url());
-    cfg.predlog_spill_path = spill.clone();
-    cfg.shutdown_grace_ms = 2_400; // the writer's budget: 800 ms
+    cfg.limits.max_concurrency = Some(1);
+    cfg.predlog.sink = PredLogMode::Postgres;
+    cfg.predlog.database_url = Some(pg.url());
+    cfg.predlog.predlog_spill_path = spill.clone();
+    cfg.net.shutdown_grace_ms = 2_400; // the writer's budget: 800 ms
     hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
     let _open = OpenOnDrop(gate.clone());
@@ -777,8 +781,8 @@ fn assert_v2_refusal(what: &str, st: u16, h: &reqwest::header::HeaderMap, v: &Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kserve_v2_infer_answers_429_with_retry_after_when_the_queue_is_full() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.max_queue = 1;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.limits.max_queue = 1;
     let gate = Gate::closed();
     let _open = OpenOnDrop(gate.clone());
     let s = TestServer::start_with_loader(cfg, held(&gate)).await;
@@ -871,7 +875,7 @@ async fn kserve_v2_routes_answer_503_while_starting_and_while_draining() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("predictions.jsonl");
     let mut cfg = jsonl_config(&path);
-    cfg.drain_delay_ms = 1_500;
+    cfg.net.drain_delay_ms = 1_500;
     let gate = Gate::closed();
     let _open = OpenOnDrop(gate.clone());
     let mut s = TestServer::spawn_with_loader(cfg, stalled(&gate)).await;
@@ -976,7 +980,7 @@ fn cache_lookups(m: &str, result: &str) -> f64 {
 async fn a_model_whose_manifest_disables_the_cache_is_never_cached() {
     let models = models_with_lstm_cache_off();
     let mut cfg = config();
-    cfg.models_dir = models.path().to_path_buf();
+    cfg.models.models_dir = models.path().to_path_buf();
     let s = TestServer::start(cfg).await;
 
     let (st, listing) = s.get("/v1/models").await;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 fn with_keys(keys: &str) -> inferd::config::ServeConfig {
     let mut c = config();
-    c.api_keys = Some(keys.into());
+    c.auth.api_keys = Some(keys.into());
     c
 }
 
@@ -209,7 +209,7 @@ async fn api_keys_guard_model_routes_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_committed_and_every_documented_route_exists() {
-    let doc = serde_json::to_value(inferd::api::document()).unwrap();
+    let doc = serde_json::to_value(inferd_api::document()).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let rendered = serde_json::to_string_pretty(&doc).unwrap() + "\n";
     let committed_path = root().join("docs/openapi.json");

@@ -117,8 +117,8 @@ async fn lstm_forecaster_reproduces_golden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_error_is_json_with_status_code_and_field() {
     let mut cfg = config();
-    cfg.max_body_bytes = 64 * 1024;
-    cfg.max_instances = 4;
+    cfg.limits.max_body_bytes = 64 * 1024;
+    cfg.limits.max_instances = 4;
     let s = TestServer::start(cfg).await;
     let window = golden("lstm-forecaster")["cases"][0]["input"].clone();
     let mut short = window.clone();
@@ -455,7 +455,7 @@ async fn metrics_and_request_ids() {
 async fn not_ready_until_warmed_up() {
     let mut cfg = config();
     // Enough warm-up work that the window before readiness is wide (about a second).
-    cfg.warmup_runs = 4000;
+    cfg.models.warmup_runs = 4000;
     let s = TestServer::spawn(cfg).await;
     let (st, body) = s.get("/healthz").await;
     assert_eq!(st, 200, "alive while loading: {body}");
@@ -487,8 +487,8 @@ async fn not_ready_until_warmed_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_with_429_and_never_5xx() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.max_queue = 2;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.limits.max_queue = 2;
     let s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let mut tasks = Vec::new();
@@ -535,8 +535,8 @@ async fn overload_sheds_with_429_and_never_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_before_reading_the_body() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.max_queue = 1;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.limits.max_queue = 1;
     let s = TestServer::start_slowed(cfg, Duration::from_millis(600)).await;
     let body = json!({"model": "lstm-forecaster", "instances": [golden("lstm-forecaster")["cases"][0]["input"]]});
     let admitted: Vec<_> = (0..2)
@@ -593,12 +593,12 @@ async fn a_full_queue_refuses_before_reading_the_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_returns_504() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
+    cfg.limits.max_concurrency = Some(1);
     // Every model call takes 50 ms; a request of 64 instances in batches of 4 is
     // 16 calls (800 ms), four times its 200 ms deadline. One instance is one call,
     // well within it.
-    cfg.max_batch_size = Some(4);
-    cfg.request_timeout_ms = 200;
+    cfg.batching.max_batch_size = Some(4);
+    cfg.limits.request_timeout_ms = 200;
     let s = TestServer::start_slowed(cfg, Duration::from_millis(50)).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let (st, _, v) = s.post_json("/predict", &body).await;
@@ -643,7 +643,7 @@ async fn deadline_returns_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
+    cfg.limits.max_concurrency = Some(1);
     let mut s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let mut tasks = Vec::new();
@@ -688,8 +688,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_server_turns_unready_and_refuses_new_work() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(1);
-    cfg.drain_delay_ms = 600;
+    cfg.limits.max_concurrency = Some(1);
+    cfg.net.drain_delay_ms = 600;
     let mut s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let in_flight: Vec<_> = (0..3)
@@ -772,7 +772,7 @@ async fn probe_health(s: &TestServer, n: usize, during: bool) -> (Duration, Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_stays_fast_while_inference_is_saturated() {
     let mut cfg = uncached();
-    cfg.max_concurrency = Some(2);
+    cfg.limits.max_concurrency = Some(2);
     // Each model call is the real one plus 50 ms: the two slots stay busy with
     // queued work for as long as the clients keep sending.
     let s = TestServer::start_slowed(cfg, Duration::from_millis(50)).await;

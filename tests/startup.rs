@@ -36,7 +36,7 @@ fn inferd_binary() -> Command {
 
 async fn start_error(models: &std::path::Path) -> String {
     let mut cfg = config();
-    cfg.models_dir = models.to_path_buf();
+    cfg.models.models_dir = models.to_path_buf();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = inferd::run(cfg, listener, std::future::pending()).await;
     format!("{:#}", r.expect_err("start-up must fail"))
@@ -168,7 +168,7 @@ fn the_binary_exits_non_zero_naming_the_file() {
     let out = inferd_binary()
         .args(["serve", "--listen", "127.0.0.1:0", "--models-dir"])
         .arg(d.path())
-        .env("ORT_DYLIB_PATH", cfg.ort_dylib_path.unwrap())
+        .env("ORT_DYLIB_PATH", cfg.runtime.ort_dylib_path.unwrap())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -230,43 +230,43 @@ fn harness_config_is_the_documented_defaults() {
         let plain = <inferd::config::Cli as clap::Parser>::try_parse_from(["inferd"])
             .expect("parse")
             .serve;
-        assert_eq!(plain.max_queue, 1);
-        assert_eq!(plain.max_instances, 3);
-        assert_eq!(plain.api_keys.as_deref(), Some("leaked-key"));
+        assert_eq!(plain.limits.max_queue, 1);
+        assert_eq!(plain.limits.max_instances, 3);
+        assert_eq!(plain.auth.api_keys.as_deref(), Some("leaked-key"));
     }
     for c in [common::default_config(), config()] {
-        assert_eq!(c.max_queue, 512);
-        assert_eq!(c.max_instances, 64);
-        assert_eq!(c.request_timeout_ms, 10_000);
-        assert_eq!(c.max_body_bytes, 2 * 1024 * 1024);
-        assert_eq!(c.cache, inferd::config::CacheMode::On);
-        assert_eq!(c.cache_ttl_secs, 3600);
-        assert_eq!(c.api_keys, None);
-        assert_eq!(c.api_keys_file, None);
-        assert_eq!(c.redis_url, None);
-        assert_eq!(c.database_url, None);
-        assert_eq!(c.max_batch_size, None);
-        assert_eq!(c.drain_delay_ms, 0);
-        assert_eq!(c.log_format, inferd::config::LogFormat::Text);
+        assert_eq!(c.limits.max_queue, 512);
+        assert_eq!(c.limits.max_instances, 64);
+        assert_eq!(c.limits.request_timeout_ms, 10_000);
+        assert_eq!(c.limits.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.cache.mode, inferd::config::CacheMode::On);
+        assert_eq!(c.cache.cache_ttl_secs, 3600);
+        assert_eq!(c.auth.api_keys, None);
+        assert_eq!(c.auth.api_keys_file, None);
+        assert_eq!(c.cache.redis_url, None);
+        assert_eq!(c.predlog.database_url, None);
+        assert_eq!(c.batching.max_batch_size, None);
+        assert_eq!(c.net.drain_delay_ms, 0);
+        assert_eq!(c.telemetry.log_format, inferd::config::LogFormat::Text);
         assert!(c.validate().is_ok());
     }
-    assert_eq!(common::default_config().max_concurrency, None);
+    assert_eq!(common::default_config().limits.max_concurrency, None);
     assert_eq!(
-        common::default_config().listen,
+        common::default_config().net.listen,
         "0.0.0.0:8080".parse().unwrap()
     );
     let c = config();
-    assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
-    assert_eq!(c.models_dir, root().join("models"));
+    assert_eq!(c.net.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(c.models.models_dir, root().join("models"));
     // ONNX Runtime: the caller's ORT_DYLIB_PATH when set, else the local install.
     let want = match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
         Some(p) => std::path::PathBuf::from(p),
-        None => root().join(inferd::config::LOCAL_ORT_LIB),
+        None => root().join(inferd_onnx::LOCAL_DYLIB),
     };
-    assert_eq!(c.ort_dylib_path.as_deref(), Some(want.as_path()));
+    assert_eq!(c.runtime.ort_dylib_path.as_deref(), Some(want.as_path()));
     if child {
         assert_eq!(
-            c.ort_dylib_path.as_deref(),
+            c.runtime.ort_dylib_path.as_deref(),
             Some(std::path::Path::new(MARKER_ORT))
         );
     }

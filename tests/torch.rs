@@ -145,8 +145,8 @@ async fn merged_batches_give_the_same_forecasts_as_single_requests() {
     // One slot and a batching window: concurrent one-window requests are
     // merged into batches by the batcher.
     let mut c = uncached();
-    c.max_concurrency = Some(1);
-    c.max_batch_delay_ms = Some(20);
+    c.limits.max_concurrency = Some(1);
+    c.batching.max_batch_delay_ms = Some(20);
     let s = std::sync::Arc::new(TestServer::start(c).await);
     let windows: Vec<Value> = heldout().into_iter().take(48).collect();
 

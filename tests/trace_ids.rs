@@ -21,10 +21,10 @@ async fn the_clients_trace_id_is_in_the_log_row_and_the_response() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
-    cfg.predlog = PredLogMode::Postgres;
-    cfg.database_url = Some(pg.url());
-    cfg.predlog_spill_path = dir.path().join("spill.jsonl");
-    cfg.predlog_flush_ms = 50;
+    cfg.predlog.sink = PredLogMode::Postgres;
+    cfg.predlog.database_url = Some(pg.url());
+    cfg.predlog.predlog_spill_path = dir.path().join("spill.jsonl");
+    cfg.predlog.predlog_flush_ms = 50;
     let s = TestServer::start(cfg).await;
     let http = reqwest::Client::new();
     let send = |rid: &'static str, traceparent: Option<&'static str>, text: &'static str| {

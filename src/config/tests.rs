@@ -24,9 +24,9 @@ fn passwords_are_redacted() {
 fn defaults_parse_and_validate() {
     let cli = Cli::try_parse_from(["inferd"]).expect("defaults parse");
     assert!(cli.command.is_none());
-    assert_eq!(cli.serve.max_queue, 512);
+    assert_eq!(cli.serve.limits.max_queue, 512);
     assert!(cli.serve.validate().is_ok());
-    assert!(cli.serve.concurrency() >= 1);
+    assert!(cli.serve.limits.concurrency() >= 1);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod services;
+pub(crate) mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
 use inferd::config::{Cli, ServeConfig};
-use inferd::core::backend::testing::SlowLoader;
 use inferd::server::MakeLoader;
+use inferd_core::backend::testing::SlowLoader;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The repository root: the nearest directory at or above this package's manifest
 /// that holds `models/` (the bench crate reuses this harness from `crates/inferd-bench`).
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
         .ancestors()
@@ -31,7 +31,7 @@ pub fn root() -> PathBuf {
 /// The documented defaults, whatever `INFERD_*` variables the caller's shell
 /// exports: every argument's environment fallback is removed before parsing, so
 /// a test server is configured only by the test.
-pub fn default_config() -> ServeConfig {
+pub(crate) fn default_config() -> ServeConfig {
     let no_env = |a: clap::Arg| a.env(None::<&'static str>);
     let cmd = Cli::command()
         .mut_args(no_env)
@@ -42,30 +42,30 @@ pub fn default_config() -> ServeConfig {
 
 /// Where ONNX Runtime is: `ORT_DYLIB_PATH` when the caller sets it (CI does),
 /// else the project-local install.
-pub fn ort_dylib_path() -> PathBuf {
+pub(crate) fn ort_dylib_path() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(inferd::config::LOCAL_ORT_LIB))
+        .unwrap_or_else(|| root().join(inferd_onnx::LOCAL_DYLIB))
 }
 
-pub fn config() -> ServeConfig {
+pub(crate) fn config() -> ServeConfig {
     let mut c = default_config();
-    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.net.listen = "127.0.0.1:0".parse().expect("addr");
     // gRPC tests bind their own port (`run_with_listeners`).
-    c.grpc_listen = "off".into();
-    c.models_dir = root().join("models");
-    c.max_concurrency = Some(2);
-    c.warmup_runs = 1;
-    c.predlog = inferd::config::PredLogMode::Off;
-    c.ort_dylib_path = Some(ort_dylib_path());
+    c.net.grpc_listen = inferd::config::GrpcListen::Off;
+    c.models.models_dir = root().join("models");
+    c.limits.max_concurrency = Some(2);
+    c.models.warmup_runs = 1;
+    c.predlog.sink = inferd::config::PredLogMode::Off;
+    c.runtime.ort_dylib_path = Some(ort_dylib_path());
     c
 }
 
 /// A loader of the real models (the server's runtimes) whose every inference first
 /// sleeps `latency`: requests overlap for certain, whatever the machine's
 /// speed. Warm-up pays the latency too (warmup_runs x sessions per model).
-pub fn slowed(latency: Duration) -> MakeLoader {
+pub(crate) fn slowed(latency: Duration) -> MakeLoader {
     Box::new(move |opts| {
         Ok(Box::new(SlowLoader {
             inner: Box::new(inferd::server::runtimes(opts)?),
@@ -74,7 +74,7 @@ pub fn slowed(latency: Duration) -> MakeLoader {
     })
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     /// The gRPC port, when the config turns it on (bound here, port 0 is fine).
     pub grpc: Option<SocketAddr>,
@@ -85,7 +85,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server and waits until `/readyz` says ready.
-    pub async fn start(config: ServeConfig) -> TestServer {
+    pub(crate) async fn start(config: ServeConfig) -> TestServer {
         let s = Self::spawn(config).await;
         s.wait_ready().await;
         s
@@ -93,29 +93,35 @@ impl TestServer {
 
     /// Starts a server whose models are built by `make_loader` (see `slowed`)
     /// and waits until `/readyz` says ready.
-    pub async fn start_with_loader(config: ServeConfig, make_loader: MakeLoader) -> TestServer {
+    pub(crate) async fn start_with_loader(
+        config: ServeConfig,
+        make_loader: MakeLoader,
+    ) -> TestServer {
         let s = Self::spawn_with_loader(config, make_loader).await;
         s.wait_ready().await;
         s
     }
 
     /// Starts a server on the real models, every inference slowed by `latency`.
-    pub async fn start_slowed(config: ServeConfig, latency: Duration) -> TestServer {
+    pub(crate) async fn start_slowed(config: ServeConfig, latency: Duration) -> TestServer {
         Self::start_with_loader(config, slowed(latency)).await
     }
 
     /// Starts a server without waiting for readiness.
-    pub async fn spawn(config: ServeConfig) -> TestServer {
+    pub(crate) async fn spawn(config: ServeConfig) -> TestServer {
         Self::spawn_with(config, None).await
     }
 
     /// `spawn`, with the models' backends built by `make_loader`.
-    pub async fn spawn_with_loader(config: ServeConfig, make_loader: MakeLoader) -> TestServer {
+    pub(crate) async fn spawn_with_loader(
+        config: ServeConfig,
+        make_loader: MakeLoader,
+    ) -> TestServer {
         Self::spawn_with(config, Some(make_loader)).await
     }
 
     async fn spawn_with(config: ServeConfig, make_loader: Option<MakeLoader>) -> TestServer {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listener = tokio::net::TcpListener::bind(config.net.listen)
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -123,7 +129,7 @@ impl TestServer {
         let shutdown = async move {
             let _ = rx.await;
         };
-        let grpc_listener = match config.grpc_addr() {
+        let grpc_listener = match config.net.grpc_listen.addr() {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.expect("bind gRPC")),
             None => None,
         };
@@ -149,7 +155,7 @@ impl TestServer {
 
     /// Waits for `/readyz`. 30 s: a slowed server warms up every session of
     /// every version at its latency, about 11 s at 400 ms on 2 cores.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         for _ in 0..1500 {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
                 if r.status() == 200 {
@@ -165,11 +171,11 @@ impl TestServer {
         panic!("server not ready after 30 s");
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         path: &str,
         body: &Value,
@@ -187,7 +193,12 @@ impl TestServer {
         (status, headers, body)
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let r = self
             .client
             .post(self.url(path))
@@ -200,7 +211,7 @@ impl TestServer {
         (status, r.json().await.expect("JSON body"))
     }
 
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .client
             .get(self.url(path))
@@ -211,21 +222,21 @@ impl TestServer {
     }
 
     /// The server's Prometheus text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let (st, m) = self.get("/metrics").await;
         assert_eq!(st, 200, "GET /metrics: {m}");
         m
     }
 
     /// Triggers shutdown and returns what `run` returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.handle.await.expect("server task")
     }
 
-    pub fn trigger_shutdown(&mut self) {
+    pub(crate) fn trigger_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -234,7 +245,7 @@ impl TestServer {
 
 /// The value of one series (`name{labels}` exactly as exposed, or a bare name)
 /// in a Prometheus text, or `None` when the server does not expose it.
-pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_opt(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .map(|l| {
@@ -246,14 +257,14 @@ pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
 
 /// The value of one series, which must exist: a renamed or missing metric fails
 /// the test, naming it, rather than reading as 0.
-pub fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     metric_opt(text, series)
         .unwrap_or_else(|| panic!("metric series `{series}` missing from /metrics:\n{text}"))
 }
 
 /// The sum of every series whose line starts with `prefix` (e.g. one metric
 /// over all its label sets); at least one must exist.
-pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> f64 {
     let values: Vec<f64> = text
         .lines()
         .filter(|l| l.starts_with(prefix))
@@ -273,7 +284,7 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
 
 /// The gRPC requests counted with HTTP status `status` (the code's stand-in
 /// in `inferd_requests_total`), over every model; 0 when there are none.
-pub fn grpc_requests(text: &str, status: u16) -> f64 {
+pub(crate) fn grpc_requests(text: &str, status: u16) -> f64 {
     let status = format!("status=\"{status}\"");
     text.lines()
         .filter(|l| {
@@ -286,7 +297,7 @@ pub fn grpc_requests(text: &str, status: u16) -> f64 {
 }
 
 /// A manifest's text with its `graph_sha256` line set to `sha`.
-pub fn with_graph_sha(manifest: &str, sha: &str) -> String {
+pub(crate) fn with_graph_sha(manifest: &str, sha: &str) -> String {
     manifest
         .lines()
         .map(|l| {
@@ -301,14 +312,14 @@ pub fn with_graph_sha(manifest: &str, sha: &str) -> String {
 }
 
 /// A config whose cache is off: load tests need every request to reach the model.
-pub fn uncached() -> ServeConfig {
+pub(crate) fn uncached() -> ServeConfig {
     let mut c = config();
-    c.cache = inferd::config::CacheMode::Off;
+    c.cache.mode = inferd::config::CacheMode::Off;
     c
 }
 
 /// The model's latest version: the one the unversioned routes serve.
-pub fn latest_version(model: &str) -> String {
+pub(crate) fn latest_version(model: &str) -> String {
     std::fs::read_dir(root().join("models").join(model))
         .expect("model dir")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
@@ -319,7 +330,7 @@ pub fn latest_version(model: &str) -> String {
 
 /// `metric{model="...",version="<latest>"}`: a per-version series of the
 /// version the unversioned routes serve.
-pub fn latest_series(metric: &str, model: &str) -> String {
+pub(crate) fn latest_series(metric: &str, model: &str) -> String {
     format!(
         "{metric}{{model=\"{model}\",version=\"{}\"}}",
         latest_version(model)
@@ -327,7 +338,7 @@ pub fn latest_series(metric: &str, model: &str) -> String {
 }
 
 /// The golden file of the model's latest version.
-pub fn golden(model: &str) -> Value {
+pub(crate) fn golden(model: &str) -> Value {
     let dir = root().join("models").join(model);
     let p = dir.join(latest_version(model)).join("golden.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("golden")).expect("golden JSON")
@@ -335,7 +346,7 @@ pub fn golden(model: &str) -> Value {
 
 /// The longest golden texts as the model sees them (cleaned, where the model
 /// takes raw messages): the heaviest inputs for the graph, within any body limit.
-pub fn long_texts(n: usize) -> Vec<Value> {
+pub(crate) fn long_texts(n: usize) -> Vec<Value> {
     let g = golden("text-classifier");
     let mut texts: Vec<String> = g["cases"]
         .as_array()
@@ -355,7 +366,7 @@ pub fn long_texts(n: usize) -> Vec<Value> {
         .collect()
 }
 
-pub fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir") {
         let e = e.expect("entry");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -48,14 +48,14 @@ fn which(name: &str) -> PathBuf {
     PathBuf::from(format!("/usr/bin/{name}"))
 }
 
-pub struct Redis {
+pub(crate) struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Redis {
-    pub fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = Redis {
             port: free_port(),
@@ -66,12 +66,12 @@ impl Redis {
         r
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts (again) on the same port.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let bin = which("redis-server");
         need(&bin, "redis-server");
         let child = Command::new(bin)
@@ -96,7 +96,7 @@ impl Redis {
     }
 
     /// Kills the server we started (SIGKILL: a crash, not a clean shutdown).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -104,7 +104,7 @@ impl Redis {
         wait_port(self.port, false, "redis");
     }
 
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(which("redis-cli"))
             .args(["-p", &self.port.to_string()])
             .args(args)
@@ -138,7 +138,7 @@ fn pg_bin(name: &str) -> PathBuf {
 /// A PostgreSQL cluster of our own. PostgreSQL refuses to run as root, so when
 /// we are root the cluster belongs to the `postgres` user and commands run
 /// through `runuser`.
-pub struct Postgres {
+pub(crate) struct Postgres {
     pub port: u16,
     dir: tempfile::TempDir,
     running: bool,
@@ -164,7 +164,7 @@ fn unsafe_is_root() -> bool {
 }
 
 impl Postgres {
-    pub fn start() -> Postgres {
+    pub(crate) fn start() -> Postgres {
         let initdb = pg_bin("initdb");
         need(&initdb, "postgresql");
         let dir = tempfile::Builder::new()
@@ -199,7 +199,7 @@ impl Postgres {
         pg
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -213,7 +213,7 @@ impl Postgres {
     }
 
     /// Starts the cluster (again) on the same port.
-    pub fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         let opts = format!(
             // fsync=off is safe here: `stop` kills the server, not the machine, so
             // the OS still writes what PostgreSQL acknowledged. (Asynchronous
@@ -241,7 +241,7 @@ impl Postgres {
     }
 
     /// Stops the cluster at once (connections are cut).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.running {
             let _ = self.ctl(&["-m", "immediate", "-w", "stop"]);
             self.running = false;
@@ -249,7 +249,7 @@ impl Postgres {
     }
 
     /// Runs SQL through psql and returns its unaligned output.
-    pub fn psql(&self, sql: &str) -> String {
+    pub(crate) fn psql(&self, sql: &str) -> String {
         let out = Command::new(which("psql"))
             .args([
                 "-h",

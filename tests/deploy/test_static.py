@@ -50,7 +50,8 @@ def test_dockerfile_runtime_stage():
     assert re.search(r"^cuda = ", (ROOT / "Cargo.toml").read_text(), re.M)
     # So is the libtorch one, with the torch version `make test` builds against.
     assert re.search(r"^ARG TORCH_VERSION\b", text, re.M)
-    assert re.search(r'^torch = \["dep:tch"\]', (ROOT / "Cargo.toml").read_text(), re.M)
+    assert re.search(r'^torch = \["dep:inferd-torch", "inferd-torch/libtorch"\]',
+                     (ROOT / "Cargo.toml").read_text(), re.M)
     pinned = re.search(r"^torch==(\S+)", (ROOT / "scripts/torch-requirements.txt").read_text(), re.M)
     assert f"--build-arg TORCH_VERSION={pinned.group(1)}" in text
     # Everything COPY'd from the context exists and is not excluded by .dockerignore.

@@ -10,7 +10,10 @@ use crate::*;
 
 /// Start-up with the tests' configuration on the scripted model, edited; a
 /// panic on any of the server's threads is an `Err`.
-pub fn start_edited(p: Probe, edit: impl FnOnce(&mut ServeConfig)) -> Result<StartUp, String> {
+pub(crate) fn start_edited(
+    p: Probe,
+    edit: impl FnOnce(&mut ServeConfig),
+) -> Result<StartUp, String> {
     watch_server_panics();
     let _one = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     SERVER_PANICS
@@ -19,10 +22,10 @@ pub fn start_edited(p: Probe, edit: impl FnOnce(&mut ServeConfig)) -> Result<Sta
         .unwrap_or_default();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut config = common::config();
-    config.models_dir = scripted_models(tmp.path());
-    config.predlog = PredLogMode::Jsonl;
-    config.predlog_path = tmp.path().join("predictions.jsonl");
-    config.predlog_spill_path = tmp.path().join("spill.jsonl");
+    config.models.models_dir = scripted_models(tmp.path());
+    config.predlog.sink = PredLogMode::Jsonl;
+    config.predlog.predlog_path = tmp.path().join("predictions.jsonl");
+    config.predlog.predlog_spill_path = tmp.path().join("spill.jsonl");
     edit(&mut config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -46,7 +49,9 @@ pub fn start_edited(p: Probe, edit: impl FnOnce(&mut ServeConfig)) -> Result<Sta
 /// src/core/cache.rs), so the binary exits 101 with a panic.
 #[test]
 fn a_cache_ttl_over_1000_years_is_a_start_up_error() {
-    let outcome = start_edited(Probe::Predict, |c| c.cache_ttl_secs = MOKA_MAX_TTL_SECS + 1);
+    let outcome = start_edited(Probe::Predict, |c| {
+        c.cache.cache_ttl_secs = MOKA_MAX_TTL_SECS + 1
+    });
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
 }
 
@@ -56,7 +61,7 @@ fn a_cache_ttl_over_1000_years_is_a_start_up_error() {
 #[test]
 fn a_predlog_channel_over_max_permits_is_a_start_up_error() {
     let outcome = start_edited(Probe::Predict, |c| {
-        c.predlog_channel = TOKIO_MAX_PERMITS as usize + 1
+        c.predlog.predlog_channel = TOKIO_MAX_PERMITS as usize + 1
     });
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
 }
@@ -68,12 +73,14 @@ fn a_predlog_channel_over_max_permits_is_a_start_up_error() {
 /// later record is dropped, the server answering as if nothing happened.
 #[test]
 fn a_predlog_buffer_near_usize_max_is_refused_and_the_largest_allowed_works() {
-    let outcome = start_edited(Probe::Predict, |c| c.predlog_buffer_rows = usize::MAX);
+    let outcome = start_edited(Probe::Predict, |c| {
+        c.predlog.predlog_buffer_rows = usize::MAX
+    });
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
     let tmp = tempfile::tempdir().expect("tempdir");
     let (outcome, written) = predict_with_log(tmp.path(), |c| {
-        c.predlog_buffer_rows = 100_000_000;
-        c.predlog_batch_rows = 1_000_000;
+        c.predlog.predlog_buffer_rows = 100_000_000;
+        c.predlog.predlog_batch_rows = 1_000_000;
     });
     assert!(
         matches!(outcome, Ok(StartUp::Ready(Some(200)))),
@@ -85,18 +92,18 @@ fn a_predlog_buffer_near_usize_max_is_refused_and_the_largest_allowed_works() {
 /// Starts the scripted model with the JSON-lines log in `tmp`, `edit`ed,
 /// makes one prediction and shuts down; returns how start-up went and the
 /// log file's text after shutdown (which writes every record out first).
-pub fn predict_with_log(
+pub(crate) fn predict_with_log(
     tmp: &Path,
     edit: impl FnOnce(&mut ServeConfig),
 ) -> (Result<StartUp, String>, String) {
     watch_server_panics();
     let _one = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut config = common::config();
-    config.models_dir = scripted_models(tmp);
-    config.predlog = PredLogMode::Jsonl;
-    config.predlog_path = tmp.join("predictions.jsonl");
+    config.models.models_dir = scripted_models(tmp);
+    config.predlog.sink = PredLogMode::Jsonl;
+    config.predlog.predlog_path = tmp.join("predictions.jsonl");
     edit(&mut config);
-    let log = config.predlog_path.clone();
+    let log = config.predlog.predlog_path.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,14 +125,14 @@ pub fn predict_with_log(
 /// allowed) makes the first record rotate.
 #[test]
 fn a_huge_predlog_keep_is_refused_and_the_largest_allowed_rotates_at_once() {
-    let outcome = start_edited(Probe::Predict, |c| c.predlog_keep = usize::MAX);
+    let outcome = start_edited(Probe::Predict, |c| c.predlog.predlog_keep = usize::MAX);
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
     // A rotation now costs one rename per file that exists.
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::write(tmp.path().join("predictions.jsonl"), "an older record\n").expect("log");
     let (outcome, written) = predict_with_log(tmp.path(), |c| {
-        c.predlog_max_bytes = 1;
-        c.predlog_keep = 10_000;
+        c.predlog.predlog_max_bytes = 1;
+        c.predlog.predlog_keep = 10_000;
     });
     assert!(
         matches!(outcome, Ok(StartUp::Ready(Some(200)))),
@@ -144,7 +151,7 @@ fn a_huge_predlog_keep_is_refused_and_the_largest_allowed_rotates_at_once() {
 #[test]
 fn predlog_max_bytes_zero_is_refused_or_keeps_every_record() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (outcome, written) = predict_with_log(tmp.path(), |c| c.predlog_max_bytes = 0);
+    let (outcome, written) = predict_with_log(tmp.path(), |c| c.predlog.predlog_max_bytes = 0);
     let refused = matches!(outcome, Ok(StartUp::Refused(_)));
     assert!(
         refused || written.lines().count() == 1,
@@ -158,9 +165,9 @@ fn predlog_max_bytes_zero_is_refused_or_keeps_every_record() {
 /// is closed at once (release): nothing is ever answered.
 #[test]
 fn an_idle_timeout_near_u64_max_is_refused_and_a_day_works() {
-    let outcome = start_edited(Probe::Predict, |c| c.idle_timeout_ms = u64::MAX);
+    let outcome = start_edited(Probe::Predict, |c| c.net.idle_timeout_ms = u64::MAX);
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
-    let outcome = start_edited(Probe::Predict, |c| c.idle_timeout_ms = DAY_MS);
+    let outcome = start_edited(Probe::Predict, |c| c.net.idle_timeout_ms = DAY_MS);
     assert!(
         matches!(outcome, Ok(StartUp::Ready(Some(200)))),
         "{outcome:?}"
@@ -172,9 +179,11 @@ fn an_idle_timeout_near_u64_max_is_refused_and_a_day_works() {
 /// sent at once is usually parsed before the deadline is computed).
 #[test]
 fn a_header_read_timeout_near_u64_max_is_refused_and_a_day_works() {
-    let outcome = start_edited(Probe::SlowHeader, |c| c.header_read_timeout_ms = u64::MAX);
+    let outcome = start_edited(Probe::SlowHeader, |c| {
+        c.net.header_read_timeout_ms = u64::MAX
+    });
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
-    let outcome = start_edited(Probe::SlowHeader, |c| c.header_read_timeout_ms = DAY_MS);
+    let outcome = start_edited(Probe::SlowHeader, |c| c.net.header_read_timeout_ms = DAY_MS);
     assert!(
         matches!(outcome, Ok(StartUp::Ready(Some(200)))),
         "{outcome:?}"
@@ -188,8 +197,8 @@ fn a_header_read_timeout_near_u64_max_is_refused_and_a_day_works() {
 #[test]
 fn warmup_runs_past_the_bound_are_a_start_up_error() {
     let outcome = start_edited(Probe::Predict, |c| {
-        c.max_concurrency = Some(2);
-        c.warmup_runs = usize::MAX;
+        c.limits.max_concurrency = Some(2);
+        c.models.warmup_runs = usize::MAX;
     });
     assert!(matches!(outcome, Ok(StartUp::Refused(_))), "{outcome:?}");
 }

@@ -5,7 +5,7 @@ use crate::files::*;
 use crate::*;
 
 /// The command line without its `INFERD_*` fallbacks: only the case's values.
-pub fn cli_without_env() -> clap::Command {
+pub(crate) fn cli_without_env() -> clap::Command {
     let no_env = |a: clap::Arg| a.env(None::<&'static str>);
     Cli::command()
         .mut_args(no_env)
@@ -15,13 +15,13 @@ pub fn cli_without_env() -> clap::Command {
 /// A serve option: its long name, environment variable and, for the
 /// enumerations, the values it takes.
 #[derive(Debug, Clone)]
-pub struct Opt {
+pub(crate) struct Opt {
     pub long: String,
     pub env: Option<String>,
     pub values: Vec<String>,
 }
 
-pub fn serve_options() -> Vec<Opt> {
+pub(crate) fn serve_options() -> Vec<Opt> {
     Cli::command()
         .get_arguments()
         .filter_map(|a| {
@@ -38,7 +38,7 @@ pub fn serve_options() -> Vec<Opt> {
 }
 
 /// Numbers an operator might type, or mistype.
-pub fn config_number() -> impl Strategy<Value = String> {
+pub(crate) fn config_number() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
         "0",
         "1",
@@ -66,7 +66,7 @@ pub fn config_number() -> impl Strategy<Value = String> {
 }
 
 /// Words and addresses an operator might type.
-pub fn config_word() -> impl Strategy<Value = String> {
+pub(crate) fn config_word() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
         "on",
         "off",
@@ -94,7 +94,7 @@ pub fn config_word() -> impl Strategy<Value = String> {
 }
 
 /// Values an operator might type, or mistype.
-pub fn config_value() -> BoxedStrategy<String> {
+pub(crate) fn config_value() -> BoxedStrategy<String> {
     prop_oneof![
         3 => config_number(),
         2 => config_word(),
@@ -105,13 +105,13 @@ pub fn config_value() -> BoxedStrategy<String> {
 
 /// A secret on the command line, in every form the server takes it.
 #[derive(Debug, Clone)]
-pub struct Secret {
+pub(crate) struct Secret {
     pub flag: &'static str,
     pub value: String,
     pub token: String,
 }
 
-pub fn secret() -> impl Strategy<Value = Secret> {
+pub(crate) fn secret() -> impl Strategy<Value = Secret> {
     let token = "[a-zA-Z0-9._~-]{6,16}".prop_map(|t| format!("sek{t}"));
     (
         prop::sample::select(vec!["api-keys", "admin-keys", "database-url", "redis-url"]),
@@ -171,27 +171,28 @@ fn cli_values_parse_validate_and_never_leak_secrets() {
         match config.validate() {
             Ok(()) => {
                 for (name, v) in [
-                    ("max_queue", config.max_queue as u64),
-                    ("request_timeout_ms", config.request_timeout_ms),
-                    ("max_connections", config.max_connections as u64),
-                    ("max_body_bytes", config.max_body_bytes as u64),
-                    ("max_instances", config.max_instances as u64),
-                    ("predlog_channel", config.predlog_channel as u64),
+                    ("max_queue", config.limits.max_queue as u64),
+                    ("request_timeout_ms", config.limits.request_timeout_ms),
+                    ("max_connections", config.net.max_connections as u64),
+                    ("max_body_bytes", config.limits.max_body_bytes as u64),
+                    ("max_instances", config.limits.max_instances as u64),
+                    ("predlog_channel", config.predlog.predlog_channel as u64),
                     (
                         "max_batch_size",
-                        config.max_batch_size.map_or(1, |v| v as u64),
+                        config.batching.max_batch_size.map_or(1, |v| v as u64),
                     ),
                     (
                         "max_concurrency",
-                        config.max_concurrency.map_or(1, |v| v as u64),
+                        config.limits.max_concurrency.map_or(1, |v| v as u64),
                     ),
                 ] {
                     prop_assert!(v >= 1, "{name} = 0 validated");
                 }
                 prop_assert!(
-                    config.predlog != PredLogMode::Postgres || config.database_url.is_some()
+                    config.predlog.sink != PredLogMode::Postgres
+                        || config.predlog.database_url.is_some()
                 );
-                prop_assert!(config.concurrency() >= 1);
+                prop_assert!(config.limits.concurrency() >= 1);
             }
             Err(e) => prop_assert!(e.starts_with("--"), "{e}"),
         }
@@ -204,7 +205,7 @@ fn cli_values_parse_validate_and_never_leak_secrets() {
 }
 
 /// The numeric settings `avoid_known` knows, with a setter each.
-pub const NUMERIC: &[&str] = &[
+pub(crate) const NUMERIC: &[&str] = &[
     "max_queue",
     "request_timeout_ms",
     "max_connections",
@@ -234,41 +235,41 @@ pub const NUMERIC: &[&str] = &[
     "model_poll_secs",
 ];
 
-pub fn set(c: &mut ServeConfig, field: &str, v: u64) {
+pub(crate) fn set(c: &mut ServeConfig, field: &str, v: u64) {
     let u = v as usize;
     match field {
-        "max_queue" => c.max_queue = u,
-        "request_timeout_ms" => c.request_timeout_ms = v,
-        "max_connections" => c.max_connections = u,
-        "listen_backlog" => c.listen_backlog = v.try_into().unwrap_or(u32::MAX),
-        "header_read_timeout_ms" => c.header_read_timeout_ms = v,
-        "body_read_timeout_ms" => c.body_read_timeout_ms = v,
-        "idle_timeout_ms" => c.idle_timeout_ms = v,
-        "max_body_bytes" => c.max_body_bytes = u,
-        "max_instances" => c.max_instances = u,
-        "intra_op_threads" => c.intra_op_threads = u,
-        "shutdown_grace_ms" => c.shutdown_grace_ms = v,
-        "drain_delay_ms" => c.drain_delay_ms = v,
-        "warmup_runs" => c.warmup_runs = u,
-        "max_batch_size" => c.max_batch_size = Some(u),
-        "max_batch_delay_ms" => c.max_batch_delay_ms = Some(v),
-        "cache_ttl_secs" => c.cache_ttl_secs = v,
-        "cache_max_bytes" => c.cache_max_bytes = v,
-        "cache_timeout_ms" => c.cache_timeout_ms = v,
-        "cache_breaker_ms" => c.cache_breaker_ms = v,
-        "predlog_max_bytes" => c.predlog_max_bytes = v,
-        "predlog_keep" => c.predlog_keep = u,
-        "predlog_batch_rows" => c.predlog_batch_rows = u,
-        "predlog_flush_ms" => c.predlog_flush_ms = v,
-        "predlog_buffer_rows" => c.predlog_buffer_rows = u,
-        "predlog_channel" => c.predlog_channel = u,
-        "max_concurrency" => c.max_concurrency = Some(u),
-        "model_poll_secs" => c.model_poll_secs = v,
+        "max_queue" => c.limits.max_queue = u,
+        "request_timeout_ms" => c.limits.request_timeout_ms = v,
+        "max_connections" => c.net.max_connections = u,
+        "listen_backlog" => c.net.listen_backlog = v.try_into().unwrap_or(u32::MAX),
+        "header_read_timeout_ms" => c.net.header_read_timeout_ms = v,
+        "body_read_timeout_ms" => c.net.body_read_timeout_ms = v,
+        "idle_timeout_ms" => c.net.idle_timeout_ms = v,
+        "max_body_bytes" => c.limits.max_body_bytes = u,
+        "max_instances" => c.limits.max_instances = u,
+        "intra_op_threads" => c.runtime.intra_op_threads = u,
+        "shutdown_grace_ms" => c.net.shutdown_grace_ms = v,
+        "drain_delay_ms" => c.net.drain_delay_ms = v,
+        "warmup_runs" => c.models.warmup_runs = u,
+        "max_batch_size" => c.batching.max_batch_size = Some(u),
+        "max_batch_delay_ms" => c.batching.max_batch_delay_ms = Some(v),
+        "cache_ttl_secs" => c.cache.cache_ttl_secs = v,
+        "cache_max_bytes" => c.cache.cache_max_bytes = v,
+        "cache_timeout_ms" => c.cache.cache_timeout_ms = v,
+        "cache_breaker_ms" => c.cache.cache_breaker_ms = v,
+        "predlog_max_bytes" => c.predlog.predlog_max_bytes = v,
+        "predlog_keep" => c.predlog.predlog_keep = u,
+        "predlog_batch_rows" => c.predlog.predlog_batch_rows = u,
+        "predlog_flush_ms" => c.predlog.predlog_flush_ms = v,
+        "predlog_buffer_rows" => c.predlog.predlog_buffer_rows = u,
+        "predlog_channel" => c.predlog.predlog_channel = u,
+        "max_concurrency" => c.limits.max_concurrency = Some(u),
+        "model_poll_secs" => c.models.model_poll_secs = v,
         other => panic!("test bug: no setter for {other}"),
     }
 }
 
-pub fn edge_u64() -> impl Strategy<Value = u64> {
+pub(crate) fn edge_u64() -> impl Strategy<Value = u64> {
     prop_oneof![
         prop::sample::select(vec![
             0u64,
@@ -289,7 +290,7 @@ pub fn edge_u64() -> impl Strategy<Value = u64> {
 }
 
 /// A models directory holding the scripted forecaster `m`, version 1.
-pub fn scripted_models(root: &Path) -> std::path::PathBuf {
+pub(crate) fn scripted_models(root: &Path) -> std::path::PathBuf {
     let models = root.join("models");
     let dir = models.join("m/1");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -300,16 +301,16 @@ pub fn scripted_models(root: &Path) -> std::path::PathBuf {
     models
 }
 
-pub fn scripted_loader() -> inferd::server::MakeLoader {
+pub(crate) fn scripted_loader() -> inferd::server::MakeLoader {
     Box::new(|_| Ok(Box::new(FixedLoader(TestBackend::forecaster(3, 1, 1))) as Box<dyn Loader>))
 }
 
 /// One start-up at a time, so that a panic is that start-up's.
-pub static START_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static START_LOCK: Mutex<()> = Mutex::new(());
 
 /// How one start-up ended.
 #[derive(Debug)]
-pub enum StartUp {
+pub(crate) enum StartUp {
     /// Ready, and then the status of one valid prediction (`None`: no answer).
     Ready(Option<u16>),
     Refused(String),
@@ -320,14 +321,18 @@ pub enum StartUp {
 
 /// What is asked of a server once ready.
 #[derive(Debug, Clone, Copy)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// One valid prediction.
     Predict,
     /// `GET /readyz` whose header arrives in two parts, 50 ms apart.
     SlowHeader,
 }
 
-pub async fn probe(addr: std::net::SocketAddr, client: &reqwest::Client, p: Probe) -> Option<u16> {
+pub(crate) async fn probe(
+    addr: std::net::SocketAddr,
+    client: &reqwest::Client,
+    p: Probe,
+) -> Option<u16> {
     match p {
         Probe::Predict => client
             .post(format!("http://{addr}/v1/models/m/predict"))
@@ -358,7 +363,7 @@ pub async fn probe(addr: std::net::SocketAddr, client: &reqwest::Client, p: Prob
 /// Starts a server on the scripted model with `config`, waits for readiness
 /// or a start-up error, asks the `probe` of a ready one, then shuts it down.
 /// A panic of the server's task or its loader is an `Err`.
-pub async fn start_up(config: ServeConfig, p: Probe) -> Result<StartUp, String> {
+pub(crate) async fn start_up(config: ServeConfig, p: Probe) -> Result<StartUp, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -441,30 +446,30 @@ fn start_up_with_extreme_config_values_serves_or_refuses() {
         |(values, predlog, cache, p)| {
             let _one = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             let mut config = common::config();
-            config.models_dir = models.clone();
-            config.predlog = predlog;
-            config.predlog_path = tmp.path().join("predictions.jsonl");
-            config.predlog_spill_path = tmp.path().join("spill.jsonl");
-            config.cache = if cache {
+            config.models.models_dir = models.clone();
+            config.predlog.sink = predlog;
+            config.predlog.predlog_path = tmp.path().join("predictions.jsonl");
+            config.predlog.predlog_spill_path = tmp.path().join("spill.jsonl");
+            config.cache.mode = if cache {
                 inferd::config::CacheMode::On
             } else {
                 inferd::config::CacheMode::Off
             };
-            config.max_concurrency = Some(2);
+            config.limits.max_concurrency = Some(2);
             for (field, v) in &values {
                 set(&mut config, field, avoid_known(field, *v));
             }
             let valid = config.validate().is_ok();
             // `/readyz` is reliable only when connections live long enough for it.
             let probe_ok = [
-                config.header_read_timeout_ms,
-                config.idle_timeout_ms,
-                config.body_read_timeout_ms,
+                config.net.header_read_timeout_ms,
+                config.net.idle_timeout_ms,
+                config.net.body_read_timeout_ms,
             ]
             .iter()
             .all(|&t| t >= 200);
             // A deadline this short may pass before the model answers.
-            let may_time_out = config.request_timeout_ms < 1000;
+            let may_time_out = config.limits.request_timeout_ms < 1000;
             let outcome = rt
                 .block_on(start_up(config, p))
                 .map_err(TestCaseError::fail)?;
@@ -496,7 +501,7 @@ fn start_up_with_extreme_config_values_serves_or_refuses() {
 /// An environment variable and its value: half the time one its option
 /// takes (a name of an enumeration, else a number), or anything printable,
 /// or bytes that are not UTF-8.
-pub fn env_var(options: Vec<Opt>) -> impl Strategy<Value = (String, Vec<u8>)> {
+pub(crate) fn env_var(options: Vec<Opt>) -> impl Strategy<Value = (String, Vec<u8>)> {
     let value = prop_oneof![
         2 => config_value().prop_map(String::into_bytes),
         1 => prop::collection::vec(1u8..=255, 0..12),

@@ -165,7 +165,7 @@ fn codec_flatten_counts_leaves() {
 
 /// Bytes, shown as text when a case fails.
 #[derive(Clone)]
-pub struct Doc(Vec<u8>);
+pub(crate) struct Doc(Vec<u8>);
 
 impl Debug for Doc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,7 +174,7 @@ impl Debug for Doc {
 }
 
 /// A request document of either front door, mutated.
-pub fn any_document() -> impl Strategy<Value = Doc> {
+pub(crate) fn any_document() -> impl Strategy<Value = Doc> {
     prop_oneof![
         v1_case().prop_map(|c| Doc(c.request().1)),
         v2_case().prop_map(|c| Doc(c.request().1)),
@@ -184,7 +184,7 @@ pub fn any_document() -> impl Strategy<Value = Doc> {
 /// What the bytes are, as JSON: grammatical (`grammar`), and also within
 /// every number's range with no lone surrogate (`strict`, what `Value` takes).
 #[derive(Debug, Clone, Copy)]
-pub struct Json {
+pub(crate) struct Json {
     pub grammar: bool,
     pub strict: bool,
 }
@@ -222,7 +222,7 @@ fn request_documents_parse_or_give_a_typed_4xx() {
     });
 }
 
-pub fn real_task(model: &str, version: &str) -> Task {
+pub(crate) fn real_task(model: &str, version: &str) -> Task {
     let p = common::root()
         .join("models")
         .join(model)

@@ -6,7 +6,7 @@ use crate::*;
 
 /// An edit of a TOML text, line by line.
 #[derive(Debug, Clone)]
-pub enum TomlEdit {
+pub(crate) enum TomlEdit {
     DropLine(usize),
     DuplicateLine(usize),
     SwapLines(usize, usize),
@@ -16,7 +16,7 @@ pub enum TomlEdit {
     Bytes(ByteEdit),
 }
 
-pub fn toml_edit() -> impl Strategy<Value = TomlEdit> {
+pub(crate) fn toml_edit() -> impl Strategy<Value = TomlEdit> {
     let values = prop::sample::select(vec![
         "0",
         "-1",
@@ -116,7 +116,7 @@ pub fn toml_edit() -> impl Strategy<Value = TomlEdit> {
     ]
 }
 
-pub fn edit_toml(text: &str, e: &TomlEdit) -> String {
+pub(crate) fn edit_toml(text: &str, e: &TomlEdit) -> String {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let n = lines.len().max(1);
     let assignment = |lines: &Vec<String>, i: usize| -> Option<usize> {
@@ -169,11 +169,11 @@ pub fn edit_toml(text: &str, e: &TomlEdit) -> String {
 
 /// The graph file the scripted backend is loaded from: any bytes, pinned by
 /// their hash like a real graph.
-pub const FAKE_GRAPH: &[u8] = b"a scripted graph: the test backend ignores it";
+pub(crate) const FAKE_GRAPH: &[u8] = b"a scripted graph: the test backend ignores it";
 
 /// Valid manifests to mutate: the repository's own, and the scripted
 /// forecaster's, which the test backend can really load.
-pub fn base_manifests() -> Vec<(String, String, String)> {
+pub(crate) fn base_manifests() -> Vec<(String, String, String)> {
     let sha = hex::encode(Sha256::digest(FAKE_GRAPH));
     let mut scripted = forecaster_manifest("m", 3, 4);
     scripted.graph_sha256 = sha.clone();
@@ -247,7 +247,7 @@ fn manifests_load_or_are_refused_with_a_message() {
 }
 
 /// A policy document (`policy.toml`, or a load call's JSON `config`).
-pub fn policy_doc() -> impl Strategy<Value = Value> {
+pub(crate) fn policy_doc() -> impl Strategy<Value = Value> {
     let version = prop_oneof![1u64..6, Just(0), Just(u64::MAX)];
     let version_policy = prop_oneof![
         Just(Value::Null),

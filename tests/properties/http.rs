@@ -82,7 +82,7 @@ fn v2_binary_mutated_framing_gets_4xx_json_errors_never_5xx() {
 
 /// A valid request, generated rather than golden.
 #[derive(Debug, Clone)]
-pub enum Valid {
+pub(crate) enum Valid {
     /// Forecaster windows, `None` a missing reading.
     Windows(Vec<Vec<Option<f64>>>),
     /// Texts for text-classifier 1 (`plain`) or 2.
@@ -90,7 +90,7 @@ pub enum Valid {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Way {
+pub(crate) enum Way {
     V1,
     V2Json,
     /// With this forecaster datatype (index into `NUMERIC_TYPES`).
@@ -99,7 +99,7 @@ pub enum Way {
 
 /// Any reading the forecaster takes: within float32 range, sometimes null
 /// (at most 20 per window, the model's limit).
-pub fn window() -> impl Strategy<Value = Vec<Option<f64>>> {
+pub(crate) fn window() -> impl Strategy<Value = Vec<Option<f64>>> {
     let reading = prop_oneof![
         8 => (300.0..450.0f64).prop_map(Some),
         2 => any::<f32>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| Some(f64::from(x))),
@@ -119,7 +119,7 @@ pub fn window() -> impl Strategy<Value = Vec<Option<f64>>> {
     })
 }
 
-pub fn valid_request() -> impl Strategy<Value = (Valid, Way)> {
+pub(crate) fn valid_request() -> impl Strategy<Value = (Valid, Way)> {
     let way = prop_oneof![
         Just(Way::V1),
         Just(Way::V2Json),

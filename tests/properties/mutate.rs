@@ -4,12 +4,12 @@
 use crate::*;
 
 #[derive(Debug, Clone)]
-pub enum Step {
+pub(crate) enum Step {
     Index(usize),
     Key(String),
 }
 
-pub fn count(v: &Value) -> usize {
+pub(crate) fn count(v: &Value) -> usize {
     1 + match v {
         Value::Array(a) => a.iter().map(count).sum(),
         Value::Object(m) => m.values().map(count).sum(),
@@ -18,7 +18,7 @@ pub fn count(v: &Value) -> usize {
 }
 
 /// The path to the `n`th node in pre-order.
-pub fn path_to(v: &Value, mut n: usize) -> Vec<Step> {
+pub(crate) fn path_to(v: &Value, mut n: usize) -> Vec<Step> {
     let mut path = Vec::new();
     let mut cur = v;
     while n > 0 {
@@ -48,7 +48,7 @@ pub fn path_to(v: &Value, mut n: usize) -> Vec<Step> {
     path
 }
 
-pub fn at_mut<'a>(v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
+pub(crate) fn at_mut<'a>(v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
     let mut cur = v;
     for step in path {
         cur = match (cur, step) {
@@ -61,14 +61,14 @@ pub fn at_mut<'a>(v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
 }
 
 #[derive(Debug, Clone)]
-pub enum TextEdit {
+pub(crate) enum TextEdit {
     Insert(usize, String),
     Cut(usize),
     /// Repeats the text up to this many bytes (size limits).
     Grow(usize),
 }
 
-pub fn edit_text(s: &mut String, e: &TextEdit) {
+pub(crate) fn edit_text(s: &mut String, e: &TextEdit) {
     let boundary = |s: &str, at: usize| {
         let mut i = at % (s.len() + 1);
         while !s.is_char_boundary(i) {
@@ -100,7 +100,7 @@ pub fn edit_text(s: &mut String, e: &TextEdit) {
 
 /// One edit of a JSON document, at a node chosen by pre-order index.
 #[derive(Debug, Clone)]
-pub enum Op {
+pub(crate) enum Op {
     Replace(Value),
     /// Removes the node from its parent.
     Remove,
@@ -120,7 +120,7 @@ pub enum Op {
     Text(TextEdit),
 }
 
-pub fn apply(root: &mut Value, at: usize, op: &Op) {
+pub(crate) fn apply(root: &mut Value, at: usize, op: &Op) {
     let path = path_to(root, at % count(root));
     if let Op::Remove | Op::Duplicate = op {
         let Some((last, parent)) = path.split_last() else {
@@ -215,7 +215,7 @@ pub fn apply(root: &mut Value, at: usize, op: &Op) {
     }
 }
 
-pub fn edge_number() -> impl Strategy<Value = Value> {
+pub(crate) fn edge_number() -> impl Strategy<Value = Value> {
     prop::sample::select(vec![
         json!(0),
         json!(-0.0),
@@ -239,7 +239,7 @@ pub fn edge_number() -> impl Strategy<Value = Value> {
     ])
 }
 
-pub fn edge_string() -> impl Strategy<Value = String> {
+pub(crate) fn edge_string() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
             "",
@@ -284,7 +284,7 @@ pub fn edge_string() -> impl Strategy<Value = String> {
     ]
 }
 
-pub fn key() -> impl Strategy<Value = String> {
+pub(crate) fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
             "model",
@@ -308,7 +308,7 @@ pub fn key() -> impl Strategy<Value = String> {
 }
 
 /// Values of every JSON type, edge cases first.
-pub fn weird() -> BoxedStrategy<Value> {
+pub(crate) fn weird() -> BoxedStrategy<Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -328,7 +328,7 @@ pub fn weird() -> BoxedStrategy<Value> {
     .boxed()
 }
 
-pub fn text_edit() -> impl Strategy<Value = TextEdit> {
+pub(crate) fn text_edit() -> impl Strategy<Value = TextEdit> {
     let inserted = prop_oneof![
         prop::sample::select(vec![
             "\u{0}",
@@ -354,7 +354,7 @@ pub fn text_edit() -> impl Strategy<Value = TextEdit> {
     ]
 }
 
-pub fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => weird().prop_map(Op::Replace),
         2 => Just(Op::Remove),
@@ -373,12 +373,12 @@ pub fn op() -> impl Strategy<Value = Op> {
 
 /// Zero to three edits: a quarter of the cases are the document unchanged,
 /// which must be accepted (so the edits are what the refusals are about).
-pub fn edits() -> impl Strategy<Value = Vec<(usize, Op)>> {
+pub(crate) fn edits() -> impl Strategy<Value = Vec<(usize, Op)>> {
     prop::collection::vec((any::<usize>(), op()), 0..4)
 }
 
 /// Number tokens that are not JSON numbers, or are out of every range.
-pub const RAW_NUMBERS: &[&str] = &[
+pub(crate) const RAW_NUMBERS: &[&str] = &[
     "NaN",
     "-NaN",
     "Infinity",
@@ -400,7 +400,7 @@ pub const RAW_NUMBERS: &[&str] = &[
 ];
 
 #[derive(Debug, Clone)]
-pub enum ByteEdit {
+pub(crate) enum ByteEdit {
     Truncate(usize),
     Flip(usize, u8),
     Insert(usize, Vec<u8>),
@@ -414,7 +414,7 @@ pub enum ByteEdit {
 }
 
 /// Where the number tokens of a JSON text are (outside strings).
-pub fn number_spans(b: &[u8]) -> Vec<(usize, usize)> {
+pub(crate) fn number_spans(b: &[u8]) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     let (mut i, mut in_string) = (0, false);
     while i < b.len() {
@@ -444,7 +444,7 @@ pub fn number_spans(b: &[u8]) -> Vec<(usize, usize)> {
 }
 
 impl ByteEdit {
-    pub fn apply(&self, b: &mut Vec<u8>) {
+    pub(crate) fn apply(&self, b: &mut Vec<u8>) {
         let at = |i: usize, b: &Vec<u8>| i % (b.len() + 1);
         match self {
             ByteEdit::Truncate(i) => {
@@ -489,7 +489,7 @@ impl ByteEdit {
     }
 }
 
-pub fn byte_edit() -> impl Strategy<Value = ByteEdit> {
+pub(crate) fn byte_edit() -> impl Strategy<Value = ByteEdit> {
     let inserted = prop_oneof![
         prop::sample::select(vec![
             &b"\0"[..],
@@ -521,7 +521,7 @@ pub fn byte_edit() -> impl Strategy<Value = ByteEdit> {
 }
 
 /// Words that matter as a length prefix or a float's bits.
-pub fn word() -> impl Strategy<Value = u32> {
+pub(crate) fn word() -> impl Strategy<Value = u32> {
     prop_oneof![
         prop::sample::select(vec![
             0u32,
@@ -543,11 +543,11 @@ pub fn word() -> impl Strategy<Value = u32> {
 }
 
 /// Half the cases keep their bytes.
-pub fn byte_edits() -> impl Strategy<Value = Vec<ByteEdit>> {
+pub(crate) fn byte_edits() -> impl Strategy<Value = Vec<ByteEdit>> {
     prop_oneof![Just(Vec::new()), prop::collection::vec(byte_edit(), 1..3),]
 }
 
-pub fn content_type() -> impl Strategy<Value = Option<&'static str>> {
+pub(crate) fn content_type() -> impl Strategy<Value = Option<&'static str>> {
     prop_oneof![
         6 => Just(Some("application/json")),
         1 => prop::sample::select(vec![
@@ -566,7 +566,7 @@ pub fn content_type() -> impl Strategy<Value = Option<&'static str>> {
 }
 
 /// What the server takes for JSON (`extract::is_json`).
-pub fn is_json_type(ct: Option<&str>) -> bool {
+pub(crate) fn is_json_type(ct: Option<&str>) -> bool {
     let mime = ct
         .unwrap_or("")
         .split(';')
@@ -577,7 +577,7 @@ pub fn is_json_type(ct: Option<&str>) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-pub fn ct_header(ct: Option<&'static str>) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn ct_header(ct: Option<&'static str>) -> Vec<(&'static str, Vec<u8>)> {
     ct.map(|c| vec![("content-type", c.as_bytes().to_vec())])
         .unwrap_or_default()
 }

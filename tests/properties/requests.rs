@@ -4,13 +4,13 @@
 use crate::mutate::*;
 use crate::*;
 
-pub struct Goldens {
+pub(crate) struct Goldens {
     pub v1_texts: Vec<String>,
     pub v2_texts: Vec<String>,
     pub windows: Vec<Vec<f64>>,
 }
 
-pub fn goldens() -> &'static Goldens {
+pub(crate) fn goldens() -> &'static Goldens {
     static G: OnceLock<Goldens> = OnceLock::new();
     G.get_or_init(|| {
         let read = |model: &str, version: &str| -> Value {
@@ -55,7 +55,7 @@ pub fn goldens() -> &'static Goldens {
 
 /// A model version the server serves.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Target {
+pub(crate) enum Target {
     /// text-classifier 1: plain text, at most 16 KiB, no NUL.
     Text1,
     /// text-classifier 2 (latest): email messages, cleaned by the server.
@@ -65,14 +65,14 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn model(self) -> &'static str {
+    pub(crate) fn model(self) -> &'static str {
         match self {
             Target::Text1 | Target::Text2 => "text-classifier",
             Target::Lstm => "lstm-forecaster",
         }
     }
 
-    pub fn version(self) -> &'static str {
+    pub(crate) fn version(self) -> &'static str {
         match self {
             Target::Text1 | Target::Lstm => "1",
             Target::Text2 => "2",
@@ -80,25 +80,25 @@ impl Target {
     }
 
     /// Routes without a version reach the latest one.
-    pub fn is_latest(self) -> bool {
+    pub(crate) fn is_latest(self) -> bool {
         self != Target::Text1
     }
 
-    pub fn input(self) -> &'static str {
+    pub(crate) fn input(self) -> &'static str {
         match self {
             Target::Lstm => "window",
             _ => "text",
         }
     }
 
-    pub fn outputs(self) -> &'static [&'static str] {
+    pub(crate) fn outputs(self) -> &'static [&'static str] {
         match self {
             Target::Lstm => &["forecast"],
             _ => &["label", "probabilities"],
         }
     }
 
-    pub fn text(self, pick: usize) -> String {
+    pub(crate) fn text(self, pick: usize) -> String {
         let g = goldens();
         let texts = if self == Target::Text1 {
             &g.v1_texts
@@ -108,13 +108,13 @@ impl Target {
         texts[pick % texts.len()].clone()
     }
 
-    pub fn window(self, pick: usize) -> Vec<f64> {
+    pub(crate) fn window(self, pick: usize) -> Vec<f64> {
         let w = &goldens().windows;
         w[pick % w.len()].clone()
     }
 
     /// A golden instance as the JSON API takes it.
-    pub fn instance(self, pick: usize) -> Value {
+    pub(crate) fn instance(self, pick: usize) -> Value {
         match self {
             Target::Lstm => {
                 Value::Array(self.window(pick).into_iter().map(|x| json!([x])).collect())
@@ -124,12 +124,12 @@ impl Target {
     }
 }
 
-pub fn target() -> impl Strategy<Value = Target> {
+pub(crate) fn target() -> impl Strategy<Value = Target> {
     prop::sample::select(vec![Target::Text1, Target::Text2, Target::Lstm])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/predict`, the model named in the body.
     Body,
     /// `/v1/models/{m}/predict`.
@@ -141,7 +141,7 @@ pub enum Route {
 }
 
 #[derive(Debug, Clone)]
-pub struct V1Case {
+pub(crate) struct V1Case {
     pub target: Target,
     pub route: Route,
     pub picks: Vec<usize>,
@@ -151,14 +151,14 @@ pub struct V1Case {
 }
 
 impl V1Case {
-    pub fn untouched(&self) -> bool {
+    pub(crate) fn untouched(&self) -> bool {
         self.edits.is_empty()
             && self.bytes.is_empty()
             && is_json_type(self.content_type)
             && !matches!(self.route, Route::BadVersion(_))
     }
 
-    pub fn request(&self) -> (String, Vec<u8>) {
+    pub(crate) fn request(&self) -> (String, Vec<u8>) {
         let (m, v) = (self.target.model(), self.target.version());
         let instances: Vec<Value> = self
             .picks
@@ -194,11 +194,11 @@ impl V1Case {
     }
 }
 
-pub fn picks() -> impl Strategy<Value = Vec<usize>> {
+pub(crate) fn picks() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(any::<usize>(), 1..4)
 }
 
-pub fn v1_case() -> impl Strategy<Value = V1Case> {
+pub(crate) fn v1_case() -> impl Strategy<Value = V1Case> {
     let route = prop_oneof![
         3 => prop::sample::select(vec![Route::Body, Route::Named, Route::Versioned]),
         1 => prop::sample::select(vec!["0", "3", "abc", "18446744073709551616", "-1", "1.0", "%20"])
@@ -226,7 +226,7 @@ pub fn v1_case() -> impl Strategy<Value = V1Case> {
 
 /// Which outputs a v2 request asks for, and in which form.
 #[derive(Debug, Clone)]
-pub enum Outputs {
+pub(crate) enum Outputs {
     Default,
     /// `parameters.binary_data_output`.
     AllBinary(bool),
@@ -234,7 +234,7 @@ pub enum Outputs {
     Listed(Vec<bool>),
 }
 
-pub fn outputs() -> impl Strategy<Value = Outputs> {
+pub(crate) fn outputs() -> impl Strategy<Value = Outputs> {
     prop_oneof![
         Just(Outputs::Default),
         any::<bool>().prop_map(Outputs::AllBinary),
@@ -243,7 +243,7 @@ pub fn outputs() -> impl Strategy<Value = Outputs> {
 }
 
 impl Outputs {
-    pub fn add_to(&self, doc: &mut Value, target: Target) {
+    pub(crate) fn add_to(&self, doc: &mut Value, target: Target) {
         match self {
             Outputs::Default => {}
             Outputs::AllBinary(b) => doc["parameters"] = json!({"binary_data_output": b}),
@@ -259,7 +259,7 @@ impl Outputs {
     }
 }
 
-pub fn v2_path(target: Target, versioned: bool) -> String {
+pub(crate) fn v2_path(target: Target, versioned: bool) -> String {
     let m = target.model();
     if versioned || !target.is_latest() {
         format!("/v2/models/{m}/versions/{}/infer", target.version())
@@ -269,7 +269,7 @@ pub fn v2_path(target: Target, versioned: bool) -> String {
 }
 
 #[derive(Debug, Clone)]
-pub struct V2Case {
+pub(crate) struct V2Case {
     pub target: Target,
     pub versioned: bool,
     pub picks: Vec<usize>,
@@ -282,7 +282,7 @@ pub struct V2Case {
 }
 
 impl V2Case {
-    pub fn request(&self) -> (String, Vec<u8>) {
+    pub(crate) fn request(&self) -> (String, Vec<u8>) {
         let t = self.target;
         let k = self.picks.len();
         let (shape, data): (Value, Vec<Value>) = match t {
@@ -322,7 +322,7 @@ impl V2Case {
     }
 }
 
-pub fn v2_case() -> impl Strategy<Value = V2Case> {
+pub(crate) fn v2_case() -> impl Strategy<Value = V2Case> {
     (
         target(),
         any::<bool>(),
@@ -349,7 +349,7 @@ pub fn v2_case() -> impl Strategy<Value = V2Case> {
 
 /// `Inference-Header-Content-Length`, right or wrong.
 #[derive(Debug, Clone)]
-pub enum HeaderLength {
+pub(crate) enum HeaderLength {
     Exact,
     Off(i64),
     Raw(Vec<u8>),
@@ -358,7 +358,7 @@ pub enum HeaderLength {
     Twice(i64),
 }
 
-pub fn header_length() -> impl Strategy<Value = HeaderLength> {
+pub(crate) fn header_length() -> impl Strategy<Value = HeaderLength> {
     let off = prop::sample::select(vec![-100_000i64, -5, -1, 1, 4, 5, 100_000, i64::MAX]);
     let raw = prop_oneof![
         prop::sample::select(vec![
@@ -389,7 +389,7 @@ pub fn header_length() -> impl Strategy<Value = HeaderLength> {
 }
 
 #[derive(Debug, Clone)]
-pub struct BinaryCase {
+pub(crate) struct BinaryCase {
     pub target: Target,
     pub versioned: bool,
     pub picks: Vec<usize>,
@@ -403,10 +403,10 @@ pub struct BinaryCase {
     pub content_type: Option<&'static str>,
 }
 
-pub const NUMERIC_TYPES: [&str; 4] = ["FP32", "FP64", "INT32", "INT64"];
+pub(crate) const NUMERIC_TYPES: [&str; 4] = ["FP32", "FP64", "INT32", "INT64"];
 
 /// `values` in binary as `datatype` (the client's side of the codec).
-pub fn encode_numbers(datatype: &str, values: &[f64]) -> Vec<u8> {
+pub(crate) fn encode_numbers(datatype: &str, values: &[f64]) -> Vec<u8> {
     values
         .iter()
         .flat_map(|&x| match datatype {
@@ -419,7 +419,7 @@ pub fn encode_numbers(datatype: &str, values: &[f64]) -> Vec<u8> {
 }
 
 /// `BYTES` elements: a 4-byte length, then the bytes.
-pub fn encode_texts<S: AsRef<str>>(texts: &[S]) -> Vec<u8> {
+pub(crate) fn encode_texts<S: AsRef<str>>(texts: &[S]) -> Vec<u8> {
     texts
         .iter()
         .flat_map(|t| {
@@ -433,7 +433,7 @@ pub fn encode_texts<S: AsRef<str>>(texts: &[S]) -> Vec<u8> {
 
 /// A binary request: the JSON header, then the tensor, and the headers that
 /// frame it.
-pub struct Framed {
+pub(crate) struct Framed {
     pub path: String,
     pub headers: Vec<(&'static str, Vec<u8>)>,
     pub body: Vec<u8>,
@@ -442,7 +442,7 @@ pub struct Framed {
     pub split: Option<usize>,
 }
 
-pub fn frame(
+pub(crate) fn frame(
     path: String,
     header: Vec<u8>,
     blob: Vec<u8>,
@@ -481,21 +481,21 @@ pub fn frame(
 }
 
 impl BinaryCase {
-    pub fn datatype(&self) -> &'static str {
+    pub(crate) fn datatype(&self) -> &'static str {
         match self.target {
             Target::Lstm => NUMERIC_TYPES[self.dtype % 4],
             _ => "BYTES",
         }
     }
 
-    pub fn untouched(&self) -> bool {
+    pub(crate) fn untouched(&self) -> bool {
         self.header_edits.is_empty()
             && self.header_bytes.is_empty()
             && self.blob_edits.is_empty()
             && matches!(self.length, HeaderLength::Exact)
     }
 
-    pub fn request(&self) -> Framed {
+    pub(crate) fn request(&self) -> Framed {
         let t = self.target;
         let k = self.picks.len();
         let datatype = self.datatype();
@@ -539,7 +539,7 @@ impl BinaryCase {
     }
 }
 
-pub fn binary_case() -> impl Strategy<Value = BinaryCase> {
+pub(crate) fn binary_case() -> impl Strategy<Value = BinaryCase> {
     (
         (target(), any::<bool>(), picks(), 0usize..4, any::<bool>()),
         (
@@ -576,7 +576,7 @@ pub fn binary_case() -> impl Strategy<Value = BinaryCase> {
 }
 
 /// Texts, plain and as email messages in their many encodings.
-pub fn message() -> impl Strategy<Value = String> {
+pub(crate) fn message() -> impl Strategy<Value = String> {
     let header = prop::sample::select(vec![
         "text/plain; charset=utf-8",
         "text/html",

@@ -3,14 +3,14 @@
 
 use crate::*;
 
-pub struct Shared {
+pub(crate) struct Shared {
     pub rt: tokio::runtime::Runtime,
     pub server: common::TestServer,
 }
 
 /// One server on the real models for every HTTP property, started by the
 /// first that needs it (the default configuration of the other test files).
-pub fn shared() -> &'static Shared {
+pub(crate) fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -24,7 +24,7 @@ pub fn shared() -> &'static Shared {
 }
 
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub content_type: String,
     pub header_length: Option<String>,
@@ -34,7 +34,7 @@ pub struct Reply {
 
 /// POSTs to the shared server. No answer at all is a failure: that is what a
 /// panicking handler looks like from the client.
-pub fn post(
+pub(crate) fn post(
     path: &str,
     headers: &[(&'static str, Vec<u8>)],
     body: Vec<u8>,
@@ -82,7 +82,7 @@ pub fn post(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Door {
+pub(crate) enum Door {
     /// `{"error": {"code", "message"}}`.
     V1,
     /// `{"error": "<message>"}`.
@@ -90,7 +90,7 @@ pub enum Door {
 }
 
 /// Below 500, and an error is JSON in the front door's own shape.
-pub fn check_reply(door: Door, r: &Reply) -> TestCaseResult {
+pub(crate) fn check_reply(door: Door, r: &Reply) -> TestCaseResult {
     no_server_panic()?;
     let text = || String::from_utf8_lossy(&r.body[..r.body.len().min(600)]).into_owned();
     prop_assert!(r.status < 500, "{}: {}", r.status, text());
@@ -132,7 +132,7 @@ pub fn check_reply(door: Door, r: &Reply) -> TestCaseResult {
 
 /// A 200 from the JSON API answers exactly the instances sent, in a document
 /// that was a request.
-pub fn check_v1_success(sent: &[u8], r: &Reply) -> TestCaseResult {
+pub(crate) fn check_v1_success(sent: &[u8], r: &Reply) -> TestCaseResult {
     let req: PredictRequest = serde_json::from_slice(sent)
         .map_err(|e| TestCaseError::fail(format!("200 for a body that is no request: {e}")))?;
     let n = req.instances.as_ref().map(Vec::len);
@@ -145,7 +145,7 @@ pub fn check_v1_success(sent: &[u8], r: &Reply) -> TestCaseResult {
 }
 
 /// Bytes per element of an output datatype.
-pub fn output_size(datatype: &str) -> Option<u64> {
+pub(crate) fn output_size(datatype: &str) -> Option<u64> {
     match datatype {
         "FP32" | "INT32" => Some(4),
         "FP64" | "INT64" => Some(8),
@@ -155,7 +155,7 @@ pub fn output_size(datatype: &str) -> Option<u64> {
 
 /// A 200 from v2 answers as many instances as the input's first dimension,
 /// each output consistent with its shape, in JSON or in binary.
-pub fn check_v2_success(sent_json: &[u8], r: &Reply) -> TestCaseResult {
+pub(crate) fn check_v2_success(sent_json: &[u8], r: &Reply) -> TestCaseResult {
     // Parsed as the server parses it: fields it ignores are not checked.
     let sent: InferRequest = serde_json::from_slice(sent_json)
         .map_err(|e| TestCaseError::fail(format!("200 for a JSON part that is no request: {e}")))?;

@@ -1,0 +1,88 @@
+//! Refusal at the door: while the inference queue is full, a prediction is
+//! answered 429 before its body is read or parsed.
+//!
+//! Under overload the refusals are most of the traffic; parsing and validating
+//! each one (tokenizing a text, for the classifier) took the CPU the model
+//! needed, so goodput fell to a few percent of capacity at 64 times the
+//! saturating load. Here a refusal costs the routing and one atomic load. The
+//! check is advisory: a request let in while the queue fills is still refused
+//! by `Admission::enter` after decoding, exactly as before. The body is still
+//! drained (read and dropped, up to `INFERD_MAX_BODY_BYTES`): answering while
+//! a client is still sending makes the server close the connection on unread
+//! data, and the client would see a reset instead of the 429. Cache hits are
+//! refused too while the queue is full; telling them apart would mean reading
+//! and hashing the body, which is the cost this saves.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt;
+
+use super::error::{ApiError, ErrorFormat};
+use super::state::AppState;
+use inferd_core::CoreError;
+
+/// The middleware; `F` renders the refusal in the router's protocol.
+pub(crate) async fn refuse_when_full<F: ErrorFormat>(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let admission = &st.pipeline.admission;
+    if req.method() != Method::POST || !is_prediction(req.uri().path()) || !admission.is_full() {
+        return next.run(req).await;
+    }
+    let e = CoreError::QueueFull(admission.waiting());
+    let mut body = req.into_body();
+    let mut left = st.settings.max_body_bytes;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, |d| d.len());
+        if n > left {
+            break;
+        }
+        left -= n;
+    }
+    if let Some(reason) = e.rejection_reason() {
+        st.metrics.rejections.with_label_values(&[reason]).inc();
+    }
+    // No model was resolved: the same empty labels as other refusals before
+    // resolution, so `inferd_requests_total{status="429"}` counts every 429.
+    st.doors
+        .requests
+        .with_label_values(&["", "", "429", "http"])
+        .inc();
+    F::render(ApiError::Core(e))
+}
+
+/// The prediction routes of both front doors (`/predict`,
+/// `/v1/models/{name}[/versions/{v}]/predict`, `/v2/models/{name}[/versions/{v}]/infer`).
+fn is_prediction(path: &str) -> bool {
+    path.ends_with("/predict") || path.ends_with("/infer")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prediction_paths() {
+        for p in [
+            "/predict",
+            "/v1/models/m/predict",
+            "/v1/models/m/versions/1/predict",
+            "/models/m/infer",
+            "/models/m/versions/2/infer",
+        ] {
+            assert!(super::is_prediction(p), "{p}");
+        }
+        for p in [
+            "/repository/models/m/load",
+            "/models/m",
+            "/metrics",
+            "/readyz",
+        ] {
+            assert!(!super::is_prediction(p), "{p}");
+        }
+    }
+}

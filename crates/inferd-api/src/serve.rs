@@ -1,0 +1,451 @@
+//! The one prediction path behind every HTTP front door. A front door resolves
+//! the model and turns its wire format into JSON instances (`Prepared`), and
+//! says how to answer (`Answer`); between the two, `serve_prediction` asks the
+//! lifecycle for a deployment, runs the core's pipeline, and does what every
+//! protocol owes a request: metrics, the prediction log and timing headers,
+//! whatever the outcome.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use inferd_telemetry::ratelimit::{every, Every};
+use std::time::{Duration, Instant};
+
+use std::borrow::Cow;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::state::AppState;
+use inferd_core::deployment::{Deployment, Target};
+use inferd_core::pipeline::{Predicted, Timings};
+use inferd_core::repository::Model;
+use inferd_core::CoreError;
+use inferd_predlog::Record;
+use inferd_telemetry::trace::{self, RequestSpan, TraceRef};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
+
+/// Who asked, for the prediction log: the proxy's `x-forwarded-for` (first hop)
+/// or `x-real-ip` when present, else the peer address.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub request_id: String,
+    pub client: Option<String>,
+    /// When the request's header arrived: its deadline runs from here.
+    pub arrived: Instant,
+    /// The front door's protocol, a metric label: `http` or `grpc`.
+    pub protocol: &'static str,
+    /// A deadline the client set (gRPC's `grpc-timeout`); the earlier of it
+    /// and `INFERD_REQUEST_TIMEOUT_MS` applies.
+    pub timeout: Option<Duration>,
+    /// The client's W3C `traceparent`, continued by the request's span.
+    pub trace_parent: Option<SpanContext>,
+    /// The request's span name: method and route template, or the gRPC method.
+    pub span_name: Cow<'static, str>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let mut caller = Caller::from_parts(&parts.headers, peer);
+        caller.arrived = super::extract::Arrival::of(&parts.extensions);
+        // Named only when someone records spans.
+        if let Some(path) = parts
+            .extensions
+            .get::<MatchedPath>()
+            .filter(|_| trace::enabled())
+        {
+            caller.span_name = format!("{} {}", parts.method, path.as_str()).into();
+        }
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    fn from_parts(headers: &HeaderMap, peer: Option<SocketAddr>) -> Self {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = h("x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .or_else(|| h("x-real-ip"))
+            .map(|s| s.trim().to_string());
+        Caller {
+            request_id: h("x-request-id").unwrap_or_default().to_string(),
+            client: forwarded.or_else(|| peer.map(|p| p.to_string())),
+            arrived: Instant::now(),
+            protocol: "http",
+            timeout: None,
+            trace_parent: trace::remote_parent(h("traceparent"), h("tracestate")),
+            span_name: Cow::Borrowed("POST"),
+        }
+    }
+
+    /// A caller from a protocol's own headers (gRPC metadata is HTTP/2 headers).
+    pub(crate) fn from_headers(
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        protocol: &'static str,
+    ) -> Self {
+        Caller {
+            protocol,
+            span_name: Cow::Borrowed(GRPC_INFER),
+            ..Caller::from_parts(headers, peer)
+        }
+    }
+}
+
+/// The span name of gRPC predictions (the only gRPC call that reaches
+/// `serve_prediction`), as the RPC semantic conventions name spans.
+const GRPC_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
+
+/// What a front door hands to `serve_prediction`: the model version it resolved and,
+/// unless the request's instances were unusable, the instances as JSON values
+/// (the form `Task::decode` validates and the prediction log stores) plus
+/// whatever the front door needs to answer (`T`).
+pub(crate) type Prepared<T> = Result<(Target, Result<(Vec<Value>, T), ApiError>), ApiError>;
+
+/// How a front door renders an answer, in its own reply type.
+pub(crate) trait Answer<T> {
+    type Reply: Reply;
+    fn ok(self, model: &Model, done: &Predicted, extra: T) -> Self::Reply;
+    fn err(self, e: ApiError) -> Self::Reply;
+}
+
+/// What every reply gives the shared path: the HTTP status it stands for
+/// (the metrics' `status` label, the same for every protocol, so one alert
+/// on 5xx covers them all) and a place for the queue and inference times.
+pub(crate) trait Reply {
+    fn status(&self) -> u16;
+    fn add_timings(&mut self, t: &Timings);
+    /// The request's trace id (`x-trace-id`), so a client that sent no
+    /// `traceparent` can still find its trace and its log row.
+    fn add_trace_id(&mut self, trace_id: &str);
+}
+
+impl Reply for Response {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+
+    fn add_timings(&mut self, t: &Timings) {
+        let h = self.headers_mut();
+        // Room for these and the layers' two, without regrowing the map.
+        h.reserve(6);
+        h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
+        h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "queue;dur={:.3}, inference;dur={:.3}",
+            t.queue.as_secs_f64() * 1e3,
+            t.inference.as_secs_f64() * 1e3
+        )) {
+            h.insert(HeaderName::from_static("server-timing"), v);
+        }
+    }
+
+    fn add_trace_id(&mut self, trace_id: &str) {
+        if let Ok(v) = HeaderValue::from_str(trace_id) {
+            self.headers_mut()
+                .insert(HeaderName::from_static("x-trace-id"), v);
+        }
+    }
+}
+
+/// The one prediction path behind every front door: lifecycle checks, the
+/// instance limit, validation, the pipeline (cache, single-flight, admission,
+/// batching, inference), then metrics, the prediction log and timing headers,
+/// whatever the outcome.
+pub(crate) async fn serve_prediction<T, A: Answer<T>>(
+    st: Arc<AppState>,
+    caller: Caller,
+    prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
+    answer: A,
+) -> A::Reply {
+    let start = caller.arrived;
+    let _in_flight = InFlight::enter(&st.doors.requests_in_flight);
+    let span = RequestSpan::start(
+        caller.span_name.clone(),
+        caller.trace_parent.as_ref(),
+        start,
+        || request_attributes(&caller),
+    );
+    let mut ctx = RequestCtx {
+        trace: span.at(),
+        trace_id: span.at().trace_id_hex(),
+        ..RequestCtx::default()
+    };
+    let timeout = caller.timeout.map_or(st.settings.request_timeout, |t| {
+        t.min(st.settings.request_timeout)
+    });
+    let result = run(&st, prepare, &caller.request_id, start, timeout, &mut ctx).await;
+    let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
+    let latency = start.elapsed();
+    let mut resp = match result {
+        Ok((model, done, extra)) => {
+            if st.predlog.enabled() {
+                log_success(&st, &caller, &model, &done, &mut ctx, latency);
+            }
+            answer.ok(&model, &done, extra)
+        }
+        Err(e) => {
+            if let Some(reason) = e.core().and_then(CoreError::rejection_reason) {
+                st.metrics.rejections.with_label_values(&[reason]).inc();
+            }
+            if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
+                // Under overload every request past its deadline fails alike.
+                static FAILED: LazyLock<Every> = every!("prediction failed");
+                if let Some(suppressed) = FAILED.tick() {
+                    tracing::warn!(error = %e, model = %model_label, suppressed, "prediction failed");
+                }
+            }
+            // A request refused at the door (draining, not ready) was never
+            // accepted: the proxy retries it elsewhere, and logging it would give
+            // that one client request two rows.
+            let at_door = e.core().is_some_and(CoreError::refused_at_door);
+            if st.predlog.enabled() && !at_door {
+                st.predlog.log(Record {
+                    id: Uuid::new_v4(),
+                    ts: chrono::Utc::now(),
+                    request_id: caller.request_id.clone(),
+                    model: model_label.clone(),
+                    version: version_label.clone(),
+                    status: e.status().as_u16(),
+                    instance: None,
+                    instance_sha256: None,
+                    input_sha256: None,
+                    prediction: None,
+                    cached: false,
+                    latency_ms: latency.as_secs_f32() * 1e3,
+                    client: caller.client.clone(),
+                    error: Some(e.to_string()),
+                    trace_id: ctx.trace_id.clone(),
+                    trace: ctx.trace,
+                });
+            }
+            answer.err(e)
+        }
+    };
+    let status = Reply::status(&resp).to_string();
+    st.doors
+        .requests
+        .with_label_values(&[&model_label, &version_label, &status, caller.protocol])
+        .inc();
+    st.doors
+        .request_duration
+        .with_label_values(&[&model_label, &version_label])
+        .observe(latency.as_secs_f64());
+    resp.add_timings(&ctx.timings);
+    if let Some(id) = &ctx.trace_id {
+        resp.add_trace_id(id);
+    }
+    let instances = ctx.instance_count;
+    span.finish(Reply::status(&resp), || {
+        vec![
+            KeyValue::new("inferd.model", model_label),
+            KeyValue::new("inferd.version", version_label),
+            KeyValue::new("inferd.instances", instances as i64),
+        ]
+    });
+    resp
+}
+
+/// The request span's attributes known at its start (semantic conventions
+/// for HTTP servers and RPC, plus inferd's request id).
+fn request_attributes(caller: &Caller) -> Vec<KeyValue> {
+    let mut a = vec![KeyValue::new(
+        "inferd.request_id",
+        caller.request_id.clone(),
+    )];
+    if caller.protocol == "grpc" {
+        a.push(KeyValue::new("rpc.system", "grpc"));
+        a.push(KeyValue::new(
+            "rpc.service",
+            "inference.GRPCInferenceService",
+        ));
+        a.push(KeyValue::new("rpc.method", "ModelInfer"));
+    } else {
+        a.push(KeyValue::new("http.request.method", "POST"));
+        if let Some((_, route)) = caller.span_name.split_once(' ') {
+            a.push(KeyValue::new("http.route", route.to_string()));
+        }
+    }
+    if let Some(c) = &caller.client {
+        a.push(KeyValue::new("client.address", c.clone()));
+    }
+    a
+}
+
+#[derive(Default)]
+struct RequestCtx {
+    timings: Timings,
+    /// (model, version) once resolved to a loaded model: metric labels stay bounded
+    /// to real models, whatever names clients send.
+    labels: Option<(String, String)>,
+    /// The instances as the model saw them, kept for the prediction log.
+    instances: Option<Vec<Value>>,
+    /// SHA-256 of each instance as sent.
+    raw_sha256: Vec<String>,
+    /// Where the request's spans hang.
+    trace: TraceRef,
+    /// Its trace id as written to the log and the response, formatted once.
+    trace_id: Option<String>,
+    /// How many instances the request carried, once decoded.
+    instance_count: usize,
+}
+
+async fn run<T>(
+    st: &Arc<AppState>,
+    prepare: impl FnOnce(&Deployment, &str) -> Prepared<T>,
+    request_id: &str,
+    start: Instant,
+    timeout: Duration,
+    ctx: &mut RequestCtx,
+) -> Result<(Arc<Model>, Predicted, T), ApiError> {
+    let deployment = st.lifecycle.admit()?;
+    let decoding = trace::start(ctx.trace);
+    let (target, instances) = prepare(&deployment, request_id)?;
+    let model = &target.model;
+    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
+    let (instances, extra) = instances?;
+    // Cleaning large email messages costs milliseconds of CPU: off the reactor.
+    let (decoded, instances) =
+        if model.task.preprocesses() && text_bytes(&instances) > OFFLOAD_BYTES {
+            let (st2, target2) = (st.clone(), target.clone());
+            tokio::task::spawn_blocking(move || {
+                let d = st2.pipeline.decode(&target2, &instances);
+                (d, instances)
+            })
+            .await
+            .map_err(|_| CoreError::Internal("the preprocessing task failed"))?
+        } else {
+            (st.pipeline.decode(&target, &instances), instances)
+        };
+    let decoded = decoded?;
+    ctx.instance_count = decoded.batch.len();
+    trace::child(
+        ctx.trace,
+        "decode",
+        decoding,
+        || vec![KeyValue::new("inferd.instances", ctx.instance_count as i64)],
+        Vec::new(),
+    );
+    if st.predlog.enabled() {
+        // The log keeps the instance the model saw (the cache key's input) and
+        // the hash of the one that was sent.
+        ctx.raw_sha256 = instances.iter().map(raw_sha256).collect();
+        if st.settings.log_instances {
+            ctx.instances = Some(if model.task.preprocesses() {
+                decoded.batch.to_json()
+            } else {
+                instances
+            });
+        }
+    }
+    let (batch, filled) = (decoded.batch, decoded.filled);
+    st.doors
+        .instances
+        .with_label_values(&[&model.manifest.name])
+        .observe(batch.len() as f64);
+    let deadline = tokio::time::Instant::from_std(start + timeout);
+    let done = st
+        .pipeline
+        .predict(
+            &target,
+            batch,
+            deadline,
+            st.predlog.enabled(),
+            ctx.trace,
+            &mut ctx.timings,
+        )
+        .await?;
+    let done = Predicted { filled, ..done };
+    Ok((target.model, done, extra))
+}
+
+fn log_success(
+    st: &AppState,
+    caller: &Caller,
+    model: &Model,
+    done: &Predicted,
+    ctx: &mut RequestCtx,
+    latency: Duration,
+) {
+    let full = st.settings.log_instances;
+    let ts = chrono::Utc::now();
+    let mut instances = ctx.instances.take().unwrap_or_default().into_iter();
+    let mut raw = std::mem::take(&mut ctx.raw_sha256).into_iter();
+    for (i, (p, cached)) in done.predictions.iter().zip(&done.cached).enumerate() {
+        let instance = instances.next();
+        let key = done.keys.get(i);
+        st.predlog.log(Record {
+            id: Uuid::new_v4(),
+            ts,
+            request_id: caller.request_id.clone(),
+            model: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+            status: 200,
+            instance: if full { instance } else { None },
+            instance_sha256: key.map(hex::encode),
+            input_sha256: raw.next(),
+            prediction: serde_json::to_value(p).ok(),
+            cached: *cached,
+            latency_ms: latency.as_secs_f32() * 1e3,
+            client: caller.client.clone(),
+            error: None,
+            trace_id: ctx.trace_id.clone(),
+            trace: ctx.trace,
+        });
+    }
+}
+
+/// Counts a request in `inferd_requests_in_flight` for as long as it lives,
+/// including when the client goes away and the handler future is dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A duration as a header value in milliseconds.
+pub(crate) fn ms(d: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// SHA-256 of an instance as it was sent: a text's bytes, else its JSON.
+fn raw_sha256(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    match v {
+        Value::String(s) => hex::encode(Sha256::digest(s.as_bytes())),
+        other => hex::encode(Sha256::digest(other.to_string().as_bytes())),
+    }
+}
+
+/// Text instances above this many bytes in all are preprocessed on a blocking
+/// thread; below it the hand-off would cost more than the work.
+const OFFLOAD_BYTES: usize = 32 * 1024;
+
+fn text_bytes(instances: &[Value]) -> usize {
+    instances
+        .iter()
+        .map(|v| v.as_str().map_or(0, str::len))
+        .sum()
+}

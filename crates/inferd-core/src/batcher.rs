@@ -1,0 +1,590 @@
+//! Dynamic batching: concurrent requests for one model are merged into one
+//! backend call of up to `max_batch_size` instances.
+//!
+//! Each model version has a queue. Its first job puts the queue on the slots'
+//! ready list (`slots`); a free slot thread takes whatever is queued, up to
+//! `max_batch_size`, waiting at most `max_batch_delay` for more (0: take what
+//! is there, never wait), and runs the batch in place. Under load, jobs pile up
+//! while the slots are busy, so batches form with no added delay; an idle
+//! server answers at once. Jobs whose deadline has passed, or whose client has
+//! gone, are dropped before the model runs. A queue holding more than one batch
+//! goes back on the ready list, so several batches of one model can run at
+//! once, one per slot.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::admission::QueueTicket;
+use super::backend::{InputBatch, OutputBatch};
+use super::cancel::{RunControl, Watched};
+use super::error::CoreError;
+use super::repository::Model;
+use super::slots::{Slots, Work};
+use crate::metrics::Metrics;
+use inferd_telemetry::trace::{self, TraceRef};
+
+/// What a job gets back: its own rows, and how long it queued and ran.
+pub type JobResult = Result<(OutputBatch, Duration, Duration), CoreError>;
+
+struct Job {
+    input: InputBatch,
+    deadline: Instant,
+    enqueued: Instant,
+    reply: oneshot::Sender<JobResult>,
+    /// Counts against `INFERD_MAX_QUEUE` until the job is taken into a batch.
+    ticket: Option<QueueTicket>,
+    /// The request's trace: its queue, batch and inference spans hang there.
+    trace: TraceRef,
+}
+
+/// A handle on one model version's queue; clones share it.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: Arc<ModelQueue>,
+    /// Most instances in one backend call: a request with more is split.
+    pub max_batch_size: usize,
+}
+
+impl Batcher {
+    /// Starts the queue of `model`'s version, run on `slots`; its batches take up to
+    /// `max_batch_size` instances and wait at most `max_delay` to fill.
+    pub fn start(
+        model: Arc<Model>,
+        slots: Arc<Slots>,
+        metrics: Arc<Metrics>,
+        max_batch_size: usize,
+        max_delay: Duration,
+        timeout_ms: u64,
+    ) -> Batcher {
+        let max_batch_size = max_batch_size.max(1);
+        let labels = [
+            model.manifest.name.as_str(),
+            model.manifest.version.as_str(),
+        ];
+        // Label lookups hash and lock: resolved once per version, not per batch.
+        let handles = Handles {
+            queue_wait: metrics.queue_wait.with_label_values(&labels),
+            inference: metrics.inference_duration.with_label_values(&labels),
+            instances: metrics.model_instances.with_label_values(&labels),
+            batch_size: metrics.batch_size.with_label_values(&labels),
+            batches: metrics.batches.with_label_values(&labels),
+            cancelled: metrics.batches_cancelled.with_label_values(&labels),
+            client_gone: metrics.rejections.with_label_values(&["client_gone"]),
+        };
+        let queue = Arc::new(ModelQueue {
+            model,
+            slots,
+            metrics,
+            handles,
+            max_batch_size,
+            max_delay,
+            timeout_ms,
+            state: Mutex::new(QueueState::default()),
+            more: Condvar::new(),
+        });
+        Batcher {
+            queue,
+            max_batch_size,
+        }
+    }
+
+    /// Queues `input` (at most `max_batch_size` instances) for the model.
+    pub fn submit(
+        &self,
+        input: InputBatch,
+        deadline: Instant,
+        ticket: QueueTicket,
+        trace: TraceRef,
+    ) -> oneshot::Receiver<JobResult> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            input,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+            ticket: Some(ticket),
+            trace,
+        };
+        let q = &self.queue;
+        let mut st = q.lock();
+        st.jobs.push_back(job);
+        if st.gathering {
+            drop(st);
+            q.more.notify_one();
+        } else if !st.scheduled {
+            st.scheduled = true;
+            drop(st);
+            q.slots.schedule(q.clone());
+        }
+        rx
+    }
+}
+
+struct Handles {
+    queue_wait: Histogram,
+    inference: Histogram,
+    instances: IntCounter,
+    batch_size: Histogram,
+    batches: IntCounter,
+    cancelled: IntCounter,
+    client_gone: IntCounter,
+}
+
+struct ModelQueue {
+    model: Arc<Model>,
+    slots: Arc<Slots>,
+    metrics: Arc<Metrics>,
+    handles: Handles,
+    max_batch_size: usize,
+    max_delay: Duration,
+    timeout_ms: u64,
+    state: Mutex<QueueState>,
+    /// Signalled by `submit` while a slot thread gathers a batch.
+    more: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// On the ready list or being taken by a slot thread: set whenever `jobs`
+    /// is not empty, so a queue is never forgotten with work in it.
+    scheduled: bool,
+    /// A slot thread is waiting (`max_batch_delay`) for more jobs.
+    gathering: bool,
+}
+
+impl Work for ModelQueue {
+    fn run(self: Arc<Self>) {
+        let mut jobs = Vec::new();
+        let mut size = 0;
+        let mut st = self.lock();
+        self.take(&mut st, &mut jobs, &mut size);
+        if size < self.max_batch_size && !jobs.is_empty() && !self.max_delay.is_zero() {
+            let until = std::time::Instant::now() + self.max_delay;
+            st.gathering = true;
+            loop {
+                self.take(&mut st, &mut jobs, &mut size);
+                // Full, or the next job would not fit: the batch is formed.
+                if size >= self.max_batch_size || !st.jobs.is_empty() {
+                    break;
+                }
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = self
+                    .more
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            st.gathering = false;
+        }
+        if st.jobs.is_empty() {
+            st.scheduled = false;
+            drop(st);
+        } else {
+            // Another free slot can start the next batch while this one runs.
+            drop(st);
+            self.slots.schedule(self.clone());
+        }
+        if !jobs.is_empty() {
+            self.launch(jobs);
+        }
+    }
+}
+
+impl ModelQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves live jobs from the front of the queue into the batch while they
+    /// fit; a job that does not fit stays first in line for the next batch.
+    fn take(&self, st: &mut QueueState, jobs: &mut Vec<Job>, size: &mut usize) {
+        while *size < self.max_batch_size {
+            let Some(next) = st.jobs.front() else { break };
+            if !jobs.is_empty() && *size + next.input.len() > self.max_batch_size {
+                break;
+            }
+            let Some(j) = st.jobs.pop_front() else { break };
+            if let Some(j) = self.live(j) {
+                *size += j.input.len();
+                jobs.push(j);
+            }
+        }
+    }
+
+    /// The job, unless it must not reach the model: its deadline passed (the
+    /// request was answered 504, or is about to be), or its client left before
+    /// that. The deadline is checked first, so a request that timed out (and
+    /// dropped its receiver) is not also counted as a client that went away.
+    fn live(&self, job: Job) -> Option<Job> {
+        if Instant::now() >= job.deadline {
+            let _ = job
+                .reply
+                .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
+            return None;
+        }
+        if job.reply.is_closed() {
+            self.handles.client_gone.inc();
+            return None;
+        }
+        Some(job)
+    }
+
+    /// Runs one merged batch on this slot thread and hands each job its rows.
+    fn launch(&self, mut jobs: Vec<Job>) {
+        let started = Instant::now();
+        let h = &self.handles;
+        for j in &mut jobs {
+            // Running is not waiting: the queue bound counts only queued jobs.
+            j.ticket = None;
+            h.queue_wait.observe((started - j.enqueued).as_secs_f64());
+        }
+        let merged = merge(jobs.iter().map(|j| &j.input));
+        let metrics = &self.metrics;
+        let running = Arc::new(Running {
+            jobs: Mutex::new(jobs),
+            control: RunControl::new(),
+        });
+        metrics.in_flight.inc();
+        let t = std::time::Instant::now();
+        let watching = self.slots.watcher().watch(running.clone());
+        let out = self.model.backend.infer_with(&merged, &running.control);
+        drop(watching);
+        let took = t.elapsed();
+        metrics.in_flight.dec();
+        h.inference.observe(took.as_secs_f64());
+        h.instances.inc_by(merged.len() as u64);
+        h.batch_size.observe(merged.len() as f64);
+        h.batches.inc();
+        let jobs = std::mem::take(&mut *running.lock());
+        // Read before the replies consume the jobs; recorded after them. Only
+        // sampled jobs: at a low sampling rate most batches collect nothing.
+        let traced: Vec<(TraceRef, std::time::Instant, usize)> = jobs
+            .iter()
+            .filter(|j| j.trace.sampled)
+            .map(|j| (j.trace, j.enqueued.into_std(), j.input.len()))
+            .collect();
+        let requests = jobs.len();
+        let ok = out.is_ok();
+        match out {
+            Ok(out) => {
+                let mut row = 0;
+                for j in jobs {
+                    let n = j.input.len();
+                    let part = OutputBatch {
+                        rows: n,
+                        cols: out.cols,
+                        data: out.data[row * out.cols..(row + n) * out.cols].to_vec(),
+                    };
+                    row += n;
+                    let _ = j.reply.send(Ok((part, started - j.enqueued, took)));
+                }
+            }
+            // Stopped because nobody waits: each job's request was answered
+            // (504) or its client left; say which, as `live` does.
+            Err(_) if running.control.is_cancelled() => {
+                h.cancelled.inc();
+                for j in jobs {
+                    if let Some(j) = self.live(j) {
+                        // Came back between the check and now: a real answer.
+                        let _ = j
+                            .reply
+                            .send(Err(CoreError::DeadlineExceeded(self.timeout_ms)));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = CoreError::Backend(e);
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
+        if !traced.is_empty() {
+            let run = (started.into_std(), t + took);
+            trace::batch(&traced, merged.len(), requests, run, ok);
+        }
+    }
+}
+
+/// A batch while its backend call runs, shared with the watcher that stops
+/// it once every job is abandoned (`cancel`).
+struct Running {
+    jobs: Mutex<Vec<Job>>,
+    control: RunControl,
+}
+
+impl Running {
+    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Watched for Running {
+    fn control(&self) -> &RunControl {
+        &self.control
+    }
+
+    fn abandoned(&self) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .all(|j| now >= j.deadline || j.reply.is_closed())
+    }
+}
+
+/// Concatenates the jobs' instances into one batch, in order.
+pub fn merge<'a>(inputs: impl Iterator<Item = &'a InputBatch> + Clone) -> InputBatch {
+    let mut it = inputs.clone();
+    match it.next() {
+        Some(InputBatch::Text(_)) => {
+            let mut texts = Vec::new();
+            for i in inputs {
+                if let InputBatch::Text(t) = i {
+                    texts.extend(t.iter().cloned());
+                }
+            }
+            InputBatch::Text(texts)
+        }
+        Some(InputBatch::Windows {
+            steps, features, ..
+        }) => {
+            let (steps, features) = (*steps, *features);
+            let mut data = Vec::new();
+            let mut batch = 0;
+            for i in inputs {
+                if let InputBatch::Windows {
+                    data: d, batch: b, ..
+                } = i
+                {
+                    data.extend_from_slice(d);
+                    batch += b;
+                }
+            }
+            InputBatch::Windows {
+                data,
+                batch,
+                steps,
+                features,
+            }
+        }
+        None => InputBatch::Text(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_order() {
+        let a = InputBatch::Windows {
+            data: vec![1.0, 2.0],
+            batch: 1,
+            steps: 2,
+            features: 1,
+        };
+        let b = InputBatch::Windows {
+            data: vec![3.0, 4.0, 5.0, 6.0],
+            batch: 2,
+            steps: 2,
+            features: 1,
+        };
+        match merge([a, b].iter()) {
+            InputBatch::Windows { data, batch, .. } => {
+                assert_eq!(batch, 3);
+                assert_eq!(data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+            }
+            _ => panic!("windows"),
+        }
+        let t = merge(
+            [
+                InputBatch::Text(vec!["a".into()]),
+                InputBatch::Text(vec!["b".into(), "c".into()]),
+            ]
+            .iter(),
+        );
+        assert!(matches!(t, InputBatch::Text(v) if v == ["a", "b", "c"]));
+    }
+}
+
+/// Batch formation on the scripted backend: exact, because the gate holds a
+/// batch inside the model for as long as the test needs.
+#[cfg(test)]
+mod formation_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admission::Admission;
+    use crate::backend::testing::{expected_row, forecaster_model, TestBackend};
+
+    fn window(v: f32) -> InputBatch {
+        InputBatch::Windows {
+            data: vec![v, 0.0],
+            batch: 1,
+            steps: 2,
+            features: 1,
+        }
+    }
+
+    struct Rig {
+        backend: Arc<TestBackend>,
+        admission: Admission,
+        metrics: Arc<Metrics>,
+        batcher: Batcher,
+    }
+
+    /// One inference slot, so a gated batch blocks everything behind it.
+    fn rig(max_batch_size: usize) -> Rig {
+        let backend = TestBackend::forecaster(2, 1, 1);
+        let metrics = Arc::new(Metrics::default());
+        let admission = Admission::new(1, 64, metrics.clone());
+        let model = Arc::new(forecaster_model("m", 2, max_batch_size, backend.clone()));
+        let batcher = Batcher::start(
+            model,
+            admission.slots(),
+            metrics.clone(),
+            max_batch_size,
+            Duration::ZERO,
+            1000,
+        );
+        Rig {
+            backend,
+            admission,
+            metrics,
+            batcher,
+        }
+    }
+
+    /// A failed assertion must not leave a batch parked in the model, holding
+    /// its slot thread for the rest of the test binary's run.
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.backend.open_gate();
+        }
+    }
+
+    impl Rig {
+        fn submit(&self, v: f32, within: Duration) -> oneshot::Receiver<JobResult> {
+            let ticket = self.admission.enter().expect("queue has room");
+            self.batcher.submit(
+                window(v),
+                Instant::now() + within,
+                ticket,
+                TraceRef::default(),
+            )
+        }
+
+        /// Submits `v` and waits until it is inside the model, holding the slot.
+        async fn occupy(&self, v: f32) -> oneshot::Receiver<JobResult> {
+            self.backend.close_gate();
+            let rx = self.submit(v, Duration::from_secs(10));
+            let t = Instant::now();
+            while self.backend.running() == 0 {
+                assert!(t.elapsed() < Duration::from_secs(5), "job never started");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rx
+        }
+    }
+
+    async fn value(rx: oneshot::Receiver<JobResult>) -> Result<f32, CoreError> {
+        let (out, _, _) = rx.await.expect("the batcher answers")?;
+        assert_eq!(out.rows, 1);
+        Ok(out.data[0])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_behind_a_busy_slot_run_as_one_batch_in_order() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let queued: Vec<_> = [2.0, 3.0, 4.0]
+            .into_iter()
+            .map(|v| r.submit(v, Duration::from_secs(10)))
+            .collect();
+        assert_eq!(r.admission.waiting(), 3, "all three wait for the slot");
+        r.backend.open_gate();
+        assert_eq!(value(a).await, Ok(1.0));
+        for (rx, v) in queued.into_iter().zip([2.0, 3.0, 4.0]) {
+            assert_eq!(value(rx).await, Ok(expected_row(&window(v), 0, 1)[0]));
+        }
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![2.0, 3.0, 4.0]]);
+        assert_eq!(r.admission.waiting(), 0, "tickets are freed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_batch_exceeds_the_maximum_and_every_job_runs_once() {
+        let r = rig(2);
+        let a = r.occupy(1.0).await;
+        let queued: Vec<_> = (2..=6)
+            .map(|v| r.submit(v as f32, Duration::from_secs(10)))
+            .collect();
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        for rx in queued {
+            value(rx).await.unwrap();
+        }
+        let batches = r.backend.batches();
+        assert!(batches.iter().all(|b| b.len() <= 2), "{batches:?}");
+        let seen: Vec<f32> = batches.into_iter().flatten().collect();
+        assert_eq!(seen, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_jobs_never_reach_the_model() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let short = r.submit(2.0, Duration::from_millis(30));
+        let long = r.submit(3.0, Duration::from_secs(10));
+        let short2 = r.submit(4.0, Duration::from_millis(30));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        assert_eq!(value(short).await, Err(CoreError::DeadlineExceeded(1000)));
+        assert_eq!(value(short2).await, Err(CoreError::DeadlineExceeded(1000)));
+        assert_eq!(value(long).await, Ok(3.0));
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![3.0]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_whose_client_left_are_dropped_and_counted() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let gone = r.submit(2.0, Duration::from_secs(10));
+        let stays = r.submit(3.0, Duration::from_secs(10));
+        drop(gone);
+        r.backend.open_gate();
+        value(a).await.unwrap();
+        assert_eq!(value(stays).await, Ok(3.0));
+        assert_eq!(r.backend.batches(), vec![vec![1.0], vec![3.0]]);
+        let gone = r
+            .metrics
+            .rejections
+            .with_label_values(&["client_gone"])
+            .get();
+        assert_eq!(gone, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_fails_each_of_its_jobs_and_frees_the_slot() {
+        let r = rig(8);
+        let a = r.occupy(1.0).await;
+        let b = r.submit(2.0, Duration::from_secs(10));
+        let c = r.submit(3.0, Duration::from_secs(10));
+        r.backend.fail_next(2);
+        r.backend.open_gate();
+        for rx in [a, b, c] {
+            assert!(matches!(value(rx).await, Err(CoreError::Backend(_))));
+        }
+        // The slot came back: the next job runs.
+        assert_eq!(value(r.submit(5.0, Duration::from_secs(10))).await, Ok(5.0));
+    }
+}

@@ -1,0 +1,388 @@
+//! The prediction pipeline every front door uses: the instance limit and the
+//! task's validation, per-instance cache lookup, single-flight for misses,
+//! admission (queue bound), the model's batcher (which merges concurrent requests
+//! into one inference on a slot thread) under the request's deadline, and
+//! cache fill. Front doors only translate their wire format around it, so every
+//! protocol shares one copy of this logic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::admission::Admission;
+use super::backend::InputBatch;
+use super::batcher::Batcher;
+use super::cache::{instance_key, Cache, Key};
+use super::coalesce::{follow, Flights, Join, Lead};
+use super::deployment::{Deployment, Target};
+use super::error::CoreError;
+use super::policy::Routing;
+use super::repository::Repository;
+use super::task::{Decoded, Prediction};
+use crate::metrics::Metrics;
+use inferd_telemetry::trace::{self, TraceRef};
+use opentelemetry::KeyValue;
+
+/// Where a request's time went (accumulated over its model calls).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Waiting for a slot.
+    pub queue: Duration,
+    /// In the model.
+    pub inference: Duration,
+}
+
+#[derive(Debug)]
+/// A request's predictions and how each was made.
+pub struct Predicted {
+    /// One per instance, in order.
+    pub predictions: Vec<Prediction>,
+    /// Per instance: whether it came from the cache.
+    pub cached: Vec<bool>,
+    /// Per-instance canonical hashes (for the prediction log); empty when
+    /// neither the cache nor the caller needed them.
+    pub keys: Vec<Key>,
+    /// Per instance, how many readings preprocessing filled in (forecasters
+    /// that fill gaps); set by the caller from the decode step.
+    pub filled: Option<Vec<usize>>,
+}
+
+/// The pipeline's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most instances in one request.
+    pub max_instances: usize,
+    /// The request deadline, for error messages (the deadline itself is passed
+    /// per call).
+    pub timeout_ms: u64,
+}
+
+/// The prediction path every front door uses.
+pub struct Pipeline {
+    /// The slots and the queue.
+    pub admission: Admission,
+    /// The result cache, when on.
+    pub cache: Option<Arc<Cache>>,
+    flights: Arc<Flights>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl Pipeline {
+    /// A pipeline over `admission`, with `cache` when there is one.
+    pub fn new(
+        admission: Admission,
+        cache: Option<Arc<Cache>>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Self {
+        Pipeline {
+            admission,
+            cache,
+            flights: Arc::new(Flights::default()),
+            metrics,
+            limits,
+        }
+    }
+
+    /// Checks the instance count and has the model's task validate and convert
+    /// the instances.
+    pub fn decode(&self, target: &Target, instances: &[Value]) -> Result<Decoded, CoreError> {
+        if instances.is_empty() {
+            return Err(CoreError::invalid(
+                "instances",
+                "must contain at least one instance",
+            ));
+        }
+        let limit = self.limits.max_instances;
+        if instances.len() > limit {
+            return Err(CoreError::invalid(
+                "instances",
+                format!(
+                    "at most {limit} instances per request (INFERD_MAX_INSTANCES), got {}",
+                    instances.len()
+                ),
+            ));
+        }
+        Ok(target.model.task.decode(instances)?)
+    }
+
+    /// Predictions for every instance of `batch`, in order, from the cache where
+    /// it has them and from the model for the rest.
+    pub async fn predict(
+        &self,
+        target: &Target,
+        mut batch: InputBatch,
+        deadline: Instant,
+        want_keys: bool,
+        trace: TraceRef,
+        timings: &mut Timings,
+    ) -> Result<Predicted, CoreError> {
+        let model = &target.model;
+        let (name, version) = (&model.manifest.name, &model.manifest.version);
+        let n = batch.len();
+        let cache = self.cache.clone().filter(|_| model.manifest.cache.enabled);
+        // Hashing costs a pass over every input byte: only when someone uses it.
+        let keys: Vec<Key> = if cache.is_some() || want_keys {
+            (0..n)
+                .map(|i| instance_key(name, version, &batch, i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let Some(cache) = cache else {
+            let predictions = self
+                .run_model(target, batch, deadline, trace, timings)
+                .await?;
+            return Ok(Predicted {
+                predictions,
+                cached: vec![false; n],
+                keys,
+                filled: None,
+            });
+        };
+
+        let mut slots: Vec<Option<Prediction>> = vec![None; n];
+        let mut cached = vec![false; n];
+        let looking = trace::start(trace);
+        for (i, hit) in cache
+            .get_many(name, version, &keys)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(p) = hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
+                slots[i] = Some(p);
+                cached[i] = true;
+            }
+        }
+        trace::child(
+            trace,
+            "cache.lookup",
+            looking,
+            || {
+                let hits = cached.iter().filter(|c| **c).count();
+                vec![
+                    KeyValue::new("inferd.cache.hits", hits as i64),
+                    KeyValue::new("inferd.cache.misses", (n - hits) as i64),
+                    KeyValue::new("inferd.cache.remote", cache.has_remote()),
+                ]
+            },
+            Vec::new(),
+        );
+
+        let mut leads: Vec<(usize, Lead)> = Vec::new();
+        let mut follows = Vec::new();
+        for i in (0..n).filter(|&i| slots[i].is_none()) {
+            match self.flights.join(keys[i]) {
+                Join::Lead(l) => leads.push((i, l)),
+                Join::Follow(rx) => follows.push((i, rx)),
+            }
+        }
+
+        // A flight may have finished between our lookup and our join: its result
+        // is in the local store now (leaders write it there before retiring).
+        if !leads.is_empty() {
+            let lead_keys: Vec<Key> = leads.iter().map(|(_, l)| *l.key()).collect();
+            let again = cache.peek_many(&lead_keys).await;
+            let mut still = Vec::with_capacity(leads.len());
+            for ((i, lead), hit) in leads.into_iter().zip(again) {
+                match hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
+                    Some(p) => {
+                        lead.complete(Ok(p.clone()));
+                        slots[i] = Some(p);
+                        cached[i] = true;
+                    }
+                    None => still.push((i, lead)),
+                }
+            }
+            leads = still;
+        }
+
+        if !leads.is_empty() {
+            let idx: Vec<usize> = leads.iter().map(|(i, _)| *i).collect();
+            let sub = if idx.len() == n && follows.is_empty() {
+                // Nothing below reads the batch again: hand it over, no copy.
+                std::mem::replace(&mut batch, InputBatch::Text(Vec::new()))
+            } else if idx.len() == n {
+                batch.clone()
+            } else {
+                batch.select(&idx)
+            };
+            match self.run_model(target, sub, deadline, trace, timings).await {
+                Ok(preds) => {
+                    let entries: Vec<(Key, Bytes)> = idx
+                        .iter()
+                        .zip(&preds)
+                        .filter_map(|(i, p)| {
+                            serde_json::to_vec(p)
+                                .ok()
+                                .map(|b| (keys[*i], Bytes::from(b)))
+                        })
+                        .collect();
+                    // Store locally before retiring the flights, so a request
+                    // arriving in between finds the entry; Redis is written by a
+                    // task of its own, off the response path.
+                    cache.set_local(&entries).await;
+                    for ((i, lead), p) in leads.into_iter().zip(preds) {
+                        lead.complete(Ok(p.clone()));
+                        slots[i] = Some(p);
+                    }
+                    if cache.has_remote() {
+                        let (cache, model) = (cache.clone(), model.clone());
+                        tokio::spawn(async move {
+                            cache
+                                .set_remote(&model.manifest.name, &model.manifest.version, entries)
+                                .await;
+                        });
+                    }
+                }
+                Err(e) => {
+                    for (_, lead) in leads {
+                        lead.complete(Err(e.clone()));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        let following = if follows.is_empty() {
+            None
+        } else {
+            trace::start(trace)
+        };
+        let followed = follows.len();
+        for (i, rx) in follows {
+            match tokio::time::timeout_at(deadline, follow(rx)).await {
+                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
+                Ok(Some(Ok(p))) => {
+                    self.metrics.cache_coalesced.inc();
+                    slots[i] = Some(p);
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                // The leader's request went away before finishing: run it here.
+                Ok(None) => {
+                    let mut out = self
+                        .run_model(target, batch.select(&[i]), deadline, trace, timings)
+                        .await?;
+                    slots[i] = out.pop();
+                }
+            }
+        }
+        trace::child(
+            trace,
+            "single_flight.wait",
+            following,
+            || {
+                vec![KeyValue::new(
+                    "inferd.single_flight.followed",
+                    followed as i64,
+                )]
+            },
+            Vec::new(),
+        );
+        let predictions: Vec<Prediction> = slots.into_iter().flatten().collect();
+        if predictions.len() != n {
+            return Err(CoreError::Internal("a prediction went missing"));
+        }
+        Ok(Predicted {
+            predictions,
+            cached,
+            keys,
+            filled: None,
+        })
+    }
+
+    /// Starts one batcher per model version of `repo`; the deployment hands
+    /// them out. The batchers stop by themselves once the
+    /// deployment and every request holding one of its targets are gone.
+    pub fn deploy(
+        &self,
+        repo: Repository,
+        size_override: Option<usize>,
+        delay_override_ms: Option<u64>,
+    ) -> Deployment {
+        self.redeploy(None, repo, HashMap::new(), size_override, delay_override_ms)
+    }
+
+    /// `deploy`, keeping the batchers of `prev` for the versions that stay (the
+    /// same loaded `Model`), so a swap of one model leaves the others' queues
+    /// alone. `routing` says where each model's unversioned requests go.
+    pub fn redeploy(
+        &self,
+        prev: Option<&Deployment>,
+        repo: Repository,
+        routing: HashMap<String, Routing>,
+        size_override: Option<usize>,
+        delay_override_ms: Option<u64>,
+    ) -> Deployment {
+        let mut batchers = HashMap::new();
+        for m in repo.iter() {
+            let kept = prev.and_then(|d| d.batcher_of(m)).cloned();
+            let batcher = kept.unwrap_or_else(|| {
+                let b = &m.manifest.batching;
+                Batcher::start(
+                    m.clone(),
+                    self.admission.slots(),
+                    self.metrics.clone(),
+                    size_override.unwrap_or(b.max_batch_size),
+                    Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
+                    self.limits.timeout_ms,
+                )
+            });
+            batchers
+                .entry(m.manifest.name.clone())
+                .or_insert_with(HashMap::new)
+                .insert(m.manifest.version.clone(), batcher);
+        }
+        Deployment::new(repo, batchers, routing)
+    }
+
+    /// Queues the batch with the model's batcher (split into jobs of at most
+    /// `max_batch_size` instances) and waits for every part under the deadline.
+    async fn run_model(
+        &self,
+        target: &Target,
+        batch: InputBatch,
+        deadline: Instant,
+        trace: TraceRef,
+        timings: &mut Timings,
+    ) -> Result<Vec<Prediction>, CoreError> {
+        let batcher = target.batcher();
+        let n = batch.len();
+        let max = batcher.max_batch_size;
+        let mut parts = Vec::with_capacity(n.div_ceil(max));
+        let pieces: Vec<InputBatch> = if n <= max {
+            vec![batch]
+        } else {
+            (0..n)
+                .step_by(max)
+                .map(|start| batch.select(&(start..(start + max).min(n)).collect::<Vec<_>>()))
+                .collect()
+        };
+        for part in pieces {
+            let ticket = self.admission.enter()?;
+            parts.push(batcher.submit(part, deadline, ticket, trace));
+        }
+        let mut predictions = Vec::with_capacity(n);
+        for rx in parts {
+            let (out, queued, ran) = match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
+                Ok(Err(_)) => return Err(CoreError::Draining),
+                Ok(Ok(r)) => r?,
+            };
+            timings.queue += queued;
+            timings.inference += ran;
+            predictions.extend(target.model.task.encode(&out));
+        }
+        Ok(predictions)
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
