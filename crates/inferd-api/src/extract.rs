@@ -120,6 +120,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 /// Deserializes a JSON document: syntax errors are 400, a document of the wrong
 /// shape is 422 naming the field (`inputs[0].shape`). Anything but whitespace
 /// after the document is a syntax error: `{...}garbage` is not JSON.
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Tracking the path costs a wrapper per value (a tenth of a miss-path
     // request's CPU): valid documents go without it, and only a failed one is

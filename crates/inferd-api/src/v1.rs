@@ -31,6 +31,7 @@ use inferd_core::CoreError;
 #[allow(missing_docs)]
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub struct PredictRequest {
     /// The model to run. Required on `/predict`; on the `/v1/models/{name}` routes
     /// it may be left out, and must match the path when given.

@@ -112,7 +112,9 @@ impl Pipeline {
     }
 
     /// Predictions for every instance of `batch`, in order, from the cache where
-    /// it has them and from the model for the rest.
+    /// it has them and from the model for the rest: look every instance up,
+    /// lead or follow a single flight for each miss, run the model once for
+    /// the instances this request leads, then wait for those it follows.
     pub async fn predict(
         &self,
         target: &Target,
@@ -145,146 +147,30 @@ impl Pipeline {
                 filled: None,
             });
         };
-
-        let mut slots: Vec<Option<Prediction>> = vec![None; n];
-        let mut cached = vec![false; n];
-        let looking = trace::start(trace);
-        for (i, hit) in cache
-            .get_many(name, version, &keys)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(p) = hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
-                slots[i] = Some(p);
-                cached[i] = true;
-            }
-        }
-        trace::child(
+        let mut answers = lookup(&cache, name, version, &keys, trace).await;
+        let (leads, follows) = self.join_flights(&keys, &answers);
+        let leads = recheck(&cache, leads, &mut answers).await;
+        let mut request = Request {
+            target,
+            deadline,
             trace,
-            "cache.lookup",
-            looking,
-            || {
-                let hits = cached.iter().filter(|c| **c).count();
-                vec![
-                    KeyValue::new("inferd.cache.hits", hits as i64),
-                    KeyValue::new("inferd.cache.misses", (n - hits) as i64),
-                    KeyValue::new("inferd.cache.remote", cache.has_remote()),
-                ]
-            },
-            Vec::new(),
-        );
-
-        let mut leads: Vec<(usize, Lead)> = Vec::new();
-        let mut follows = Vec::new();
-        for i in (0..n).filter(|&i| slots[i].is_none()) {
-            match self.flights.join(keys[i]) {
-                Join::Lead(l) => leads.push((i, l)),
-                Join::Follow(rx) => follows.push((i, rx)),
-            }
-        }
-
-        // A flight may have finished between our lookup and our join: its result
-        // is in the local store now (leaders write it there before retiring).
+            timings,
+        };
         if !leads.is_empty() {
-            let lead_keys: Vec<Key> = leads.iter().map(|(_, l)| *l.key()).collect();
-            let again = cache.peek_many(&lead_keys).await;
-            let mut still = Vec::with_capacity(leads.len());
-            for ((i, lead), hit) in leads.into_iter().zip(again) {
-                match hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
-                    Some(p) => {
-                        lead.complete(Ok(p.clone()));
-                        slots[i] = Some(p);
-                        cached[i] = true;
-                    }
-                    None => still.push((i, lead)),
-                }
-            }
-            leads = still;
-        }
-
-        if !leads.is_empty() {
-            let idx: Vec<usize> = leads.iter().map(|(i, _)| *i).collect();
-            let sub = if idx.len() == n && follows.is_empty() {
-                // Nothing below reads the batch again: hand it over, no copy.
+            let sub = if leads.len() == n {
+                // Every instance is led, so none is followed and nothing
+                // below reads the batch again: hand it over, no copy.
                 std::mem::replace(&mut batch, InputBatch::Text(Vec::new()))
-            } else if idx.len() == n {
-                batch.clone()
             } else {
+                let idx: Vec<usize> = leads.iter().map(|(i, _)| *i).collect();
                 batch.select(&idx)
             };
-            match self.run_model(target, sub, deadline, trace, timings).await {
-                Ok(preds) => {
-                    let entries: Vec<(Key, Bytes)> = idx
-                        .iter()
-                        .zip(&preds)
-                        .filter_map(|(i, p)| {
-                            serde_json::to_vec(p)
-                                .ok()
-                                .map(|b| (keys[*i], Bytes::from(b)))
-                        })
-                        .collect();
-                    // Store locally before retiring the flights, so a request
-                    // arriving in between finds the entry; Redis is written by a
-                    // task of its own, off the response path.
-                    cache.set_local(&entries).await;
-                    for ((i, lead), p) in leads.into_iter().zip(preds) {
-                        lead.complete(Ok(p.clone()));
-                        slots[i] = Some(p);
-                    }
-                    if cache.has_remote() {
-                        let (cache, model) = (cache.clone(), model.clone());
-                        tokio::spawn(async move {
-                            cache
-                                .set_remote(&model.manifest.name, &model.manifest.version, entries)
-                                .await;
-                        });
-                    }
-                }
-                Err(e) => {
-                    for (_, lead) in leads {
-                        lead.complete(Err(e.clone()));
-                    }
-                    return Err(e);
-                }
-            }
+            self.lead(&mut request, &cache, sub, leads, &keys, &mut answers)
+                .await?;
         }
-
-        let following = if follows.is_empty() {
-            None
-        } else {
-            trace::start(trace)
-        };
-        let followed = follows.len();
-        for (i, rx) in follows {
-            match tokio::time::timeout_at(deadline, follow(rx)).await {
-                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
-                Ok(Some(Ok(p))) => {
-                    self.metrics.cache_coalesced.inc();
-                    slots[i] = Some(p);
-                }
-                Ok(Some(Err(e))) => return Err(e),
-                // The leader's request went away before finishing: run it here.
-                Ok(None) => {
-                    let mut out = self
-                        .run_model(target, batch.select(&[i]), deadline, trace, timings)
-                        .await?;
-                    slots[i] = out.pop();
-                }
-            }
-        }
-        trace::child(
-            trace,
-            "single_flight.wait",
-            following,
-            || {
-                vec![KeyValue::new(
-                    "inferd.single_flight.followed",
-                    followed as i64,
-                )]
-            },
-            Vec::new(),
-        );
+        self.follow_all(&mut request, &batch, follows, &mut answers)
+            .await?;
+        let Answers { slots, cached } = answers;
         let predictions: Vec<Prediction> = slots.into_iter().flatten().collect();
         if predictions.len() != n {
             return Err(CoreError::Internal("a prediction went missing"));
@@ -295,6 +181,129 @@ impl Pipeline {
             keys,
             filled: None,
         })
+    }
+
+    /// Leads a flight for each instance no one is computing yet; follows the
+    /// others.
+    fn join_flights(&self, keys: &[Key], answers: &Answers) -> (Vec<(usize, Lead)>, Follows) {
+        let mut leads = Vec::new();
+        let mut follows = Vec::new();
+        for i in (0..keys.len()).filter(|&i| answers.slots[i].is_none()) {
+            match self.flights.join(keys[i]) {
+                Join::Lead(l) => leads.push((i, l)),
+                Join::Follow(rx) => follows.push((i, rx)),
+            }
+        }
+        (leads, follows)
+    }
+
+    /// Runs the model on the instances this request leads, fills the cache
+    /// and hands each flight its result (or the failure).
+    async fn lead(
+        &self,
+        request: &mut Request<'_, '_>,
+        cache: &Arc<Cache>,
+        sub: InputBatch,
+        leads: Vec<(usize, Lead)>,
+        keys: &[Key],
+        answers: &mut Answers,
+    ) -> Result<(), CoreError> {
+        let model = &request.target.model;
+        let preds = match self
+            .run_model(
+                request.target,
+                sub,
+                request.deadline,
+                request.trace,
+                request.timings,
+            )
+            .await
+        {
+            Ok(preds) => preds,
+            Err(e) => {
+                for (_, lead) in leads {
+                    lead.complete(Err(e.clone()));
+                }
+                return Err(e);
+            }
+        };
+        let entries: Vec<(Key, Bytes)> = leads
+            .iter()
+            .zip(&preds)
+            .filter_map(|((i, _), p)| {
+                serde_json::to_vec(p)
+                    .ok()
+                    .map(|b| (keys[*i], Bytes::from(b)))
+            })
+            .collect();
+        // Store locally before retiring the flights, so a request arriving in
+        // between finds the entry; the shared store is written by a task of
+        // its own, off the response path.
+        cache.set_local(&entries).await;
+        for ((i, lead), p) in leads.into_iter().zip(preds) {
+            lead.complete(Ok(p.clone()));
+            answers.slots[i] = Some(p);
+        }
+        if cache.has_remote() {
+            let (cache, model) = (cache.clone(), model.clone());
+            tokio::spawn(async move {
+                cache
+                    .set_remote(&model.manifest.name, &model.manifest.version, entries)
+                    .await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the flights this request follows; runs an instance itself
+    /// when its leader went away before finishing.
+    async fn follow_all(
+        &self,
+        request: &mut Request<'_, '_>,
+        batch: &InputBatch,
+        follows: Follows,
+        answers: &mut Answers,
+    ) -> Result<(), CoreError> {
+        if follows.is_empty() {
+            return Ok(());
+        }
+        let following = trace::start(request.trace);
+        let followed = follows.len();
+        for (i, rx) in follows {
+            match tokio::time::timeout_at(request.deadline, follow(rx)).await {
+                Err(_) => return Err(CoreError::DeadlineExceeded(self.limits.timeout_ms)),
+                Ok(Some(Ok(p))) => {
+                    self.metrics.cache_coalesced.inc();
+                    answers.slots[i] = Some(p);
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) => {
+                    let mut out = self
+                        .run_model(
+                            request.target,
+                            batch.select(&[i]),
+                            request.deadline,
+                            request.trace,
+                            request.timings,
+                        )
+                        .await?;
+                    answers.slots[i] = out.pop();
+                }
+            }
+        }
+        trace::child(
+            request.trace,
+            "single_flight.wait",
+            following,
+            || {
+                vec![KeyValue::new(
+                    "inferd.single_flight.followed",
+                    followed as i64,
+                )]
+            },
+            Vec::new(),
+        );
+        Ok(())
     }
 
     /// Starts one batcher per model version of `repo`; the deployment hands
@@ -381,6 +390,95 @@ impl Pipeline {
         }
         Ok(predictions)
     }
+}
+
+/// Per instance: its prediction once known, and whether the cache had it.
+struct Answers {
+    slots: Vec<Option<Prediction>>,
+    cached: Vec<bool>,
+}
+
+/// The flights a request follows: the instance and the leader's channel.
+type Follows = Vec<(
+    usize,
+    tokio::sync::watch::Receiver<Option<super::coalesce::Outcome>>,
+)>;
+
+/// What every model call of one request shares.
+struct Request<'a, 't> {
+    target: &'a Target,
+    deadline: Instant,
+    trace: TraceRef,
+    timings: &'t mut Timings,
+}
+
+/// Looks every instance up, locally then in the shared store.
+async fn lookup(
+    cache: &Cache,
+    name: &str,
+    version: &str,
+    keys: &[Key],
+    trace: TraceRef,
+) -> Answers {
+    let n = keys.len();
+    let mut answers = Answers {
+        slots: vec![None; n],
+        cached: vec![false; n],
+    };
+    let looking = trace::start(trace);
+    for (i, hit) in cache
+        .get_many(name, version, keys)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(p) = hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
+            answers.slots[i] = Some(p);
+            answers.cached[i] = true;
+        }
+    }
+    trace::child(
+        trace,
+        "cache.lookup",
+        looking,
+        || {
+            let hits = answers.cached.iter().filter(|c| **c).count();
+            vec![
+                KeyValue::new("inferd.cache.hits", hits as i64),
+                KeyValue::new("inferd.cache.misses", (n - hits) as i64),
+                KeyValue::new("inferd.cache.remote", cache.has_remote()),
+            ]
+        },
+        Vec::new(),
+    );
+    answers
+}
+
+/// A flight may have finished between the lookup and the join: its result is
+/// in the local store now (leaders write it there before retiring). Those
+/// flights are completed from it; the rest still lead.
+async fn recheck(
+    cache: &Cache,
+    leads: Vec<(usize, Lead)>,
+    answers: &mut Answers,
+) -> Vec<(usize, Lead)> {
+    if leads.is_empty() {
+        return leads;
+    }
+    let lead_keys: Vec<Key> = leads.iter().map(|(_, l)| *l.key()).collect();
+    let again = cache.peek_many(&lead_keys).await;
+    let mut still = Vec::with_capacity(leads.len());
+    for ((i, lead), hit) in leads.into_iter().zip(again) {
+        match hit.and_then(|b| serde_json::from_slice::<Prediction>(&b).ok()) {
+            Some(p) => {
+                lead.complete(Ok(p.clone()));
+                answers.slots[i] = Some(p);
+                answers.cached[i] = true;
+            }
+            None => still.push((i, lead)),
+        }
+    }
+    still
 }
 
 #[cfg(test)]

@@ -13,19 +13,27 @@ use tonic::{Code, Status};
 use crate::error::ApiError;
 use inferd_core::CoreError;
 
-/// The gRPC code for an HTTP status.
-pub(crate) fn code(status: StatusCode) -> Code {
-    match status.as_u16() {
-        400 | 413 | 415 | 422 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        408 | 504 => Code::DeadlineExceeded,
-        409 => Code::Aborted,
-        429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        500 => Code::Internal,
-        _ => Code::Unknown,
+/// The gRPC code for an error, variant by variant: a new variant does not
+/// compile until it has its code.
+pub(crate) fn code(e: &ApiError) -> Code {
+    match e {
+        ApiError::Core(core) => match core {
+            CoreError::ModelNotFound(_) | CoreError::VersionNotFound(..) => Code::NotFound,
+            CoreError::Invalid { .. } | CoreError::LoadFailed(_) => Code::InvalidArgument,
+            CoreError::QueueFull(_) => Code::ResourceExhausted,
+            CoreError::NotReady | CoreError::Draining => Code::Unavailable,
+            CoreError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CoreError::Backend(_) | CoreError::Internal(_) => Code::Internal,
+            CoreError::ModelBusy(_) => Code::Aborted,
+        },
+        ApiError::MalformedJson(_)
+        | ApiError::UnsupportedMediaType(_)
+        | ApiError::PayloadTooLarge(_) => Code::InvalidArgument,
+        ApiError::BodyTimeout(_) => Code::DeadlineExceeded,
+        ApiError::RouteNotFound(_) => Code::NotFound,
+        ApiError::MethodNotAllowed => Code::Unimplemented,
+        ApiError::Unauthorized(_) => Code::Unauthenticated,
+        ApiError::Forbidden(_) => Code::PermissionDenied,
     }
 }
 
@@ -45,8 +53,8 @@ pub(crate) fn status(e: &ApiError) -> Status {
         (ApiError::Core(CoreError::Invalid { message, .. }), Some(f)) => format!("{f}: {message}"),
         _ => e.to_string(),
     };
-    let mut s = Status::new(code(e.status()), message);
-    if matches!(e.status().as_u16(), 429 | 503) {
+    let mut s = Status::new(code(e), message);
+    if e.core().is_some_and(CoreError::retryable) {
         s.metadata_mut()
             .insert("retry-after", MetadataValue::from_static("1"));
     }
@@ -92,5 +100,50 @@ mod tests {
             http_status(&ApiError::Core(CoreError::invalid("x", "y"))),
             400
         );
+    }
+
+    /// Each error's gRPC code agrees with the HTTP status it is counted
+    /// under, so one alert on either covers both protocols.
+    #[test]
+    fn codes_agree_with_the_http_statuses() {
+        let every = [
+            ApiError::Core(CoreError::ModelNotFound("m".into())),
+            ApiError::Core(CoreError::VersionNotFound("m".into(), "9".into())),
+            ApiError::Core(CoreError::invalid("x", "y")),
+            ApiError::Core(CoreError::QueueFull(1)),
+            ApiError::Core(CoreError::NotReady),
+            ApiError::Core(CoreError::Draining),
+            ApiError::Core(CoreError::DeadlineExceeded(10)),
+            ApiError::Core(CoreError::Backend(
+                inferd_core::backend::BackendError::PoolClosed,
+            )),
+            ApiError::Core(CoreError::ModelBusy("m".into())),
+            ApiError::Core(CoreError::LoadFailed("bad".into())),
+            ApiError::Core(CoreError::Internal("bug")),
+            ApiError::MalformedJson("x".into()),
+            ApiError::UnsupportedMediaType("x".into()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::BodyTimeout(1),
+            ApiError::RouteNotFound("/x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::Unauthorized("no key"),
+            ApiError::Forbidden("admin only"),
+        ];
+        for e in every {
+            let want = match e.status().as_u16() {
+                400 | 413 | 415 | 422 => Code::InvalidArgument,
+                401 => Code::Unauthenticated,
+                403 => Code::PermissionDenied,
+                404 => Code::NotFound,
+                405 => Code::Unimplemented,
+                408 | 504 => Code::DeadlineExceeded,
+                409 => Code::Aborted,
+                429 => Code::ResourceExhausted,
+                500 => Code::Internal,
+                503 => Code::Unavailable,
+                other => panic!("{e}: no gRPC code for HTTP {other}"),
+            };
+            assert_eq!(code(&e), want, "{e}");
+        }
     }
 }

@@ -47,16 +47,44 @@ fn flag(params: &Option<Map<String, Value>>, key: &str) -> Result<bool, ApiError
     }
 }
 
-/// The request's one input tensor as instances for `Task::decode`.
+/// The request's one input tensor as instances for `Task::decode`: the
+/// input checked against the model's (`the_input`, `element_count`), its
+/// values taken from JSON or from the binary tail (`binary_part`, `codec`),
+/// and cut into the task's instances (`split_instances`).
 pub(crate) fn instances(
     model: &Model,
     inputs: Vec<InferInput>,
-    mut tail: Bytes,
+    tail: Bytes,
     max_instances: usize,
 ) -> Result<Vec<Value>, ApiError> {
+    let mut input = the_input(model, inputs)?;
+    let field = format!("input `{}`", input.name);
+    let count = element_count(model, &input, &field, max_instances)?;
+    let binary = binary_part(&input, tail, &field)?;
+    let decoded = match (binary, input.data.take()) {
+        (Some(raw), _) => codec::decode(&input.datatype, &raw, count),
+        (None, Some(data)) => codec::flatten(data, count),
+        (None, None) => Err("has neither `data` nor a `binary_data_size` parameter".into()),
+    };
+    let flat = decoded.map_err(|m| ApiError::invalid(&field, m))?;
+    if flat.len() != count {
+        return Err(ApiError::invalid(
+            &field,
+            format!(
+                "shape {:?} needs {count} elements, got {}",
+                input.shape,
+                flat.len()
+            ),
+        ));
+    }
+    Ok(split_instances(&model.task, flat))
+}
+
+/// The request's only input, named as the model's.
+fn the_input(model: &Model, inputs: Vec<InferInput>) -> Result<InferInput, ApiError> {
     let spec = &model.manifest.inputs[0];
     let got = inputs.len();
-    let Ok([mut input]) = <[InferInput; 1]>::try_from(inputs) else {
+    let Ok([input]) = <[InferInput; 1]>::try_from(inputs) else {
         return Err(ApiError::invalid(
             "inputs",
             format!(
@@ -65,7 +93,6 @@ pub(crate) fn instances(
             ),
         ));
     };
-    let field = format!("input `{}`", input.name);
     if input.name != spec.name {
         return Err(ApiError::invalid(
             "inputs[0].name",
@@ -75,13 +102,24 @@ pub(crate) fn instances(
             ),
         ));
     }
+    Ok(input)
+}
+
+/// How many elements the input holds, once its instance count, datatype and
+/// shape are checked against the task.
+fn element_count(
+    model: &Model,
+    input: &InferInput,
+    field: &str,
+    max_instances: usize,
+) -> Result<usize, ApiError> {
     let n = *input
         .shape
         .first()
-        .ok_or_else(|| ApiError::invalid(&field, "shape is empty"))? as usize;
+        .ok_or_else(|| ApiError::invalid(field, "shape is empty"))? as usize;
     if n > max_instances {
         return Err(ApiError::invalid(
-            &field,
+            field,
             format!(
                 "at most {max_instances} instances per request (INFERD_MAX_INSTANCES), got {n}"
             ),
@@ -99,7 +137,7 @@ pub(crate) fn instances(
     };
     if !types.contains(&input.datatype.as_str()) {
         return Err(ApiError::invalid(
-            &field,
+            field,
             format!(
                 "expected datatype {}, got {}",
                 types.join(" or "),
@@ -113,7 +151,7 @@ pub(crate) fn instances(
         let mut want = vec!["N".to_string()];
         want.extend(row_shape.iter().map(|d| d.to_string()));
         return Err(ApiError::invalid(
-            &field,
+            field,
             format!(
                 "expected shape [{}], got {:?}",
                 want.join(", "),
@@ -122,7 +160,16 @@ pub(crate) fn instances(
         ));
     }
     let per_row: usize = row_shape.iter().product::<u64>().max(1) as usize;
-    let count = n * per_row;
+    Ok(n * per_row)
+}
+
+/// The input's bytes in the binary tail, when its parameters say it has
+/// some; every byte of the tail must belong to it.
+fn binary_part(
+    input: &InferInput,
+    mut tail: Bytes,
+    field: &str,
+) -> Result<Option<Bytes>, ApiError> {
     let binary = match input
         .parameters
         .as_ref()
@@ -131,11 +178,11 @@ pub(crate) fn instances(
         None => None,
         Some(size) => {
             let size = size.as_u64().ok_or_else(|| {
-                ApiError::invalid(&field, "parameters.binary_data_size must be a byte count")
+                ApiError::invalid(field, "parameters.binary_data_size must be a byte count")
             })? as usize;
             if size > tail.len() {
                 return Err(ApiError::invalid(
-                    &field,
+                    field,
                     format!(
                         "binary_data_size is {size} but only {} bytes follow the header",
                         tail.len()
@@ -154,23 +201,13 @@ pub(crate) fn instances(
             ),
         ));
     }
-    let decoded = match (binary, input.data.take()) {
-        (Some(raw), _) => codec::decode(&input.datatype, &raw, count),
-        (None, Some(data)) => codec::flatten(data, count),
-        (None, None) => Err("has neither `data` nor a `binary_data_size` parameter".into()),
-    };
-    let flat = decoded.map_err(|m| ApiError::invalid(&field, m))?;
-    if flat.len() != count {
-        return Err(ApiError::invalid(
-            &field,
-            format!(
-                "shape {:?} needs {count} elements, got {}",
-                input.shape,
-                flat.len()
-            ),
-        ));
-    }
-    Ok(match &model.task {
+    Ok(binary)
+}
+
+/// A flat list of values as the task's instances: one per text, or windows
+/// of rows.
+fn split_instances(task: &Task, flat: Vec<Value>) -> Vec<Value> {
+    match task {
         Task::TextClassification { .. } => flat,
         Task::Forecast {
             window, features, ..
@@ -186,7 +223,7 @@ pub(crate) fn instances(
                 })
                 .collect()
         }
-    })
+    }
 }
 
 /// Validates the requested outputs against the model's.

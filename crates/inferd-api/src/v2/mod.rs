@@ -10,6 +10,7 @@
 //! and readiness routes and the router. `repository` is Triton's model
 //! repository extension (index, load, unload).
 
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub mod codec;
 pub(crate) mod error;
 pub(crate) mod infer;

@@ -53,6 +53,7 @@ pub(crate) struct ModelMetadata {
 // description in the OpenAPI document.)
 #[allow(missing_docs)]
 #[derive(Debug, Deserialize, ToSchema)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
@@ -69,6 +70,7 @@ pub struct InferRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub struct InferInput {
     #[schema(example = "text")]
     pub name: String,
@@ -87,6 +89,7 @@ pub struct InferInput {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub struct RequestedOutput {
     pub name: String,
     /// `binary_data: true` returns this output in binary.
@@ -127,6 +130,7 @@ pub(crate) struct OutputParameters {
 #[allow(missing_docs)]
 #[derive(Clone, Serialize, ToSchema)]
 #[serde(untagged)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))] // exported by `testing`
 pub enum TensorData {
     Fp32(Vec<f32>),
     Int64(Vec<i64>),

@@ -85,6 +85,33 @@ pub struct Outcome {
     pub swapped: bool,
 }
 
+/// What `plan` decided for one model.
+enum Planned {
+    /// Its directory is gone while versions serve (polling): retire them.
+    Retire,
+    /// Load and retire what `Plan` says.
+    Load(Plan),
+}
+
+/// A load's plan: the model's directory and policy against what serves.
+struct Plan {
+    on_disk: BTreeMap<u64, disk::VersionDir>,
+    current: BTreeMap<u64, Arc<Model>>,
+    policy: Policy,
+    /// The call gave the policy (a load call's policy is remembered).
+    given: bool,
+    wanted: BTreeSet<u64>,
+    to_load: Vec<u64>,
+}
+
+/// What readying produced: the versions to serve, those newly loaded (with
+/// their files' fingerprint) and why others were refused.
+struct Readied {
+    keep: BTreeMap<u64, Arc<Model>>,
+    loaded: Vec<(u64, Fingerprint)>,
+    failures: Vec<String>,
+}
+
 /// Who asked: polling skips what an operator unloaded, and does not retry a
 /// version that failed until its files change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,14 +361,38 @@ impl ModelControl {
             .unwrap_or_default()
     }
 
+    /// Brings `name` in line with its policy in three steps: `plan` (what
+    /// disk holds, what the policy selects, what needs readying), `ready`
+    /// (verify, warm up and gate each, one at a time) and `commit` (one swap,
+    /// then the states, metrics and the log).
     async fn apply(
         &self,
         name: &str,
         policy: Option<Policy>,
         trigger: Trigger,
     ) -> Result<Outcome, CoreError> {
-        let _busy = self.claim(name)?;
+        let busy = self.claim(name)?;
         let started = Instant::now();
+        let plan = match self.plan(name, policy, trigger).await? {
+            Planned::Load(plan) => plan,
+            Planned::Retire => {
+                drop(busy);
+                return self
+                    .retire(name, trigger, "its directory was removed")
+                    .await;
+            }
+        };
+        let readied = self.ready(name, &plan).await;
+        self.commit(name, plan, readied, trigger, started)
+    }
+
+    /// Reads the model's directory and policy and decides what to load.
+    async fn plan(
+        &self,
+        name: &str,
+        policy: Option<Policy>,
+        trigger: Trigger,
+    ) -> Result<Planned, CoreError> {
         let model_dir = self.settings.root.join(name);
         let scan_dir = model_dir.clone();
         let (on_disk, file_policy) =
@@ -352,80 +403,105 @@ impl ModelControl {
         let current = self.serving(name);
         let Some(on_disk) = on_disk else {
             if trigger == Trigger::Poll && !current.is_empty() {
-                drop(_busy);
-                return self
-                    .retire(name, trigger, "its directory was removed")
-                    .await;
+                return Ok(Planned::Retire);
             }
             return Err(CoreError::ModelNotFound(name.to_string()));
         };
-        let policy_was_given = policy.is_some();
+        let given = policy.is_some();
         let remembered = lock(&self.table).get(name).and_then(|e| e.policy.clone());
-        let policy = match (policy.clone(), remembered) {
+        let policy = match (policy, remembered) {
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => file_policy
                 .map_err(CoreError::LoadFailed)?
                 .unwrap_or_default(),
         };
-        // Polling leaves out versions that failed and have not changed since,
-        // so that `latest` picks among versions that can serve.
-        let candidates: BTreeSet<u64> = {
-            let table = lock(&self.table);
-            let known = table.get(name);
-            on_disk
-                .iter()
-                .filter(|(v, dir)| {
-                    trigger == Trigger::Api
-                        || !known.and_then(|e| e.versions.get(v)).is_some_and(|s| {
-                            s.state == State::Unavailable
-                                && s.fingerprint.as_ref() == Some(&dir.fingerprint)
-                        })
-                })
-                .map(|(v, _)| *v)
-                .collect()
-        };
-        let wanted = policy.select(&candidates);
+        let wanted = policy.select(&self.candidates(name, &on_disk, trigger));
         if wanted.is_empty() && trigger == Trigger::Api {
             return Err(CoreError::LoadFailed(format!(
                 "{name}: no version directory the policy selects (a version needs <version>/{})",
                 disk::MANIFEST
             )));
         }
+        let to_load = self.to_load(name, &on_disk, &current, &wanted, trigger);
+        Ok(Planned::Load(Plan {
+            on_disk,
+            current,
+            policy,
+            given,
+            wanted,
+            to_load,
+        }))
+    }
 
-        // What needs readying: new versions, and served ones whose files
-        // changed. Polling does not retry files that already failed.
-        let to_load: Vec<u64> = {
-            let table = lock(&self.table);
-            let known = table.get(name);
-            wanted
-                .iter()
-                .copied()
-                .filter(|v| {
-                    let fp = &on_disk[v].fingerprint;
-                    let status = known.and_then(|e| e.versions.get(v));
-                    let same_files = status.and_then(|s| s.fingerprint.as_ref()) == Some(fp);
-                    let failed = status.is_some_and(|s| s.state == State::Unavailable);
-                    if current.contains_key(v) {
-                        !same_files
-                    } else {
-                        !(trigger == Trigger::Poll && failed && same_files)
-                    }
-                })
-                .collect()
-        };
-        for v in &to_load {
+    /// The versions the policy may choose from. Polling leaves out versions
+    /// that failed and have not changed since, so that `latest` picks among
+    /// versions that can serve.
+    fn candidates(
+        &self,
+        name: &str,
+        on_disk: &BTreeMap<u64, disk::VersionDir>,
+        trigger: Trigger,
+    ) -> BTreeSet<u64> {
+        let table = lock(&self.table);
+        let known = table.get(name);
+        on_disk
+            .iter()
+            .filter(|(v, dir)| {
+                trigger == Trigger::Api
+                    || !known.and_then(|e| e.versions.get(v)).is_some_and(|s| {
+                        s.state == State::Unavailable
+                            && s.fingerprint.as_ref() == Some(&dir.fingerprint)
+                    })
+            })
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// What needs readying: new versions, and served ones whose files changed.
+    /// Polling does not retry files that already failed.
+    fn to_load(
+        &self,
+        name: &str,
+        on_disk: &BTreeMap<u64, disk::VersionDir>,
+        current: &BTreeMap<u64, Arc<Model>>,
+        wanted: &BTreeSet<u64>,
+        trigger: Trigger,
+    ) -> Vec<u64> {
+        let table = lock(&self.table);
+        let known = table.get(name);
+        wanted
+            .iter()
+            .copied()
+            .filter(|v| {
+                let fp = &on_disk[v].fingerprint;
+                let status = known.and_then(|e| e.versions.get(v));
+                let same_files = status.and_then(|s| s.fingerprint.as_ref()) == Some(fp);
+                let failed = status.is_some_and(|s| s.state == State::Unavailable);
+                if current.contains_key(v) {
+                    !same_files
+                } else {
+                    !(trigger == Trigger::Poll && failed && same_files)
+                }
+            })
+            .collect()
+    }
+
+    /// Readies each version of `plan.to_load`, one at a time across the
+    /// server, beside the versions that keep serving.
+    async fn ready(&self, name: &str, plan: &Plan) -> Readied {
+        for v in &plan.to_load {
             self.set_status(name, *v, State::Loading, "loading", None);
         }
-
-        let mut keep: BTreeMap<u64, Arc<Model>> = current
+        let mut keep: BTreeMap<u64, Arc<Model>> = plan
+            .current
             .iter()
-            .filter(|(v, _)| wanted.contains(v))
+            .filter(|(v, _)| plan.wanted.contains(v))
             .map(|(v, m)| (*v, m.clone()))
             .collect();
         let mut loaded = Vec::new();
         let mut failures = Vec::new();
-        for v in to_load {
-            let dir = &on_disk[&v];
+        for v in &plan.to_load {
+            let dir = &plan.on_disk[v];
             let result = {
                 let _one_at_a_time = self.loading.acquire().await;
                 disk::prepare_in_background(
@@ -438,35 +514,51 @@ impl ModelControl {
             match result {
                 Ok((model, report)) => {
                     log_ready(&model, report.as_ref());
-                    self.count_load(name, v, "ok");
-                    keep.insert(v, Arc::new(model));
-                    loaded.push((v, dir.fingerprint.clone()));
+                    self.count_load(name, *v, "ok");
+                    keep.insert(*v, Arc::new(model));
+                    loaded.push((*v, dir.fingerprint.clone()));
                 }
                 Err(f) => {
-                    self.refused(
-                        name,
-                        v,
-                        &f,
-                        dir.fingerprint.clone(),
-                        current.contains_key(&v),
-                    );
+                    let serving = plan.current.contains_key(v);
+                    self.refused(name, *v, &f, dir.fingerprint.clone(), serving);
                     failures.push(format!("{name} version {v}: {f}"));
                 }
             }
         }
-
         // A refused version retires nothing: under `latest`, a bad new version
         // would otherwise push out a good old one and serve nothing in its place.
         if !failures.is_empty() {
-            for (v, m) in &current {
+            for (v, m) in &plan.current {
                 keep.entry(*v).or_insert_with(|| m.clone());
             }
         }
+        Readied {
+            keep,
+            loaded,
+            failures,
+        }
+    }
+
+    /// Swaps the readied versions in (and the retired ones out) at once, then
+    /// records the outcome.
+    fn commit(
+        &self,
+        name: &str,
+        plan: Plan,
+        readied: Readied,
+        trigger: Trigger,
+        started: Instant,
+    ) -> Result<Outcome, CoreError> {
+        let Readied {
+            keep,
+            loaded,
+            mut failures,
+        } = readied;
         let serving: BTreeSet<u64> = keep.keys().copied().collect();
         let routing = if serving.is_empty() {
             None
         } else {
-            match policy.routing(&serving) {
+            match plan.policy.routing(&serving) {
                 Ok(r) => Some(r),
                 Err(m) => {
                     for (v, fp) in &loaded {
@@ -478,7 +570,8 @@ impl ModelControl {
                 }
             }
         };
-        let unloaded: Vec<u64> = current
+        let unloaded: Vec<u64> = plan
+            .current
             .keys()
             .filter(|v| !serving.contains(v))
             .copied()
@@ -497,7 +590,7 @@ impl ModelControl {
             self.set_info(&keep[v], true);
         }
         for v in &unloaded {
-            self.set_info(&current[v], false);
+            self.set_info(&plan.current[v], false);
             self.metrics.model_unloads.with_label_values(&[name]).inc();
             let why = "unloaded: not selected by the version policy";
             self.set_status(name, *v, State::Unavailable, why, None);
@@ -507,8 +600,8 @@ impl ModelControl {
             let e = table.entry(name.to_string()).or_default();
             e.unloaded = false;
             // A load call's policy is remembered; polling re-reads the file.
-            if trigger == Trigger::Api && policy_was_given {
-                e.policy = Some(policy);
+            if trigger == Trigger::Api && plan.given {
+                e.policy = Some(plan.policy);
             }
         }
         if swapped {
