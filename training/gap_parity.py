@@ -2,7 +2,7 @@
 
 `train_lstm.py` fills the 59 missing weeks of the statsmodels co2 series with
 `Series.interpolate(method="linear")` over the whole series, then cuts windows of
-T weeks. The server fills a window on its own (`src/core/preprocess/series.rs`),
+T weeks. The server fills a window on its own (`crates/inferd-core/src/preprocess/series.rs`),
 so it can only reproduce training where a gap is bracketed by known readings
 inside the window. This script writes, for every window of the model's length
 that contains at least one real gap:

@@ -174,7 +174,7 @@ INPUT_V1 = """- **Input**: one string per instance: the message's subject, a bla
 INPUT_V2 = """- **Input**: one email message per instance, raw RFC 822 source (headers, MIME parts, any
   transfer encoding and charset) or plain `subject\\n\\nbody` text, at most 1,048,576 bytes. The
   server prepares it exactly as training did, with one implementation (`[text] preprocess =
-  "email"`, `src/core/preprocess/email.rs`; training called it through `inferd preprocess email`):
+  "email"`, `crates/inferd-core/src/preprocess/email.rs`; training called it through `inferd preprocess email`):
   subject, then the text of every text/plain and text/html part (tags stripped, entities
   decoded), whitespace collapsed, NULs removed, cut to 4,000 characters. Tokenisation
   (lower-casing, regex `[a-zA-Z0-9][a-zA-Z0-9'$]+`) runs inside the ONNX graph.

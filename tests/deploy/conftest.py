@@ -39,11 +39,21 @@ def inferd_bin() -> Path:
     return b
 
 
+# Where each layer defines the metrics it registers into the server's one
+# registry (the span exporter's process-wide counters included).
+METRIC_SOURCES = (
+    "crates/inferd-core/src/metrics.rs",
+    "crates/inferd-api/src/state.rs",
+    "crates/inferd-predlog/src/metrics.rs",
+    "crates/inferd-telemetry/src/trace.rs",
+    "src/listen.rs",
+)
+
+
 def exported_metrics() -> set[str]:
-    """Metric families the server defines (src/metrics.rs, and the span
-    exporter's process-wide counters it registers from src/telemetry/trace.rs),
-    the names dashboards and alerts may use."""
-    src = "".join((ROOT / f).read_text() for f in ("src/metrics.rs", "src/telemetry/trace.rs"))
+    """Metric families the server defines, the names dashboards and alerts
+    may use."""
+    src = "".join((ROOT / f).read_text() for f in METRIC_SOURCES)
     return set(re.findall(r'"(inferd_[a-z0-9_]+)"', src))
 
 

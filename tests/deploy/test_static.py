@@ -401,13 +401,13 @@ def test_dashboard_and_alerts_use_exported_metrics():
     used = {family(n) for e in exprs for n in re.findall(r"inferd_[a-z0-9_]+", e)}
     assert used and used <= known, used - known
     # process_*: the prometheus crate's process collector, registered in
-    # src/metrics.rs (tests/connections.rs reads them from a live server).
+    # src/server.rs (tests/connections.rs reads them from a live server).
     process = {"process_cpu_seconds_total", "process_open_fds", "process_max_fds",
                "process_resident_memory_bytes", "process_virtual_memory_bytes",
                "process_threads", "process_start_time_seconds"}
     used_process = {n for e in exprs for n in re.findall(r"\bprocess_[a-z0-9_]+", e)}
     assert used_process and used_process <= process, used_process - process
-    assert "ProcessCollector::for_self()" in (ROOT / "src/metrics.rs").read_text()
+    assert "ProcessCollector::for_self()" in (ROOT / "src/server.rs").read_text()
     titles = " ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "p99", "errors", "queue depth", "in flight", "batch size",
                   "cache hit rate", "log writer", "model versions by state",
