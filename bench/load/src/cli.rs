@@ -90,8 +90,10 @@ pub struct BenchConfig {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write an SVG plot (latency over time, latency histogram) here.
-    #[arg(long)]
+    /// Write a plot here: PNG for `.png`, SVG for `.svg` (latency over time on
+    /// a log axis, 2xx, refusals and errors per second over time, the latency
+    /// distribution). Another extension is refused before the run.
+    #[arg(long, value_parser = plot_path)]
     pub plot: Option<PathBuf>,
     /// No progress bar (for logs and CI).
     #[arg(long)]
@@ -146,6 +148,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("not a duration: {s}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--plot`: a path whose extension names a format the plot can write.
+fn plot_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    crate::plot::Format::of(&path).map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub struct Report {
     pub send_lag_ms: Option<Latency>,
     /// Per 100 ms window: [seconds since start, requests, p50 ms, p99 ms].
     pub timeline: Vec<[f64; 4]>,
+    /// Per 100 ms window, as rates: [seconds since start, 2xx/s, refusals/s
+    /// (429 and 503), other errors/s], by the window the request started in.
+    pub answers_per_s: Vec<[f64; 4]>,
     /// Latency distribution: [bucket upper bound ms, requests], 40 equal buckets
     /// up to p99.9 (slower requests are in the last bucket).
     pub distribution: Vec<[f64; 2]>,
@@ -110,6 +113,8 @@ pub struct Samples {
     hist: Histogram<u64>,
     /// The same, per `WINDOW_MS` window since measuring began.
     windows: BTreeMap<u64, Histogram<u64>>,
+    /// Per window: 2xx, refused (429, 503) and other answers.
+    window_outcomes: BTreeMap<u64, [u64; 3]>,
     /// Requests by HTTP status, or `timeout` / `connect_error`.
     statuses: BTreeMap<String, u64>,
     /// Latency per status: under overload, how fast refusals come back and how
@@ -152,6 +157,7 @@ impl Samples {
         Samples {
             hist: new_hist(),
             windows: BTreeMap::new(),
+            window_outcomes: BTreeMap::new(),
             statuses: BTreeMap::new(),
             by_status: BTreeMap::new(),
             less_queue: new_hist(),
@@ -214,6 +220,12 @@ impl Samples {
             .entry(status.clone())
             .or_insert_with(new_hist)
             .record(latency_us);
+        let outcome = match status.as_str() {
+            s if s.starts_with('2') => 0,
+            "429" | "503" | "ResourceExhausted" | "Unavailable" => 1,
+            _ => 2,
+        };
+        self.window_outcomes.entry(window).or_insert([0; 3])[outcome] += 1;
         *self.statuses.entry(status).or_insert(0) += 1;
     }
 }
@@ -347,6 +359,19 @@ pub fn summarize(
             .then(|| latency_of(&samples.less_queue)),
         send_lag_ms: (!samples.lag.is_empty()).then(|| latency_of(&samples.lag)),
         timeline,
+        answers_per_s: samples
+            .window_outcomes
+            .iter()
+            .map(|(w, [ok, refused, other])| {
+                let per_s = 1e3 / WINDOW_MS as f64;
+                [
+                    (*w * WINDOW_MS) as f64 / 1e3,
+                    *ok as f64 * per_s,
+                    *refused as f64 * per_s,
+                    *other as f64 * per_s,
+                ]
+            })
+            .collect(),
         distribution: distribution(hist),
         steps,
         targets,
