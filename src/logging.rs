@@ -7,11 +7,15 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 use crate::config::LogFormat;
 
 /// Installs the process's log subscriber; a second call is harmless (tests).
+/// Text lines are coloured only on a terminal: written to a file or a pipe,
+/// escape sequences would travel into log shippers and `grep`.
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    let ansi = std::io::stdout().is_terminal();
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi)).try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true))
             .try_init(),

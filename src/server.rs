@@ -40,12 +40,24 @@ fn build_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> anyhow::Result<O
     Ok(match config.cache.choice() {
         CacheChoice::Off => None,
         CacheChoice::Redis { settings, ttl } => {
-            let store = inferd_cache_redis::RedisStore::new(settings)?;
-            Some(Arc::new(Cache::shared(
-                Arc::new(store),
-                ttl,
-                metrics.clone(),
-            )))
+            let url = crate::config::redact_url(&settings.url);
+            let store = Arc::new(inferd_cache_redis::RedisStore::new(settings)?);
+            // Said at start-up, once: the service starts either way and the
+            // cache fails open, so an operator would otherwise learn of a
+            // wrong URL only from the error counters.
+            let probe = store.clone();
+            tokio::spawn(async move {
+                match probe.ping().await {
+                    Ok(()) => tracing::info!(url = %url, "Redis reachable"),
+                    Err(e) => tracing::warn!(
+                        url = %url,
+                        error = %e,
+                        "Redis not reachable at start-up: predictions are served from the \
+                         model, uncached, until it is"
+                    ),
+                }
+            });
+            Some(Arc::new(Cache::shared(store, ttl, metrics.clone())))
         }
         CacheChoice::Memory { max_bytes, ttl } => {
             Some(Arc::new(Cache::memory(max_bytes, ttl, metrics.clone())))
@@ -289,8 +301,9 @@ pub async fn run_with_listeners(
                 poll_secs = config.models.model_poll_secs,
                 "model control"
             );
+            let serving = serving_summary(&loaded.repo);
             if control.deploy_initial(loaded.repo, loaded.routing) == Phase::Serving {
-                tracing::info!("ready");
+                tracing::info!(models = %serving, "ready");
             }
             if config.models.model_poll_secs > 0 {
                 control.spawn_poller(Duration::from_secs(config.models.model_poll_secs));
@@ -355,6 +368,18 @@ async fn serve_until_drained(
         }
         res = &mut *server => res.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?.map_err(Into::into),
     }
+}
+
+/// `name 1,2; other 1`: every model and its serving versions, for the log.
+fn serving_summary(repo: &Repository) -> String {
+    repo.models
+        .iter()
+        .map(|(name, versions)| {
+            let vs: Vec<String> = versions.keys().map(u64::to_string).collect();
+            format!("{name} {}", vs.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// How long dropping the connections left at the end of the grace may take:

@@ -12,10 +12,12 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "inferd",
-        description = "Model-inference server for ONNX models. Two protocols reach the same models \
-            through one pipeline (admission, cache, dynamic batching, prediction log): inferd's own \
-            JSON API (`/predict`, `/v1/...`) and the KServe v2 / Open Inference Protocol (`/v2/...`), \
-            with Triton's binary tensor extension. When `INFERD_API_KEYS` is set, the routes marked \
+        description = "Model-inference server: ONNX models through ONNX Runtime, and TorchScript \
+            models through libtorch in builds with the `torch` feature. Its front doors reach the same \
+            models through one pipeline (admission, cache, dynamic batching, prediction log): inferd's \
+            own JSON API (`/predict`, `/v1/...`) and the KServe v2 / Open Inference Protocol over REST \
+            (`/v2/...`, with Triton's binary tensor extension), both described here, and over gRPC on \
+            a port of its own. When `INFERD_API_KEYS` is set, the routes marked \
             with the `bearer` scheme need `Authorization: Bearer <key>`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -24,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         (name = "kserve-v2", description = "KServe v2 / Open Inference Protocol (REST)"),
         (name = "health", description = "Probes, metrics and this document"),
     ),
+    components(schemas(crate::v1::PredictionSchema)),
     modifiers(&Bearer),
 )]
 pub(crate) struct ApiDoc;

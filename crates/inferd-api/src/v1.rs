@@ -65,13 +65,15 @@ pub(crate) struct PredictResponse<'a> {
     pub filled: Option<&'a [usize]>,
 }
 
-/// The shape of `inferd_core::task::Prediction` in the API document: the core
-/// knows no OpenAPI, so its wire shape is described here, under its name.
+// `inferd_core::task::Prediction` in the API document, under its name: the
+// core knows no OpenAPI, so its wire shape is described here.
+/// One prediction: a classifier's most probable label with every label's
+/// probability, or a forecaster's next value of each target.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 #[schema(as = Prediction)]
 #[allow(dead_code)] // only its description is used
-enum PredictionSchema {
+pub(crate) enum PredictionSchema {
     /// Classifiers: the most probable label, and every label's probability.
     Label {
         label: String,

@@ -69,6 +69,26 @@ impl RedisStore {
         })
     }
 
+    /// One `PING` within the call timeout: for the start-up report, not the
+    /// request path (the breaker does not count it).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(500)),
+            cmd.query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(StoreError::Failed {
+                store: "redis",
+                message: e.to_string(),
+            }),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
     async fn guarded<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,

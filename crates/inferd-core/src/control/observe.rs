@@ -103,6 +103,7 @@ impl ModelControl {
                 }
             }
         }
+        self.metrics.model_polls.inc();
     }
 
     pub(super) fn refused(
@@ -119,9 +120,11 @@ impl ModelControl {
             .with_label_values(&[name, &vs, f.stage.name()])
             .inc();
         if f.stage == Stage::Unsupported {
-            // Expected in a build without that runtime: not an error.
+            // Expected in a build without that runtime (the default build and
+            // the TorchScript twin it ships): nothing for an operator to do,
+            // and the index and metrics show it.
             self.count_load(name, v, "unsupported");
-            tracing::warn!(model = name, version = v, reason = %f.message, "model version unavailable in this build");
+            tracing::info!(model = name, version = v, reason = %f.message, "model version unavailable in this build");
         } else {
             self.count_load(name, v, "failed");
             tracing::error!(model = name, version = v, stage = f.stage.name(), reason = %f.message, "model version refused");
