@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so.1.31.1
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: run test build ort models models-install bench lint stack-up stack-down
+.PHONY: run test check fuzz docs build ort models models-install lint stack-up stack-down
 
 ## Serve both models on :8080 with embedded defaults.
 run: ort
@@ -12,6 +12,21 @@ run: ort
 ## Everything the suite needs, then the suite (see scripts/test.sh).
 test:
 	./scripts/test.sh
+
+## The quick tier, for the edit-compile-test loop: formatting, lints, the docs
+## checks that need no server, and every test that needs no release build and
+## no outside service (see scripts/check.sh).
+check: ort
+	./scripts/check.sh
+
+## The property tests with fresh seeds and more cases (each failure prints its
+## seed); `make test` runs them with one fixed seed.
+fuzz: ort
+	./scripts/fuzz.sh
+
+## The book, where mdBook is installed (cargo install mdbook --locked).
+docs:
+	mdbook build docs
 
 build: ort
 	cargo build --release
@@ -36,6 +51,7 @@ models-install:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	./scripts/check-layers.sh
 
 ## The docker-compose topology on loopback: nginx + 3 workers + Redis + PostgreSQL.
 stack-up: build

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::gate::{held, Gate};
 use common::{config, copy_dir, root, TestServer};
 use inferd::config::ModelControlMode;
 use serde_json::{json, Value};
@@ -202,7 +203,12 @@ async fn unloading_lets_requests_in_flight_finish() {
     let mut c = open_control(models.path());
     c.cache.mode = inferd::config::CacheMode::Off;
     c.limits.max_concurrency = Some(8);
-    let s = TestServer::start_slowed(c, Duration::from_millis(400)).await;
+    // One request a batch, each held in the model by the gate until the
+    // versions have left service.
+    c.batching.max_batch_size = Some(1);
+    let gate = Gate::closed();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(c, held(&gate)).await;
     let s = std::sync::Arc::new(s);
 
     // Requests naming version 2, and requests for the forecaster, all in the
@@ -226,7 +232,8 @@ async fn unloading_lets_requests_in_flight_finish() {
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    gate.until_waiting(8, "all eight requests in the model")
+        .await;
     let only_v1 = json!({"version_policy": {"specific": {"versions": [1]}}});
     let (st, body) = load(&s, "text-classifier", Some(only_v1)).await;
     assert_eq!(st, 200, "{body}");
@@ -239,6 +246,9 @@ async fn unloading_lets_requests_in_flight_finish() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
+    // Both left service while the eight were still in the model.
+    assert_eq!(gate.waiting(), 8);
+    gate.open();
     for f in flights {
         let (st, body) = f.await.unwrap();
         assert_eq!(st, 200, "an accepted request must finish: {body}");
@@ -335,7 +345,14 @@ async fn polling_picks_up_a_new_version_and_ignores_a_half_written_one() {
     for f in ["model.onnx", "golden.json"] {
         std::fs::copy(root().join("models/text-classifier/2").join(f), v2.join(f)).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Two whole passes of the poller after the files appeared: the first may
+    // have begun before they did.
+    let polls = |m: &str| common::metric(m, "inferd_model_polls_total");
+    let before = polls(&s.metrics().await);
+    common::eventually("two passes of the poller", || async {
+        polls(&s.metrics().await) >= before + 2.0
+    })
+    .await;
     assert_eq!(classify(&s, None, None).await.1["version"], "1");
     let m = s.metrics().await;
     assert!(
@@ -348,7 +365,7 @@ async fn polling_picks_up_a_new_version_and_ignores_a_half_written_one() {
         v2.join("model.toml"),
     )
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + common::gate::EVENTUALLY;
     loop {
         if classify(&s, None, None).await.1["version"] == "2" {
             break;
@@ -361,7 +378,7 @@ async fn polling_picks_up_a_new_version_and_ignores_a_half_written_one() {
     }
     // Removed: version 1 takes over again.
     std::fs::remove_dir_all(&v2).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + common::gate::EVENTUALLY;
     while classify(&s, None, None).await.1["version"] != "1" {
         assert!(
             tokio::time::Instant::now() < deadline,

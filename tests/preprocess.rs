@@ -188,10 +188,11 @@ async fn raw_messages_are_limited_by_raw_size_and_long_ones_are_cut_not_refused(
         )
         .await;
     assert_eq!(st, 200, "{body}");
+    let max = common::manifest_int("text-classifier", "2", &["text", "max_text_bytes"]);
     let (st, _, body) = s
         .post_json(
             "/v1/models/text-classifier/versions/2/predict",
-            &json!({"instances": ["x".repeat(1_048_577)]}),
+            &json!({"instances": ["x".repeat(max as usize + 1)]}),
         )
         .await;
     assert_eq!(st, 422, "{body}");
@@ -199,7 +200,7 @@ async fn raw_messages_are_limited_by_raw_size_and_long_ones_are_cut_not_refused(
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("at most 1048576"));
+        .contains(&format!("at most {max}")));
 }
 
 /// The KServe v2 front door prepares inputs as `/predict` does: a raw message as

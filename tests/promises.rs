@@ -19,18 +19,13 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::gate::{held, stalled, Gate, EVENTUALLY};
 use common::services::Postgres;
 use common::{config, golden, latest_series, metric, metric_opt, root, uncached, TestServer};
 use inferd::config::{PredLogMode, ServeConfig};
-use inferd::server::MakeLoader;
-use inferd_core::backend::{
-    Backend, BackendError, GraphSpec, InputBatch, LoadFailure, Loader, OutputBatch, TensorInfo,
-};
-use inferd_core::cancel::RunControl;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -97,169 +92,6 @@ async fn logged_line(logs: &Mutex<Vec<u8>>, needles: &[&str], within: Duration) 
 
 // ---------------------------------------------------------------------------
 // A gate in front of the real models
-
-#[derive(Default)]
-struct GateState {
-    closed: bool,
-    /// Calls waiting at the gate now.
-    waiting: usize,
-}
-
-/// Holds model calls (or model loads) until opened.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<GateState>, Condvar)>);
-
-impl Gate {
-    fn closed() -> Gate {
-        let g = Gate::default();
-        g.close();
-        g
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-    }
-
-    fn open(&self) {
-        self.lock().closed = false;
-        self.0 .1.notify_all();
-    }
-
-    fn waiting(&self) -> usize {
-        self.lock().waiting
-    }
-
-    /// Blocks while the gate is closed and `stop` is unset.
-    fn pass(&self, stop: &AtomicBool) {
-        let mut st = self.lock();
-        st.waiting += 1;
-        while st.closed && !stop.load(Ordering::Acquire) {
-            st = self.0 .1.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        st.waiting -= 1;
-    }
-
-    /// Waits (bounded) until `n` calls wait at the gate.
-    async fn until_waiting(&self, n: usize, what: &str) {
-        let t = Instant::now();
-        while self.waiting() != n {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{what}: {} calls at the gate, {n} expected",
-                self.waiting()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// Opens the gate however the test ends, so that no slot thread or model
-/// loader stays blocked behind a failed assertion.
-struct OpenOnDrop(Gate);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
-/// A real model whose batcher calls wait at the gate. A cancelled run (every
-/// client gone, or every deadline passed) leaves the gate at once, as ONNX
-/// Runtime's terminate switch stops a run.
-struct Held {
-    inner: Arc<dyn Backend>,
-    gate: Gate,
-}
-
-impl Backend for Held {
-    fn infer(&self, input: &InputBatch) -> Result<OutputBatch, BackendError> {
-        self.inner.infer(input)
-    }
-
-    fn infer_with(
-        &self,
-        input: &InputBatch,
-        control: &RunControl,
-    ) -> Result<OutputBatch, BackendError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, g) = (stop.clone(), self.gate.clone());
-        control.on_cancel(move || {
-            s.store(true, Ordering::Release);
-            let _st = g.lock();
-            g.0 .1.notify_all();
-        });
-        self.gate.pass(&stop);
-        control.finished();
-        if stop.load(Ordering::Acquire) {
-            return Err(BackendError::Runtime {
-                backend: "test",
-                message: "run terminated".into(),
-            });
-        }
-        self.inner.infer_with(input, control)
-    }
-
-    fn inputs(&self) -> &[TensorInfo] {
-        self.inner.inputs()
-    }
-
-    fn outputs(&self) -> &[TensorInfo] {
-        self.inner.outputs()
-    }
-}
-
-/// The server's runtimes with every backend `Held` at `gate`.
-struct HeldLoader {
-    inner: Box<dyn Loader>,
-    gate: Gate,
-}
-
-impl Loader for HeldLoader {
-    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
-        Ok(Arc::new(Held {
-            inner: self.inner.load(graph)?,
-            gate: self.gate.clone(),
-        }))
-    }
-}
-
-/// The server's runtimes, whose loads wait at `gate`: the server stays
-/// `Starting` until the test opens it.
-struct StalledLoader {
-    inner: Box<dyn Loader>,
-    gate: Gate,
-}
-
-impl Loader for StalledLoader {
-    fn load(&self, graph: &GraphSpec<'_>) -> Result<Arc<dyn Backend>, LoadFailure> {
-        self.gate.pass(&AtomicBool::new(false));
-        self.inner.load(graph)
-    }
-}
-
-fn held(gate: &Gate) -> MakeLoader {
-    let gate = gate.clone();
-    Box::new(move |opts| {
-        Ok(Box::new(HeldLoader {
-            inner: Box::new(inferd::server::runtimes(opts)?),
-            gate,
-        }))
-    })
-}
-
-fn stalled(gate: &Gate) -> MakeLoader {
-    let gate = gate.clone();
-    Box::new(move |opts| {
-        Ok(Box::new(StalledLoader {
-            inner: Box::new(inferd::server::runtimes(opts)?),
-            gate,
-        }))
-    })
-}
 
 // ---------------------------------------------------------------------------
 // PostgreSQL frozen (SIGSTOP): connections accepted, never answered
@@ -376,10 +208,7 @@ async fn metrics_until(s: &TestServer, what: &str, ok: impl Fn(&str) -> bool) ->
         if ok(&m) {
             return m;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{what} not reached within 10 s:\n{m}"
-        );
+        assert!(t.elapsed() < EVENTUALLY, "{what} never reached:\n{m}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -454,7 +283,7 @@ async fn channel_overflow_drops_records_counted_and_logged() {
     let line = logged_line(
         &logs,
         &["prediction log channel full: record dropped"],
-        Duration::from_secs(5),
+        EVENTUALLY,
     )
     .await;
     assert!(line.contains("WARN"), "{line}");
@@ -510,7 +339,7 @@ async fn unwritable_spill_file_drops_records_counted_and_logged() {
     let line = logged_line(
         &logs,
         &["prediction log spill failed, records dropped"],
-        Duration::from_secs(5),
+        EVENTUALLY,
     )
     .await;
     assert!(line.contains("ERROR"), "{line}");
@@ -543,17 +372,15 @@ async fn in_flight_work_past_the_grace_period_is_abandoned() {
     cfg.net.shutdown_grace_ms = 500;
     hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
-    let _open = OpenOnDrop(gate.clone());
+    let _open = gate.open_on_drop();
     let mut s = TestServer::start_with_loader(cfg, held(&gate)).await;
     serve_windows(&s, 3).await;
     held_by_writer(&s, 3).await;
     gate.close();
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1_500))
-        .build()
-        .unwrap();
+    // A client with no timeout of its own: the gate holds its request in the
+    // model for as long as the test likes, so only the server can end it.
     let in_flight = tokio::spawn(
-        impatient
+        s.client
             .post(s.url("/predict"))
             .json(&json!({"model": "lstm-forecaster", "instances": [window(3)]}))
             .send(),
@@ -563,35 +390,35 @@ async fn in_flight_work_past_the_grace_period_is_abandoned() {
 
     let t = Instant::now();
     s.trigger_shutdown();
-    let ran = tokio::time::timeout(Duration::from_secs(5), &mut s.handle)
+    // The call stays held: a server that waited for it would never return.
+    let ran = tokio::time::timeout(EVENTUALLY, &mut s.handle)
         .await
-        .expect("the server returned within the grace period and the log's budget")
+        .expect("the server returned with a call still held in the model")
         .expect("server task");
     let took = t.elapsed();
     ran.expect("a shutdown past the grace period is still a clean exit");
     assert!(
-        (Duration::from_millis(450)..Duration::from_millis(1_500)).contains(&took),
-        "returned {took:?} after the signal; the grace is 500 ms"
+        took >= Duration::from_millis(490),
+        "returned {took:?} after the signal, before the 500 ms grace was over"
     );
     println!("returned {took:?} after the signal with a call held in the model (grace 500 ms)");
     // Its connection is dropped when the grace ends: the client sees the
     // connection close, never an answer.
-    let ended = tokio::time::timeout(Duration::from_secs(2), in_flight)
+    let ended = tokio::time::timeout(EVENTUALLY, in_flight)
         .await
         .expect("the abandoned request's connection was closed")
         .expect("client task");
-    assert!(
-        ended.is_err(),
-        "the abandoned request got an answer: {:?}",
-        ended.map(|r| r.status())
-    );
+    match ended {
+        Ok(r) => panic!("the abandoned request got an answer: {}", r.status()),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
     let line = logged_line(
         &logs,
         &[
             "grace period over with requests still in flight",
             "grace_ms=500",
         ],
-        Duration::from_secs(1),
+        EVENTUALLY,
     )
     .await;
     assert!(line.contains("WARN"), "{line}");
@@ -614,7 +441,7 @@ async fn in_flight_work_past_the_grace_period_is_abandoned() {
 /// At shutdown the writer writes for a third of `INFERD_SHUTDOWN_GRACE_MS`,
 /// then spills the rest for the next start. With PostgreSQL frozen (SIGSTOP:
 /// connections accepted, never answered) the write cannot finish: shutdown
-/// takes the budget (1 s of a 3 s grace) and no longer, every queued record is
+/// takes the budget (4 s of a 12 s grace) and no longer, every queued record is
 /// in the spill file, and the next start writes each one exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
@@ -626,7 +453,10 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
     cfg.predlog.sink = PredLogMode::Postgres;
     cfg.predlog.database_url = Some(pg.url());
     cfg.predlog.predlog_spill_path = spill.clone();
-    cfg.net.shutdown_grace_ms = 3_000;
+    // The budget is a third of the grace: 4 s of 12. Frozen, the database
+    // would hold the write forever; shutdown must end after the budget, and
+    // well before the grace (8 s of margin for a loaded machine).
+    cfg.net.shutdown_grace_ms = 12_000;
     hold_records_until_shutdown(&mut cfg);
     let s = TestServer::start(cfg.clone()).await;
     const N: usize = 30;
@@ -638,20 +468,15 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
     s.stop().await.unwrap();
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(900),
+        took >= Duration::from_millis(3_900),
         "shutdown took {took:?}: the write never waited on the frozen database"
     );
     assert!(
-        took < Duration::from_millis(2_500),
-        "shutdown took {took:?}: the budget is 1 s (a third of the 3 s grace)"
+        took < Duration::from_secs(12),
+        "shutdown took {took:?}: the budget is 4 s (a third of the 12 s grace)"
     );
-    println!("shutdown with PostgreSQL frozen took {took:?} (budget 1 s of a 3 s grace)");
-    logged_line(
-        &logs,
-        &["no answer within the shutdown budget"],
-        Duration::from_secs(1),
-    )
-    .await;
+    println!("shutdown with PostgreSQL frozen took {took:?} (budget 4 s of a 12 s grace)");
+    logged_line(&logs, &["no answer within the shutdown budget"], EVENTUALLY).await;
     let spilled: Vec<Value> = records(&spill);
     assert_eq!(spilled.len(), N, "every queued record spilled");
     let ids: std::collections::HashSet<&str> =
@@ -665,7 +490,7 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
     let t = Instant::now();
     while pg.psql("SELECT count(*) FROM predictions") != N.to_string() {
         assert!(
-            t.elapsed() < Duration::from_secs(15),
+            t.elapsed() < EVENTUALLY,
             "spill not replayed: {} rows",
             pg.psql("SELECT count(*) FROM predictions")
         );
@@ -684,9 +509,9 @@ async fn at_shutdown_a_hung_database_gets_the_budget_then_records_spill() {
 /// README: every served prediction produces one record, lost only when the
 /// spill file cannot be written or the channel overflows. Such a request was
 /// once answered 200 with its record lost (the writer had drained the channel
-/// for the last time); now its connection is dropped at the end of the grace,
-/// before the writer's last drain, so it is either unanswered or, had it been
-/// answered, its record would be written or spilled.
+/// for the last time); its connection is dropped at the end of the grace,
+/// before the writer's last drain, so it is never answered, and the records of
+/// the requests that were answered are all spilled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record() {
     let logs = captured_logs();
@@ -701,7 +526,7 @@ async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record(
     cfg.net.shutdown_grace_ms = 2_400; // the writer's budget: 800 ms
     hold_records_until_shutdown(&mut cfg);
     let gate = Gate::default();
-    let _open = OpenOnDrop(gate.clone());
+    let _open = gate.open_on_drop();
     let mut s = TestServer::start_with_loader(cfg, held(&gate)).await;
     serve_windows(&s, 5).await;
     gate.close();
@@ -717,26 +542,30 @@ async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record(
     let frozen = Frozen::new(&pg);
     s.trigger_shutdown();
     // The grace is over and the writer has taken what was queued; it now
-    // waits on the frozen database for its budget. The late request finishes.
+    // waits on the frozen database for its budget.
     logged_line(
         &logs,
         &[
             "grace period over with requests still in flight",
             "grace_ms=2400",
         ],
-        Duration::from_secs(5),
+        EVENTUALLY,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    gate.open();
-    // Since the fix its connection is dropped when the grace ends (no
-    // answer); were it answered, its record would have to be there.
-    let r = tokio::time::timeout(Duration::from_secs(5), late)
+    // The late request's connection is dropped when the grace ends, while
+    // its call is still held in the model: it is never answered, so it can
+    // have no record to lose.
+    let r = tokio::time::timeout(EVENTUALLY, late)
         .await
-        .expect("the late request ended")
+        .expect("the late request's connection was closed")
         .unwrap();
-    let answered = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-    tokio::time::timeout(Duration::from_secs(10), &mut s.handle)
+    match r {
+        Ok(r) => panic!("the late request got an answer: {}", r.status()),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+    // Its call finishes now, during the writer's budget, into nothing.
+    gate.open();
+    tokio::time::timeout(EVENTUALLY, &mut s.handle)
         .await
         .expect("the server returned")
         .unwrap()
@@ -748,15 +577,10 @@ async fn a_request_answered_during_the_writers_shutdown_budget_keeps_its_record(
         .collect();
     assert_eq!(
         spilled.len(),
-        5 + usize::from(answered == 200),
-        "answered {answered}; spilled request ids: {spilled:?}"
+        5,
+        "the five served requests' records, spilled; none for the unanswered one: {spilled:?}"
     );
-    if answered == 200 {
-        assert!(
-            spilled.iter().any(|id| id == "answered-after-the-grace"),
-            "answered 200 with no record written or spilled: {spilled:?}"
-        );
-    }
+    assert!(!spilled.iter().any(|id| id == "answered-after-the-grace"));
 }
 
 // ---------------------------------------------------------------------------
@@ -784,7 +608,7 @@ async fn kserve_v2_infer_answers_429_with_retry_after_when_the_queue_is_full() {
     cfg.limits.max_concurrency = Some(1);
     cfg.limits.max_queue = 1;
     let gate = Gate::closed();
-    let _open = OpenOnDrop(gate.clone());
+    let _open = gate.open_on_drop();
     let s = TestServer::start_with_loader(cfg, held(&gate)).await;
     let admitted = |i: usize| {
         let (c, u) = (s.client.clone(), s.url("/v2/models/lstm-forecaster/infer"));
@@ -875,9 +699,11 @@ async fn kserve_v2_routes_answer_503_while_starting_and_while_draining() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("predictions.jsonl");
     let mut cfg = jsonl_config(&path);
-    cfg.net.drain_delay_ms = 1_500;
+    // The listener stays open, answering 503, for the drain delay: the checks
+    // below must fit in it, with room for a loaded machine.
+    cfg.net.drain_delay_ms = 5_000;
     let gate = Gate::closed();
-    let _open = OpenOnDrop(gate.clone());
+    let _open = gate.open_on_drop();
     let mut s = TestServer::spawn_with_loader(cfg, stalled(&gate)).await;
     gate.until_waiting(1, "the first model load").await;
 
@@ -908,7 +734,7 @@ async fn kserve_v2_routes_answer_503_while_starting_and_while_draining() {
     s.trigger_shutdown();
     let t = Instant::now();
     while s.get("/readyz").await.0 != 503 {
-        assert!(t.elapsed() < Duration::from_secs(1), "never began draining");
+        assert!(t.elapsed() < EVENTUALLY, "never began draining");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     v2_refusals(&s, "draining").await;
@@ -930,11 +756,7 @@ async fn kserve_v2_routes_answer_503_while_starting_and_while_draining() {
         4.0,
         "{m}"
     );
-    assert!(
-        t.elapsed() < Duration::from_millis(1_500),
-        "the checks outlasted the drain delay; raise it"
-    );
-    tokio::time::timeout(Duration::from_secs(10), &mut s.handle)
+    tokio::time::timeout(EVENTUALLY, &mut s.handle)
         .await
         .expect("drained")
         .unwrap()

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::gate::{held, Gate};
 use common::{config, golden, long_texts, metric, uncached, TestServer};
 use serde_json::{json, Value};
 
@@ -387,29 +388,68 @@ async fn model_listing_describes_inputs_outputs_and_labels() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["ready"], true);
     let models = v["models"].as_array().unwrap();
-    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let listed: Vec<(String, String)> = models
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
     assert_eq!(
-        names,
-        ["lstm-forecaster", "text-classifier", "text-classifier"]
+        listed,
+        served_versions(),
+        "every version on disk this build serves"
     );
-    for (text, version) in models[1..].iter().zip(["1", "2"]) {
-        assert_eq!(text["version"], version);
-        assert_eq!(text["status"], "ready");
-        assert_eq!(text["labels"], json!(["ham", "spam"]));
-        assert_eq!(text["inputs"][0]["name"], "text");
+    for m in models {
+        let (name, version) = (m["name"].as_str().unwrap(), m["version"].as_str().unwrap());
+        let manifest = common::manifest(name, version);
+        assert_eq!(m["status"], "ready");
+        assert_eq!(m["task"], manifest["task"].as_str().unwrap());
+        let input = &manifest["inputs"].as_array().unwrap()[0];
+        assert_eq!(m["inputs"][0]["name"], input["name"].as_str().unwrap());
+        let shape: Vec<i64> = input["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_integer().unwrap())
+            .collect();
+        assert_eq!(m["inputs"][0]["shape"], json!(shape));
+        if let Some(text) = manifest.get("text") {
+            let labels: Vec<&str> = text["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            assert_eq!(m["labels"], json!(labels));
+            // A version whose manifest cleans email says so, with its cut.
+            if let Some(cut) = text.get("truncate_chars").and_then(|c| c.as_integer()) {
+                let instance = m["instance"].as_str().unwrap();
+                assert!(
+                    instance.contains("raw RFC 822")
+                        && instance.contains(&format!("{cut} characters")),
+                    "{instance}"
+                );
+            }
+        }
+        if let Some(ts) = manifest.get("timeseries") {
+            let features: Vec<&str> = ts["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert_eq!(m["timeseries"]["features"], json!(features));
+        }
     }
-    // Version 2 says it takes raw messages and how the server prepares them.
-    let instance = models[2]["instance"].as_str().unwrap();
-    assert!(
-        instance.contains("raw RFC 822") && instance.contains("4000 characters"),
-        "{instance}"
-    );
-    let lstm = &models[0];
-    assert_eq!(lstm["inputs"][0]["shape"], json!([-1, 26, 1]));
-    assert_eq!(lstm["timeseries"]["features"], json!(["co2_ppm"]));
     let (st, body) = s.get("/v1/models/text-classifier").await;
     assert_eq!(st, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["latest"], "2");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["latest"],
+        common::latest_version("text-classifier")
+    );
     let (st, _) = s.get("/v1/models/nope").await;
     assert_eq!(st, 404);
     s.stop().await.unwrap();
@@ -537,26 +577,27 @@ async fn a_full_queue_refuses_before_reading_the_body() {
     let mut cfg = uncached();
     cfg.limits.max_concurrency = Some(1);
     cfg.limits.max_queue = 1;
-    let s = TestServer::start_slowed(cfg, Duration::from_millis(600)).await;
+    let gate = Gate::closed();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(cfg, held(&gate)).await;
     let body = json!({"model": "lstm-forecaster", "instances": [golden("lstm-forecaster")["cases"][0]["input"]]});
-    let admitted: Vec<_> = (0..2)
-        .map(|i| {
-            let (client, url, body) = (s.client.clone(), s.url("/predict"), body.clone());
-            tokio::spawn(async move {
-                // The first takes the slot, the second the one queue place.
-                tokio::time::sleep(Duration::from_millis(150 * i)).await;
-                client
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+    let send = |body: Value| {
+        let (client, url) = (s.client.clone(), s.url("/predict"));
+        tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            r.status().as_u16()
         })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    };
+    // The first takes the slot (held in the model), the second the one
+    // queue place.
+    let first = send(body.clone());
+    gate.until_waiting(1, "the first request in the model")
+        .await;
+    let second = send(body);
+    common::eventually("the second request queued", || async {
+        metric(&s.metrics().await, "inferd_queue_depth") == 1.0
+    })
+    .await;
     let (st, v) = s
         .post_raw("/predict", "application/json", b"{not json".to_vec())
         .await;
@@ -574,7 +615,8 @@ async fn a_full_queue_refuses_before_reading_the_body() {
         .await;
     assert_eq!(st, 429, "{v}");
     assert!(v["error"].is_string(), "the v2 error shape: {v}");
-    for t in admitted {
+    gate.open();
+    for t in [first, second] {
         assert_eq!(t.await.unwrap(), 200);
     }
     let m = s.metrics().await;
@@ -632,9 +674,10 @@ async fn deadline_returns_504() {
         &common::latest_series("inferd_model_instances_total", "text-classifier"),
     );
     // Calls take at least 50 ms each, so at most 4 of the 16 start before the
-    // 200 ms deadline; the first starts at once.
+    // 200 ms deadline (how many do depends on the machine's load: none, on
+    // one busy enough); the three later requests ran one instance each.
     assert!(
-        (3.0 + 4.0..=3.0 + 4.0 * 4.0).contains(&ran),
+        (3.0..=3.0 + 4.0 * 4.0).contains(&ran),
         "{ran} instances ran"
     );
     s.stop().await.unwrap();
@@ -657,18 +700,13 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         }));
     }
     // Wait until all six are inside the server (validated; running or queued).
-    let started = Instant::now();
-    loop {
-        let (_, m) = s.get("/metrics").await;
-        if m.contains("inferd_request_instances_count{model=\"text-classifier\"} 6") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "requests never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    common::eventually("all six requests inside the server", || async {
+        s.get("/metrics")
+            .await
+            .1
+            .contains("inferd_request_instances_count{model=\"text-classifier\"} 6")
+    })
+    .await;
     s.trigger_shutdown();
     for t in tasks {
         let (st, v) = t.await.unwrap();
@@ -689,7 +727,9 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 async fn draining_server_turns_unready_and_refuses_new_work() {
     let mut cfg = uncached();
     cfg.limits.max_concurrency = Some(1);
-    cfg.net.drain_delay_ms = 600;
+    // The listener stays open, answering 503, for the drain delay: the checks
+    // below must fit in it, with room for a loaded machine.
+    cfg.net.drain_delay_ms = 5_000;
     let mut s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let in_flight: Vec<_> = (0..3)
@@ -699,24 +739,20 @@ async fn draining_server_turns_unready_and_refuses_new_work() {
         })
         .collect();
     // Accepted means inside the server: one running, the others queued.
-    let t = Instant::now();
-    while !s
-        .get("/metrics")
-        .await
-        .1
-        .contains("inferd_request_instances_count{model=\"text-classifier\"} 3")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "requests never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    common::eventually("three requests inside the server", || async {
+        s.get("/metrics")
+            .await
+            .1
+            .contains("inferd_request_instances_count{model=\"text-classifier\"} 3")
+    })
+    .await;
     s.trigger_shutdown();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (st, body_text) = s.get("/readyz").await;
-    assert_eq!(st, 503, "{body_text}");
-    assert!(body_text.contains("draining"));
+    common::eventually("/readyz says 503 once the drain begins", || async {
+        s.get("/readyz").await.0 == 503
+    })
+    .await;
+    let (_, body_text) = s.get("/readyz").await;
+    assert!(body_text.contains("draining"), "{body_text}");
     let (st, h, v) = s
         .post_json(
             "/predict",
@@ -747,109 +783,81 @@ async fn load_now(s: &TestServer) -> (f64, f64, f64) {
     )
 }
 
-/// The 99th percentile of `n` `/healthz` latencies, probes 5 ms apart; with
-/// `during`, each probe is bracketed by two `load_now` looks, returned too.
-async fn probe_health(s: &TestServer, n: usize, during: bool) -> (Duration, Vec<(f64, f64, f64)>) {
-    let mut lat = Vec::with_capacity(n);
-    let mut seen = Vec::new();
-    for _ in 0..n {
-        if during {
-            seen.push(load_now(s).await);
-        }
+/// With every inference slot held busy and work queued behind them, the
+/// probes and the metrics still answer: inference never runs on the reactor,
+/// so a saturated model cannot stall the routes that need no model. The
+/// saturation is the gate's doing, so it holds for the whole test whatever
+/// the machine's speed. How fast `/healthz` answers meanwhile is reported,
+/// not asserted: latency is a benchmark's subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_inference_is_saturated() {
+    let mut cfg = uncached();
+    cfg.limits.max_concurrency = Some(2);
+    // One request a batch: two held in the slots, the rest queued.
+    cfg.batching.max_batch_size = Some(1);
+    let gate = Gate::closed();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(cfg, held(&gate)).await;
+    let body = json!({"model": "text-classifier", "instances": ["held in the model"]});
+    let load: Vec<_> = (0..6)
+        .map(|i| {
+            let (c, u) = (s.client.clone(), s.url("/predict"));
+            let mut b = body.clone();
+            b["instances"][0] = json!(format!("held in the model {i}"));
+            tokio::spawn(async move { c.post(&u).json(&b).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    // Saturated: both slots held in the model and the rest queued.
+    gate.until_waiting(2, "both slots in the model").await;
+    common::eventually("the other four queued", || async {
+        load_now(&s).await == (6.0, 4.0, 2.0)
+    })
+    .await;
+    let mut lat = Vec::new();
+    for _ in 0..100 {
         let t = Instant::now();
         let (st, _) = s.get("/healthz").await;
         lat.push(t.elapsed());
         assert_eq!(st, 200);
-        if during {
-            seen.push(load_now(s).await);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let (st, body) = s.get("/readyz").await;
+    assert_eq!(st, 200, "{body}");
+    // Still saturated after every probe: nothing moved while they were answered.
+    assert_eq!(load_now(&s).await, (6.0, 4.0, 2.0));
     lat.sort();
-    (lat[(n * 99).div_ceil(100) - 1], seen)
+    eprintln!(
+        "/healthz with both slots held and four requests queued: p50 {:?}, p99 {:?}",
+        lat[49], lat[98]
+    );
+    gate.open();
+    for t in load {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    s.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_stays_fast_while_inference_is_saturated() {
-    let mut cfg = uncached();
-    cfg.limits.max_concurrency = Some(2);
-    // Each model call is the real one plus 50 ms: the two slots stay busy with
-    // queued work for as long as the clients keep sending.
-    let s = TestServer::start_slowed(cfg, Duration::from_millis(50)).await;
-    let (unloaded, _) = probe_health(&s, 100, false).await;
-
-    let body = json!({"model": "text-classifier", "instances": long_texts(64)});
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..16 {
-        let (c, u, b, stop) = (
-            s.client.clone(),
-            s.url("/predict"),
-            body.clone(),
-            stop.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = c.post(&u).json(&b).send().await.unwrap();
-                statuses.push(r.status().as_u16());
+/// The versions of every model the default build serves (TorchScript
+/// versions need the `torch` feature), by name, in the listing's order.
+fn served_versions() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(common::root().join("models"))
+        .expect("models dir")
+        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    for name in names {
+        let mut versions: Vec<u64> = std::fs::read_dir(common::root().join("models").join(&name))
+            .expect("model dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        versions.sort();
+        for v in versions {
+            let m = common::manifest(&name, &v.to_string());
+            let torch = m.get("format").and_then(|f| f.as_str()) == Some("torchscript");
+            if !torch || cfg!(feature = "torch") {
+                out.push((name.clone(), v.to_string()));
             }
-            statuses
-        }));
-    }
-    // Saturated: both slots running and more work queued behind them.
-    let t = Instant::now();
-    loop {
-        let (_, queued, running) = load_now(&s).await;
-        if running == 2.0 && queued >= 2.0 {
-            break;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "never saturated: {queued} queued, {running} running"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (loaded, seen) = probe_health(&s, 100, true).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut served = 0;
-    for t in load {
-        let statuses = t.await.unwrap();
-        // The queue (512) and the deadline (10 s) are far above this load.
-        assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
-        served += statuses.len();
-    }
-    assert!(served >= 16, "{served} requests served");
-
-    // Every probe ran while requests were queued behind busy slots; the slots
-    // were never over-committed, and were full at most looks (a look can fall in
-    // the instant between two batches).
-    for &(requests, queued, running) in &seen {
-        assert!(
-            requests >= 3.0 && queued >= 1.0 && running <= 2.0,
-            "not saturated at a probe: {requests} requests in flight, {queued} queued, {running} running"
-        );
-    }
-    let full = seen
-        .iter()
-        .filter(|&&(_, _, running)| running == 2.0)
-        .count();
-    assert!(
-        full * 2 >= seen.len(),
-        "both slots busy at only {full} of {} looks",
-        seen.len()
-    );
-    eprintln!(
-        "/healthz p99 {unloaded:?} idle, {loaded:?} loaded; {served} requests served; \
-         both slots busy at {full} of {} looks",
-        seen.len()
-    );
-    // A blocked reactor would make health wait for the queue (seconds of work);
-    // a fair one keeps it within a small multiple of its idle latency.
-    let bound = (unloaded * 10).max(Duration::from_millis(50));
-    assert!(
-        loaded <= bound,
-        "/healthz p99 {loaded:?} under load, {unloaded:?} idle (bound {bound:?})"
-    );
-    s.stop().await.unwrap();
+    out
 }

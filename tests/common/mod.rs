@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod gate;
 pub(crate) mod services;
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The repository root: the nearest directory at or above this package's manifest
-/// that holds `models/` (the bench crate reuses this harness from `crates/inferd-bench`).
+/// that holds `models/` (the bench crate reuses this harness from `bench/load`).
 pub(crate) fn root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
@@ -72,6 +73,20 @@ pub(crate) fn slowed(latency: Duration) -> MakeLoader {
             latency,
         }))
     })
+}
+
+/// Polls `cond` until it holds; fails after `gate::EVENTUALLY`, which only a
+/// defect (the condition never comes) reaches on a loaded machine.
+pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = std::time::Instant::now();
+    while !cond().await {
+        assert!(t.elapsed() < gate::EVENTUALLY, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 pub(crate) struct TestServer {
@@ -319,6 +334,28 @@ pub(crate) fn uncached() -> ServeConfig {
 }
 
 /// The model's latest version: the one the unversioned routes serve.
+/// `models/<model>/<version>/model.toml`: expected values come from the
+/// manifests, not restated by hand.
+pub(crate) fn manifest(model: &str, version: &str) -> toml::Table {
+    let path = root()
+        .join("models")
+        .join(model)
+        .join(version)
+        .join("model.toml");
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    text.parse().expect("manifest TOML")
+}
+
+/// An integer of a model's manifest, by its path (`["text", "max_text_bytes"]`).
+pub(crate) fn manifest_int(model: &str, version: &str, path: &[&str]) -> i64 {
+    let m = manifest(model, version);
+    let mut v = m.get(path[0]).expect("manifest key");
+    for k in &path[1..] {
+        v = v.get(k).expect("manifest key");
+    }
+    v.as_integer().expect("an integer")
+}
+
 pub(crate) fn latest_version(model: &str) -> String {
     std::fs::read_dir(root().join("models").join(model))
         .expect("model dir")

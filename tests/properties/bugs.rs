@@ -32,7 +32,7 @@ pub(crate) fn start_edited(
         .enable_all()
         .build()
         .expect("runtime");
-    let outcome = rt.block_on(start_up(config, p));
+    let outcome = rt.block_on(start_up(config, p, crate::common::gate::EVENTUALLY));
     rt.shutdown_timeout(Duration::from_secs(2));
     let panics = SERVER_PANICS
         .lock()
@@ -46,7 +46,7 @@ pub(crate) fn start_edited(
 
 /// `INFERD_CACHE_TTL_SECS=31536000001` (or more): moka's builder asserts a
 /// time to live of at most 1000 years, in `build_state` (`local_store`,
-/// src/core/cache.rs), so the binary exits 101 with a panic.
+/// crates/inferd-core/src/cache.rs), so the binary exits 101 with a panic.
 #[test]
 fn a_cache_ttl_over_1000_years_is_a_start_up_error() {
     let outcome = start_edited(Probe::Predict, |c| {
@@ -57,7 +57,7 @@ fn a_cache_ttl_over_1000_years_is_a_start_up_error() {
 
 /// `INFERD_PREDLOG_CHANNEL=2305843009213693952` (or more) with the JSON-lines
 /// or PostgreSQL log: tokio's `mpsc::channel` panics over `MAX_PERMITS`
-/// (src/predlog/writer.rs, `spawn`); the binary exits 101.
+/// (crates/inferd-predlog/src/writer.rs, `spawn`); the binary exits 101.
 #[test]
 fn a_predlog_channel_over_max_permits_is_a_start_up_error() {
     let outcome = start_edited(Probe::Predict, |c| {
@@ -68,7 +68,7 @@ fn a_predlog_channel_over_max_permits_is_a_start_up_error() {
 
 /// `INFERD_PREDLOG_BUFFER_ROWS=18446744073709551615` (or a batch of 2^63
 /// rows) with the JSON-lines or PostgreSQL log: the writer's read-ahead bound
-/// `buffer_rows + SPILL_CHUNK.max(batch_rows)` (src/predlog/writer.rs, `run`)
+/// `buffer_rows + SPILL_CHUNK.max(batch_rows)` (crates/inferd-predlog/src/writer.rs, `run`)
 /// overflows at the first record; the writer task dies (debug) and every
 /// later record is dropped, the server answering as if nothing happened.
 #[test]
@@ -109,7 +109,11 @@ pub(crate) fn predict_with_log(
         .enable_all()
         .build()
         .expect("runtime");
-    let outcome = rt.block_on(start_up(config, Probe::Predict));
+    let outcome = rt.block_on(start_up(
+        config,
+        Probe::Predict,
+        crate::common::gate::EVENTUALLY,
+    ));
     let written = std::fs::read_to_string(&log).unwrap_or_default();
     // Not `drop`: a write stuck on the blocking pool would hang the test.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -119,7 +123,7 @@ pub(crate) fn predict_with_log(
 /// `INFERD_PREDLOG_KEEP=18446744073709551615` (any huge count): each rotation
 /// of the JSON-lines log renames `.{keep-1}` to `.{keep}`, down to `.1`, one
 /// `rename` per number whether the file exists or not (`JsonlSink::rotate`,
-/// src/predlog/jsonl.rs), holding the sink's lock: the first rotation never
+/// crates/inferd-predlog/src/jsonl.rs), holding the sink's lock: the first rotation never
 /// ends, no record is written again, and the process never exits (the async
 /// runtime waits for that blocking thread). Here a full log file (1 byte
 /// allowed) makes the first record rotate.

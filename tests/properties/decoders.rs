@@ -242,6 +242,7 @@ fn task_decode_accepts_exactly_or_names_the_instance() {
         (Target::Text2, real_task("text-classifier", "2")),
         (Target::Lstm, real_task("lstm-forecaster", "1")),
     ];
+    let cut = common::manifest_int("text-classifier", "2", &["text", "truncate_chars"]) as usize;
     let strategy = (0usize..3, picks(), edits());
     check("task_decode", 256, strategy, |(which, picks, edits)| {
         let (target, task) = &tasks[which];
@@ -264,7 +265,7 @@ fn task_decode_accepts_exactly_or_names_the_instance() {
                 (InputBatch::Text(texts), Target::Text2) => {
                     prop_assert_eq!(texts.len(), n);
                     for t in &texts {
-                        prop_assert!(!t.contains('\0') && t.chars().count() <= 4000, "{t:?}");
+                        prop_assert!(!t.contains('\0') && t.chars().count() <= cut, "{t:?}");
                     }
                 }
                 (

@@ -328,6 +328,17 @@ pub(crate) fn weird() -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// `max_text_bytes` of each text-classifier version, and one byte past it.
+fn text_size_edges() -> Vec<usize> {
+    let mut edges = vec![100_000];
+    for version in ["1", "2"] {
+        let max =
+            crate::common::manifest_int("text-classifier", version, &["text", "max_text_bytes"]);
+        edges.extend([max as usize, max as usize + 1]);
+    }
+    edges
+}
+
 pub(crate) fn text_edit() -> impl Strategy<Value = TextEdit> {
     let inserted = prop_oneof![
         prop::sample::select(vec![
@@ -349,8 +360,8 @@ pub(crate) fn text_edit() -> impl Strategy<Value = TextEdit> {
     prop_oneof![
         (any::<usize>(), inserted).prop_map(|(at, s)| TextEdit::Insert(at, s)),
         any::<usize>().prop_map(TextEdit::Cut),
-        prop::sample::select(vec![16_384usize, 16_385, 100_000, 1_048_577])
-            .prop_map(TextEdit::Grow),
+        // Both text versions' size limits, and one past each.
+        prop::sample::select(text_size_edges()).prop_map(TextEdit::Grow),
     ]
 }
 

@@ -258,18 +258,35 @@ def test_requests_are_unharmed_while_the_collector_is_down(protocol):
 def test_cache_and_single_flight_spans(receiver):
     """Cache on: the first request for a text leads its computation; one sent
     while it waits in the batch queue follows it (`single_flight.wait`, no
-    queue or inference of its own); one sent afterwards is a cache hit."""
+    queue or inference of its own); one sent afterwards is a cache hit.
+
+    The leader's batch waits for a second instance (batches of 2, a 60 s
+    delay): it runs only when a third request, for another text, fills it,
+    which the test sends once the follower has looked the cache up (its miss
+    is counted) and so joined the leader's flight. No sleep decides the order."""
     with running_inferd(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint("grpc"),
                         OTEL_EXPORTER_OTLP_PROTOCOL="grpc", INFERD_CACHE="on",
-                        INFERD_MAX_BATCH_DELAY_MS=300, INFERD_MAX_BATCH_SIZE=64) as server:
+                        INFERD_MAX_BATCH_DELAY_MS=60000, INFERD_MAX_BATCH_SIZE=2) as server:
         text = f"Quarterly numbers are in, see attached ({secrets.token_hex(4)})"
+        filler = f"Lunch on Friday? ({secrets.token_hex(4)})"
         (tp_lead, lead, _), (tp_follow, follow, _), (tp_hit, hit, _) = (traceparent() for _ in range(3))
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        misses = 'inferd_cache_requests_total{result="miss"}'
+
+        def until(what, cond):
+            deadline = time.monotonic() + 30
+            while not cond():
+                assert time.monotonic() < deadline, f"never happened: {what}"
+                time.sleep(0.005)
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            base = metric(server, misses)
             first = pool.submit(predict, server, text, {"traceparent": tp_lead})
-            # Well inside the leader's 300 ms in the queue.
-            time.sleep(0.1)
+            until("the leader's miss", lambda: metric(server, misses) >= base + 1)
             second = pool.submit(predict, server, text, {"traceparent": tp_follow})
+            until("the follower's miss", lambda: metric(server, misses) >= base + 2)
+            third = pool.submit(predict, server, filler)
             assert first.result()[0] == 200 and second.result()[0] == 200
+            assert third.result()[0] == 200
         assert second.result()[2]["predictions"] == first.result()[2]["predictions"]
         status, _, body = predict(server, text, {"traceparent": tp_hit})
         assert status == 200 and body["cached"] == [True]
@@ -285,7 +302,6 @@ def test_cache_and_single_flight_spans(receiver):
         assert [(s.attributes["inferd.cache.hits"], s.attributes["inferd.cache.misses"]) for s in lookups[hit]] == [(1, 0)]
         (wait,) = [s for s in receiver.spans(follow) if s.name == "single_flight.wait"]
         assert wait.attributes["inferd.single_flight.followed"] == 1
-        assert wait.duration_ms > 50, "it waited for the leader's batch"
         assert not {"queue", "inference"} & names(follow) and not {"queue", "inference"} & names(hit)
         print(f"\nthe follower's trace:\n{receiver.render_tree(follow)}")
 

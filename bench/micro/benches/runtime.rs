@@ -107,6 +107,39 @@ fn bench_preprocess(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Hostile messages, whose tests check only the answer: how long the
+    // answer takes is reported here.
+    let nested_multiparts = {
+        let mut raw = String::new();
+        for i in 0..10_000 {
+            raw += &format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n");
+        }
+        raw + "Content-Type: text/plain\n\ndeep\n"
+    };
+    let nested_messages = "Subject: m\nContent-Type: message/rfc822\n\n".repeat(10_000)
+        + "Subject: inner\n\ninnermost\n";
+    let unclosed = {
+        let mut raw =
+            String::from("Subject: w\nContent-Type: multipart/mixed; boundary=\"top\"\n\n");
+        for i in 0..10_000 {
+            raw += &format!("--top\nContent-Type: multipart/mixed; boundary=\"gone{i}\"\n\nx\n");
+        }
+        raw + "--top--\n"
+    };
+    let mut group = c.benchmark_group("preprocess/hostile");
+    group.sample_size(10);
+    for (label, raw) in [
+        ("10k nested multiparts", &nested_multiparts),
+        ("10k nested messages", &nested_messages),
+        ("10k unclosed containers", &unclosed),
+    ] {
+        group.throughput(Throughput::Bytes(raw.len() as u64));
+        group.bench_with_input(BenchmarkId::new(label, raw.len()), raw, |b, raw| {
+            b.iter(|| inferd_core::preprocess::email::clean(raw, 4000))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench, bench_preprocess);

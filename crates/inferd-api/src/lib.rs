@@ -28,6 +28,9 @@ mod state;
 mod v1;
 mod v2;
 
+#[cfg(test)]
+mod oneshot_tests;
+
 use std::sync::Arc;
 use std::time::Instant;
 

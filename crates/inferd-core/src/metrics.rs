@@ -30,6 +30,7 @@ pub struct Metrics {
     pub model_gate_failures: IntCounterVec,
     pub model_swap_duration: HistogramVec,
     pub model_unloads: IntCounterVec,
+    pub model_polls: IntCounter,
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -139,6 +140,10 @@ impl Metrics {
                 "inferd_model_unloads_total",
                 "Model versions taken out of service after start-up",
                 &["model"],
+            ),
+            model_polls: r.counter(
+                "inferd_model_polls_total",
+                "Passes of the models directory poller (INFERD_MODEL_POLL_SECS) completed",
             ),
         }
     }

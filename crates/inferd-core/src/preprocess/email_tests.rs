@@ -264,15 +264,16 @@ fn moderate_nesting_is_parsed_in_full() {
 }
 
 #[test]
-fn ten_thousand_nested_multiparts_end_quickly() {
-    // Past the container cap the rest is cut, innermost text included; what
-    // matters is that this returns at once, without exhausting the stack.
+fn ten_thousand_nested_multiparts_are_cut_at_the_container_cap() {
+    // Past the container cap the rest is cut, innermost text included, and
+    // the walk returns without exhausting the stack. How long it takes is
+    // measured by the `preprocess/hostile` benchmark (bench/micro).
     assert_eq!(clean(&nested_multiparts(10_000, true), N), "deep");
     assert_eq!(clean(&nested_multiparts(10_000, false), N), "deep");
 }
 
 #[test]
-fn ten_thousand_nested_messages_end_quickly() {
+fn ten_thousand_nested_messages_unwind_without_recursion() {
     let mut raw = "Subject: m\nContent-Type: message/rfc822\n\n".repeat(10_000);
     raw += "Subject: inner\n\ninnermost\n";
     assert_eq!(clean(&raw, N), "m innermost");
@@ -291,7 +292,7 @@ fn encoded_attached_messages_are_not_parsed_from_their_bytes() {
 }
 
 #[test]
-fn many_containers_without_their_boundary_end_quickly() {
+fn many_containers_without_their_boundary_keep_the_subject() {
     // Each such container makes mail-parser scan to the end of the input.
     let mut raw = String::from("Subject: w\nContent-Type: multipart/mixed; boundary=\"top\"\n\n");
     for i in 0..10_000 {
@@ -386,8 +387,19 @@ fn message_line() -> impl Strategy<Value = String> {
     ]
 }
 
+/// 512 cases from one seed, so every run tries the same ones and a failure
+/// fails again anywhere; `PROPTEST_RNG_SEED` (and `make fuzz`) choose others.
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig::with_cases(512);
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = proptest::test_runner::RngSeed::Fixed(20_261_206);
+    }
+    c.failure_persistence = None;
+    c
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config())]
 
     #[test]
     fn random_bytes_never_break_it(bytes in prop::collection::vec(any::<u8>(), 0..600), limit in 0usize..300) {

@@ -1,0 +1,205 @@
+//! The router in process, without a socket (`tower::ServiceExt::oneshot`), on
+//! the scripted backend: what each front door answers, and in which format,
+//! checked in microseconds. The integration tests (`tests/`) do the same over
+//! real connections to the real models.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use inferd_core::admission::Admission;
+use inferd_core::backend::testing::{forecaster_model, TestBackend};
+use inferd_core::lifecycle::Lifecycle;
+use inferd_core::pipeline::{Limits, Pipeline};
+use inferd_core::repository::Repository;
+use inferd_core::Metrics;
+use inferd_predlog::{PredLog, SinkConfig, WriterConfig};
+use prometheus::Registry;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::{router, ApiKeys, AppState, DoorMetrics, KeySources, Settings};
+
+/// The state of a server serving one scripted forecaster `m` (windows of 3
+/// readings; the forecast is their sum), or still starting.
+fn state(ready: bool) -> Arc<AppState> {
+    let registry = Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry));
+    let limits = Limits {
+        max_instances: 4,
+        timeout_ms: 5_000,
+    };
+    let pipeline = Pipeline::new(
+        Admission::new(1, 8, metrics.clone()),
+        None,
+        metrics.clone(),
+        limits,
+    );
+    let lifecycle = Lifecycle::new(metrics.clone());
+    if ready {
+        let model = forecaster_model("m", 3, 8, TestBackend::forecaster(3, 1, 1));
+        lifecycle.deploy(pipeline.deploy(Repository::from_models([model]), None, None));
+    }
+    let off = WriterConfig {
+        sink: SinkConfig::Off,
+        shutdown_budget: Duration::ZERO,
+        channel_capacity: 1,
+        batch_rows: 1,
+        flush_interval: Duration::from_millis(1),
+        buffer_rows: 0,
+    };
+    let predlog = PredLog::start(off, Arc::new(inferd_predlog::Metrics::default()))
+        .expect("no sink to start");
+    Arc::new(AppState {
+        settings: Settings {
+            max_body_bytes: 1024,
+            body_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_instances: 4,
+            log_instances: false,
+            model_control: false,
+        },
+        doors: DoorMetrics::new(&registry),
+        registry,
+        metrics,
+        pipeline: Arc::new(pipeline),
+        lifecycle: Arc::new(lifecycle),
+        control: std::sync::OnceLock::new(),
+        predlog,
+        api_keys: Arc::new(ApiKeys::load(&KeySources::default()).expect("no keys")),
+    })
+}
+
+/// One request through the router: the status and the body as JSON (or as
+/// a JSON string when it is not JSON).
+async fn call(
+    st: &Arc<AppState>,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Body::from(body.unwrap_or("").to_string()))
+        .expect("request");
+    let resp = router(st.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v)
+}
+
+#[tokio::test]
+async fn predictions_come_from_the_model_in_each_front_doors_shape() {
+    let st = state(true);
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/predict",
+        Some(r#"{"model": "m", "instances": [[[1], [2], [3]], [[1], [1], [1]]]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["predictions"],
+        json!([{"forecast": {"y": 6.0}}, {"forecast": {"y": 3.0}}])
+    );
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/v2/models/m/infer",
+        Some(r#"{"inputs": [{"name": "window", "shape": [1, 3, 1], "datatype": "FP32", "data": [1, 2, 3]}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"][0]["data"], json!([6.0]));
+}
+
+#[tokio::test]
+async fn refusals_are_json_in_the_routers_own_format() {
+    let st = state(true);
+    for (method, uri, body, want, code) in [
+        (
+            Method::POST,
+            "/predict",
+            Some("{not json"),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            Some(r#"{"model": "nope", "instances": [1]}"#),
+            404,
+            "model_not_found",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            Some(r#"{"model": "m", "instances": [[[1]]]}"#),
+            422,
+            "invalid_input",
+        ),
+        (Method::GET, "/predict", None, 405, "method_not_allowed"),
+        (Method::GET, "/nowhere", None, 404, "not_found"),
+    ] {
+        let (status, v) = call(&st, method, uri, body).await;
+        assert_eq!(status.as_u16(), want, "{uri}: {v}");
+        assert_eq!(v["error"]["code"], code, "{uri}: {v}");
+    }
+    let too_many = json!({"model": "m", "instances": vec![json!([[1], [2], [3]]); 5]});
+    let (status, v) = call(&st, Method::POST, "/predict", Some(&too_many.to_string())).await;
+    assert_eq!(
+        (status.as_u16(), &v["error"]["field"]),
+        (422, &json!("instances")),
+        "{v}"
+    );
+    let (status, v) = call(&st, Method::POST, "/predict", Some(&"x".repeat(2048))).await;
+    assert_eq!(
+        (status.as_u16(), &v["error"]["code"]),
+        (413, &json!("payload_too_large"))
+    );
+    // KServe v2 errors are `{"error": "<message>"}`.
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/v2/models/nope/infer",
+        Some(r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(v["error"].is_string(), "{v}");
+}
+
+#[tokio::test]
+async fn a_starting_server_is_alive_but_not_ready_and_refuses_work() {
+    let st = state(false);
+    let (status, v) = call(&st, Method::GET, "/healthz", None).await;
+    assert_eq!((status, &v["status"]), (StatusCode::OK, &json!("alive")));
+    let (status, v) = call(&st, Method::GET, "/readyz", None).await;
+    assert_eq!(
+        (status, &v["status"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("starting"))
+    );
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/predict",
+        Some(r#"{"model": "m", "instances": [[[1], [2], [3]]]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["error"]["code"], "not_ready");
+    let (status, v) = call(&st, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        v.as_str().is_some_and(|m| m.contains("inferd_ready 0")),
+        "{v}"
+    );
+}
