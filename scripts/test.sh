@@ -16,7 +16,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
-step() { printf '\n== %s\n' "$*"; }
+# `step NAME` times each step; a table of them is printed at the end, or at
+# the failed one.
+source scripts/steps.sh
+
+# The property tests try the same cases on every run (one seed, each
+# property's own case count), so that a failure here replays anywhere from
+# the seed it prints; `make fuzz` explores with fresh seeds.
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261206}"
 
 # A CI run builds from a clean clone once: incremental caches and full debug
 # info would only take disk (a CI machine's disk has run out before) and time.
@@ -82,6 +89,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc --workspace --no-deps (no warnings; missing docs on the library crates fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "Docs: links and anchors resolve, every chapter in docs/SUMMARY.md"
+python3 tests/docs/check_docs.py --links
+
 step "cargo test (every crate of the workspace; property tests at a fixed case count)"
 cargo test --workspace --all-targets
 
@@ -109,6 +119,9 @@ venv "$CVENV" tests/conformance/requirements.txt --require-hashes
 step "Conformance: tritonclient (JSON and binary), schemathesis, and the whole SpamAssassin corpus raw (npm package) against a live server"
 INFERD_BIN="$ROOT/target/release/inferd" "$CVENV/bin/python" -m pytest -q -s tests/conformance
 
+step "Docs: every command the README and the book show, run against a live server (or marked not runnable, with the reason)"
+INFERD_BIN="$ROOT/target/release/inferd" DOCS_PYTHON="$CVENV/bin/python" python3 tests/docs/check_docs.py
+
 step "Python venv for the OpenTelemetry tests (hash-pinned)"
 TVENV="$ROOT/.venv-tracing"
 venv "$TVENV" tests/tracing/requirements.txt --require-hashes
@@ -129,5 +142,6 @@ INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q tests/
 step "Fault campaign (CI profile): Redis killed and frozen, PostgreSQL stopped and frozen, spill disk full, SIGTERM with and without nginx, SIGKILL behind nginx, SIGTERM while PostgreSQL hangs, each under load; table in target/faults/campaign.md"
 INFERD_BIN="$ROOT/target/release/inferd" "$DVENV/bin/python" -m pytest -q -s tests/faults
 
+done_steps
 echo
 echo "all test steps passed"

@@ -17,7 +17,8 @@ pub struct AuthArgs {
     pub api_keys: Option<String>,
 
     /// A file of bearer tokens, one per line (`#` starts a comment): for keys
-    /// mounted from a secret store rather than passed in the environment.
+    /// mounted from a secret store rather than passed in the environment. A
+    /// file that cannot be read, or holds no key, stops start-up.
     #[arg(long, env = "INFERD_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 

@@ -9,12 +9,14 @@ use super::check;
 #[derive(Debug, Clone, Args, Serialize)]
 #[command(next_help_heading = "Batching")]
 pub struct BatchingArgs {
-    /// Override every model's `[batching].max_batch_size` (instances per ONNX call).
+    /// Override every model's `[batching].max_batch_size`: instances per
+    /// backend call (the shipped manifests say 32 for text, 64 for the LSTM).
     #[arg(long, env = "INFERD_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
 
     /// Override every model's `[batching].max_batch_delay_ms`: how long a batch may
-    /// wait for more requests once a slot is free (0: never wait).
+    /// wait for more requests once a slot is free (0, the shipped manifests'
+    /// value: never wait).
     #[arg(long, env = "INFERD_MAX_BATCH_DELAY_MS")]
     pub max_batch_delay_ms: Option<u64>,
 }

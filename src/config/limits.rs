@@ -11,7 +11,9 @@ use super::{check, DAY_MS};
 #[derive(Debug, Clone, Args, Serialize)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitArgs {
-    /// Inferences allowed to run at once, across all models. Default: physical cores.
+    /// Inferences allowed to run at once, across all models: the inference
+    /// threads, and each model's sessions (one per thread). Default: physical
+    /// cores.
     #[arg(long, env = "INFERD_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
 
@@ -19,7 +21,10 @@ pub struct LimitArgs {
     #[arg(long, env = "INFERD_MAX_QUEUE", default_value_t = 512)]
     pub max_queue: usize,
 
-    /// Deadline for one request, covering queue wait and inference; past it, 504.
+    /// Deadline for one request, counted from its header's arrival and covering
+    /// the body, the queue wait and inference; past it, 504. A batch whose
+    /// requests have all passed it (or whose clients all left) is stopped and
+    /// its slot freed.
     #[arg(long, env = "INFERD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 

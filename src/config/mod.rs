@@ -16,6 +16,7 @@ mod limits;
 mod models;
 mod net;
 mod predlog;
+mod reference;
 mod runtime;
 mod telemetry;
 
@@ -31,6 +32,7 @@ pub use limits::LimitArgs;
 pub use models::{ModelArgs, ModelControlMode};
 pub use net::{GrpcListen, NetArgs};
 pub use predlog::{LogInputs, PredLogMode, PredlogArgs};
+pub use reference::reference;
 pub use runtime::{Device, RuntimeArgs};
 pub use telemetry::{LogFormat, TelemetryArgs};
 

@@ -86,7 +86,8 @@ pub struct PredlogArgs {
     #[arg(long, env = "INFERD_PREDLOG_BUFFER_ROWS", default_value_t = 100_000)]
     pub predlog_buffer_rows: usize,
 
-    /// Capacity of the channel between requests and the writer.
+    /// Capacity of the channel between requests and the writer; a record is
+    /// dropped (counted and logged) only when it overflows.
     #[arg(long, env = "INFERD_PREDLOG_CHANNEL", default_value_t = 65_536)]
     pub predlog_channel: usize,
 }

@@ -18,7 +18,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args, Serialize)]
 #[command(next_help_heading = "Logs")]
 pub struct TelemetryArgs {
-    /// Log line format.
+    /// Log line format; filter lines with `RUST_LOG` (default `info`). Text is
+    /// coloured only when written to a terminal.
     #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
