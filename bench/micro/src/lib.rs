@@ -7,8 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use inferd_core::backend::{BackendOptions, Device, Runtimes};
-use inferd_core::manifest::Format;
+use inferd_core::backend::{BackendOptions, Device};
 use inferd_core::repository::Repository;
 use serde_json::Value;
 
@@ -36,14 +35,7 @@ pub fn load_models(pool_size: usize) -> anyhow::Result<Repository> {
         pool_size,
         arena_shrink_rows: 8,
     };
-    let runtimes = Runtimes::new().with(Format::Onnx, inferd_onnx::OrtLoader::new(opts.clone()));
-    #[cfg(feature = "torch")]
-    let runtimes = runtimes.with(
-        Format::Torchscript,
-        inferd_torch::TorchLoader::new(opts).map_err(anyhow::Error::msg)?,
-    );
-    #[cfg(not(feature = "torch"))]
-    let _ = opts;
+    let runtimes = inferd::server::runtimes(opts)?;
     Ok(Repository::load(&root().join("models"), &runtimes)?)
 }
 
