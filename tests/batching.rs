@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
+use common::gate::{held_past_cancel, Gate};
 use common::{golden, long_texts, metric, metric_sum, uncached, TestServer};
 use serde_json::{json, Value};
 
@@ -131,21 +130,25 @@ async fn a_large_request_is_split_across_batches_in_order() {
 
 /// Jobs whose deadline passed while they queued are dropped, never computed.
 ///
-/// One slot, and every model call takes 300 ms (the real model, slowed). Each
-/// request is 64 instances, one call of its own. All are sent at once with a
-/// 1050 ms deadline: the calls run back to back, so about three finish in time
-/// (200), one is running when the deadlines pass (504, though it reached the
-/// model before its deadline), and every later one has expired in the queue
-/// (504, and must never reach the model).
+/// One slot. The first request's call is held in the model by a gate that
+/// even its cancellation does not open (as with a runtime that cannot be
+/// stopped), so the slot stays taken; five more requests queue behind it and
+/// pass their deadline there (each is answered 504 while the gate is still
+/// closed). Then the gate opens: the held call finishes (its request is late
+/// too, but it reached the model in time), and the five expired jobs must be
+/// dropped at batch formation, never computed. The order is the gate's doing,
+/// so no machine is too slow for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_requests_never_reach_the_model() {
-    const N: usize = 12;
+    const QUEUED: usize = 5;
     const SIZE: usize = 64;
     let mut cfg = uncached();
     cfg.limits.max_concurrency = Some(1);
     cfg.batching.max_batch_size = Some(SIZE); // one request, one call: none merge
-    cfg.limits.request_timeout_ms = 1050;
-    let s = TestServer::start_slowed(cfg, Duration::from_millis(300)).await;
+    cfg.limits.request_timeout_ms = 500;
+    let gate = Gate::closed();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(cfg, held_past_cancel(&gate)).await;
     let series = &common::latest_series("inferd_model_instances_total", "text-classifier");
     let calls = &common::latest_series("inferd_batches_total", "text-classifier");
     // Zero before the first request (warm-up bypasses the batcher; the
@@ -154,44 +157,38 @@ async fn expired_requests_never_reach_the_model() {
     assert_eq!(before.unwrap_or(0.0), 0.0);
 
     let body = json!({"model": "text-classifier", "instances": long_texts(SIZE)});
-    let results = concurrent(&s, vec![body; N]).await;
-    let ok = results.iter().filter(|(st, _)| *st == 200).count();
-    let late = results
-        .iter()
-        .filter(|(st, v)| *st == 504 && v["error"]["code"] == "deadline_exceeded")
-        .count();
-    assert_eq!(ok + late, N, "{results:?}");
-    assert!(ok >= 1 && late >= 1, "ok {ok}, late {late}");
-
-    // Let the call running at the deadline finish, then count what the model
-    // computed.
-    let t = Instant::now();
-    let m = loop {
-        let m = s.metrics().await;
-        if metric(&m, "inferd_inferences_in_flight") == 0.0
-            && metric(&m, "inferd_queue_depth") == 0.0
-        {
-            break m;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "never drained:\n{m}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let first = {
+        let (c, u, b) = (s.client.clone(), s.url("/predict"), body.clone());
+        tokio::spawn(async move { c.post(u).json(&b).send().await.unwrap().status().as_u16() })
     };
-    let ran = metric(&m, series) as usize;
-    let batches = metric(&m, calls) as usize;
-    eprintln!("{ok} in time, {late} late; {ran} instances in {batches} calls");
-    // Everything answered 200 ran; beyond that, at most the one call that was
-    // running when the deadlines passed. No request that expired in the queue
-    // reached the model.
-    assert!(
-        ran == ok * SIZE || ran == (ok + 1) * SIZE,
-        "{ran} instances computed for {ok} answered requests of {SIZE}: \
-         {} of the {late} late requests reached the model",
-        (ran as f64 - (ok * SIZE) as f64) / SIZE as f64
+    gate.until_waiting(1, "the first call held in the model")
+        .await;
+    let late = concurrent(&s, vec![body; QUEUED]).await;
+    for (st, v) in &late {
+        assert_eq!(
+            (*st, v["error"]["code"].as_str()),
+            (504, Some("deadline_exceeded")),
+            "{v}"
+        );
+    }
+    // All five expired in the queue, behind the held call.
+    assert_eq!(gate.waiting(), 1);
+    gate.open();
+    assert_eq!(
+        first.await.unwrap(),
+        504,
+        "the held call outlasted its deadline too"
     );
-    assert_eq!(batches * SIZE, ran, "one call per request");
-    assert!(
-        late >= 4,
-        "the deadline fell too late to test anything: {ok} in time, {late} late"
+    common::eventually("the queue drained", || async {
+        let m = s.metrics().await;
+        metric(&m, "inferd_inferences_in_flight") == 0.0 && metric(&m, "inferd_queue_depth") == 0.0
+    })
+    .await;
+    let m = s.metrics().await;
+    assert_eq!(
+        (metric(&m, series) as usize, metric(&m, calls) as usize),
+        (SIZE, 1),
+        "only the held call reached the model: no expired job did"
     );
     s.stop().await.unwrap();
 }

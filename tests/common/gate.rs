@@ -98,6 +98,9 @@ impl Drop for OpenOnDrop {
 struct Held {
     inner: Arc<dyn Backend>,
     gate: Gate,
+    /// Whether a cancelled run leaves the gate (ONNX Runtime's terminate
+    /// switch) or stays until it opens (a runtime that cannot be stopped).
+    cancellable: bool,
 }
 
 impl Backend for Held {
@@ -110,6 +113,10 @@ impl Backend for Held {
         input: &InputBatch,
         control: &RunControl,
     ) -> Result<OutputBatch, BackendError> {
+        if !self.cancellable {
+            self.gate.pass(&AtomicBool::new(false));
+            return self.inner.infer(input);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (s, g) = (stop.clone(), self.gate.clone());
         control.on_cancel(move || {
@@ -141,6 +148,7 @@ impl Backend for Held {
 struct HeldLoader {
     inner: Box<dyn Loader>,
     gate: Gate,
+    cancellable: bool,
 }
 
 impl Loader for HeldLoader {
@@ -148,6 +156,7 @@ impl Loader for HeldLoader {
         Ok(Arc::new(Held {
             inner: self.inner.load(graph)?,
             gate: self.gate.clone(),
+            cancellable: self.cancellable,
         }))
     }
 }
@@ -166,13 +175,25 @@ impl Loader for StalledLoader {
     }
 }
 
-/// The real models, their batches held at `gate` while it is closed.
+/// The real models, their batches held at `gate` while it is closed (a
+/// cancelled run leaves at once).
 pub(crate) fn held(gate: &Gate) -> MakeLoader {
+    held_loader(gate, true)
+}
+
+/// `held`, but a run stays at the gate even when cancelled, as a runtime that
+/// cannot be interrupted would: the slot stays taken until the gate opens.
+pub(crate) fn held_past_cancel(gate: &Gate) -> MakeLoader {
+    held_loader(gate, false)
+}
+
+fn held_loader(gate: &Gate, cancellable: bool) -> MakeLoader {
     let gate = gate.clone();
     Box::new(move |opts| {
         Ok(Box::new(HeldLoader {
             inner: Box::new(inferd::server::runtimes(opts)?),
             gate,
+            cancellable,
         }))
     })
 }
