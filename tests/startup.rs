@@ -356,7 +356,7 @@ fn startup_log_shows_the_config_without_keys_or_passwords() {
         // The "ready" event itself (the config line mentions /readyz).
         let ready = |l: &str| {
             l.lines().any(|line| {
-                line.trim_end().ends_with(" ready") || line.contains("\"message\":\"ready\"")
+                line.contains("inferd::server: ready") || line.contains("\"message\":\"ready\"")
             })
         };
         let t = std::time::Instant::now();
