@@ -29,7 +29,7 @@ docs:
 	mdbook build docs
 
 build: ort
-	cargo build --release
+	cargo build --release --bins
 
 ort: $(ORT_LIB)
 $(ORT_LIB):

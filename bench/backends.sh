@@ -18,7 +18,7 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/lib/libonnxruntime.so.1.31.1
 WT=scripts/with-torch.sh
 
 $WT cargo build --release --features torch --bin inferd >&2
-cargo build --release -p inferd-bench >&2
+cargo build --release --bin inferd-bench >&2
 
 echo "== criterion (in process, one intra-op thread)" >&2
 $WT cargo bench -p inferd-microbench --features torch --bench backends -- --noplot 2>&1 | tee "$OUT/criterion.txt" >&2

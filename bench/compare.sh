@@ -36,8 +36,8 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 export ORT_DYLIB_PATH="$(./scripts/install-ort.sh | tail -n 1)"
 echo "== building (release)" >&2
 cargo build --release --bin inferd >&2
-cargo build --release -p inferd-microbench --example raw_ort --example ceiling >&2
-cargo build --release -p inferd-bench >&2
+cargo build --release --example raw_ort --example ceiling >&2
+cargo build --release --bin inferd-bench >&2
 if [ ! -x .venv-peer/bin/uvicorn ] || ! cmp -s bench/peers/requirements.txt .venv-peer/.requirements; then
   echo "== installing the Python peer's venv" >&2
   python3 -m venv .venv-peer

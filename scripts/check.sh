@@ -30,7 +30,7 @@ cargo test --workspace --lib --bins
 
 step "In-process integration tests (no outside service, no release build)"
 cargo test --test docs --test server --test batching --test cancel --test connections \
-  --test grpc --test model_control --test preprocess --test properties --test protocols
-cargo test -p inferd-bench --test bench_tool
+  --test grpc --test model_control --test preprocess --test properties --test protocols \
+  --test bench_tool
 
 done_steps

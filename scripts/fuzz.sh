@@ -17,5 +17,5 @@ for i in $(seq 1 "$runs"); do
   seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
   echo "== fuzz run $i of $runs: PROPTEST_RNG_SEED=$seed ${PROPTEST_CASES:+PROPTEST_CASES=$PROPTEST_CASES}"
   PROPTEST_RNG_SEED="$seed" cargo test -q --test properties
-  PROPTEST_RNG_SEED="$seed" cargo test -q -p inferd-core --lib preprocess::email
+  PROPTEST_RNG_SEED="$seed" cargo test -q --lib preprocess::email
 done

@@ -97,10 +97,11 @@ cargo test --workspace --all-targets
 
 step "libtorch backend (--features torch): libtorch 2.13.0 unpacked from PyPI wheels into .libtorch (kept while scripts/torch-requirements.txt is unchanged), clippy, unit and server tests"
 disk
-scripts/with-torch.sh cargo clippy -p inferd-torch --features libtorch --all-targets -- -D warnings
-scripts/with-torch.sh cargo clippy --features torch --lib --test torch -- -D warnings
-scripts/with-torch.sh cargo test -p inferd-torch --features libtorch
-scripts/with-torch.sh cargo test --features torch --test torch
+# No `-p`: every member is a default member, so these resolve dependency
+# features as the steps above did and rebuild only what the feature changes
+# (tch, inferd-torch, the server, the micro benchmarks), not the whole tree.
+scripts/with-torch.sh cargo clippy --features torch --all-targets -- -D warnings
+scripts/with-torch.sh cargo test --features torch --lib --test torch
 
 step "Release build (the binaries the deployment, conformance and lifecycle tests run)"
 cargo build --release --workspace --bins

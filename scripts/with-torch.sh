@@ -2,7 +2,7 @@
 # Runs a command with libtorch available for the `torch` feature:
 #
 #   scripts/with-torch.sh cargo test --features torch --test torch
-#   scripts/with-torch.sh cargo run --release --features torch -- serve
+#   scripts/with-torch.sh cargo run --release --features torch --bin inferd -- serve
 #
 # libtorch comes from PyPI's `torch` wheel, unpacked rather than installed:
 # `pip install torch` pulls about 2.8 GB of CUDA packages (cuBLAS, cuDNN, NCCL,

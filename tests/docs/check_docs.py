@@ -213,8 +213,10 @@ def run_block(lang, code, server, env):
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                            timeout=BLOCK_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return 124, "", f"still running after {BLOCK_TIMEOUT_S} s"
+    except subprocess.TimeoutExpired as e:
+        # What it printed so far says where it was stuck (a build, a server).
+        so_far = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return 124, "", f"{so_far}\nstill running after {BLOCK_TIMEOUT_S} s"
     return p.returncode, p.stdout, p.stderr
 
 
