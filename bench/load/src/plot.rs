@@ -48,6 +48,19 @@ fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
 }
 
+/// The series' labels, in a box over the chart.
+fn legend<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
 /// Text needs a font: DejaVu Sans, built in, so that a machine without
 /// fonts (a CI runner, a container) draws the same picture.
 fn register_font() -> anyhow::Result<()> {
@@ -152,13 +165,7 @@ fn latency<DB: DrawingBackend>(r: &Report, area: &DrawingArea<DB, Shift>) -> any
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(draw_err)?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn answers<DB: DrawingBackend>(r: &Report, area: &DrawingArea<DB, Shift>) -> anyhow::Result<()> {
@@ -197,13 +204,7 @@ fn answers<DB: DrawingBackend>(r: &Report, area: &DrawingArea<DB, Shift>) -> any
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(draw_err)?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn distribution<DB: DrawingBackend>(

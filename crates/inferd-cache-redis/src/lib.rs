@@ -74,19 +74,12 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("PING");
-        match tokio::time::timeout(
+        within(
             self.timeout.max(Duration::from_millis(500)),
             cmd.query_async::<String>(&mut conn),
         )
         .await
-        {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Err(e)) => Err(StoreError::Failed {
-                store: "redis",
-                message: e.to_string(),
-            }),
-            Ok(Ok(_)) => Ok(()),
-        }
+        .map(drop)
     }
 
     async fn guarded<T>(
@@ -96,19 +89,27 @@ impl RedisStore {
         if self.breaker.is_open() {
             return Err(StoreError::BreakerOpen);
         }
-        let r = match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Err(e)) => Err(StoreError::Failed {
-                store: "redis",
-                message: e.to_string(),
-            }),
-            Ok(Ok(v)) => Ok(v),
-        };
+        let r = within(self.timeout, fut).await;
         match &r {
             Ok(_) => self.breaker.success(),
             Err(_) => self.breaker.failure(),
         }
         r
+    }
+}
+
+/// A Redis call bounded by `limit`, its failure in the port's terms.
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Err(_) => Err(StoreError::Timeout),
+        Ok(Err(e)) => Err(StoreError::Failed {
+            store: "redis",
+            message: e.to_string(),
+        }),
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
