@@ -425,7 +425,15 @@ pub async fn serve(
     metrics.connections_max.set(limits.max_connections as i64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper grows a connection's read buffer to 400 KiB by default while a
+    // large body streams in: 1,000 clients sending 2 MiB bodies held
+    // hundreds of MB of buffers outside the memory budget (see
+    // `inferd_api::MemoryBudget`). 16 KiB reads a 2 MiB body in 128 reads
+    // and holds a request head of up to 16 KiB (nginx's default buffers
+    // for a head are 8 KiB); a larger head is answered 431.
+    builder.http1().max_buf_size(READ_BUFFER_BYTES);
+    let builder = Arc::new(builder);
     let burst = Arc::new(BurstTrim::default());
     tokio::pin!(signal);
     let spawn = |tasks: &mut JoinSet<()>,
@@ -521,6 +529,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Most a connection buffers of what it reads (see `serve`).
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 async fn serve_one(
     tcp: TcpStream,

@@ -112,7 +112,17 @@ pub fn build_state(config: &ServeConfig) -> anyhow::Result<(AppState, Arc<ConnMe
         );
     }
     let predlog = PredLog::start(config.predlog_writer(), predlog_metrics)?;
+    let budget = config.limits.memory_budget().map(|bytes| {
+        tracing::info!(bytes, "memory budget for requests in flight");
+        inferd_api::MemoryBudget::new(
+            bytes,
+            Duration::from_millis(config.limits.memory_wait_ms),
+            doors.memory_budget_used.clone(),
+            &doors.memory_budget,
+        )
+    });
     let state = AppState {
+        budget,
         settings: config.api_settings(),
         api_keys: Arc::new(api_keys),
         lifecycle: Arc::new(Lifecycle::new(metrics.clone())),

@@ -524,11 +524,13 @@ async fn not_ready_until_warmed_up() {
     s.stop().await.unwrap();
 }
 
+/// Static limits: only INFERD_MAX_QUEUE bounds the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_with_429_and_never_5xx() {
     let mut cfg = uncached();
     cfg.limits.max_concurrency = Some(1);
     cfg.limits.max_queue = 2;
+    cfg.limits.admission = inferd::config::AdmissionMode::Static;
     let s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
     let mut tasks = Vec::new();
@@ -565,6 +567,65 @@ async fn overload_sheds_with_429_and_never_5xx() {
     assert!(
         m.contains("inferd_rejections_total{reason=\"queue_full\"}"),
         "{m}"
+    );
+    s.stop().await.unwrap();
+}
+
+/// Adaptive limits (the default), with a global bound far above them: a
+/// burst of large requests on one slot is refused by the model's queue by
+/// time, each refusal a 429 with a `Retry-After` of at least a second, and
+/// every admitted request answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_by_time_with_a_retry_after() {
+    let mut cfg = uncached();
+    cfg.limits.max_concurrency = Some(1);
+    let s = TestServer::start(cfg).await;
+    let body = json!({"model": "text-classifier", "instances": long_texts(64)});
+    // Measured first: the limit follows what the model did.
+    for _ in 0..3 {
+        assert_eq!(s.post_json("/predict", &body).await.0, 200);
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let client = s.client.clone();
+        let url = s.url("/predict");
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (status, retry, v)
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        let (status, retry, v) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                shed += 1;
+                assert_eq!(v["error"]["code"], "overloaded", "{v}");
+                assert!(retry.is_some_and(|r| r >= 1), "{retry:?}");
+            }
+            other => panic!("unexpected status {other}: {v}"),
+        }
+    }
+    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "inferd_rejections_total{reason=\"queue_time\"}"),
+        f64::from(shed),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "inferd_queue_limit{model=\"text-classifier\",version=\"2\"}"
+        ) >= 32.0
     );
     s.stop().await.unwrap();
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 pub use auth::AuthArgs;
 pub use batching::BatchingArgs;
 pub use cache::{CacheArgs, CacheChoice, CacheMode};
-pub use limits::LimitArgs;
+pub use limits::{AdmissionMode, LimitArgs};
 pub use models::{ModelArgs, ModelControlMode};
 pub use net::{GrpcListen, NetArgs};
 pub use predlog::{LogInputs, PredLogMode, PredlogArgs};

@@ -99,7 +99,7 @@ def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
 class Server:
     """A release `inferd serve` on a free loopback port; stop() ends it by PID."""
 
-    def __init__(self, models_dir: Path, workdir: Path, env: dict):
+    def __init__(self, models_dir: Path, workdir: Path, env: dict, cgroup: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models_dir = models_dir
@@ -121,8 +121,12 @@ class Server:
         full.update(env)
         self.log_path = workdir / f"inferd-{self.port}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(release_binary("inferd", "INFERD_BIN")), "serve"],
-                                     env=full, cwd=workdir, stdout=self._log,
+        cmd = [str(release_binary("inferd", "INFERD_BIN")), "serve"]
+        if cgroup is not None:
+            # Joins the cgroup before exec, so the server reads its limits
+            # at start-up as it would in a container.
+            cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$0" "$1"'] + cmd
+        self.proc = subprocess.Popen(cmd, env=full, cwd=workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
@@ -214,11 +218,12 @@ class Server:
 
 @pytest.fixture
 def start_server(tmp_path):
-    """start_server(models_dir, **env) -> a ready Server; all are stopped at teardown."""
+    """start_server(models_dir, cgroup=None, **env) -> a ready Server (in `cgroup`, a v1
+    cgroup directory, when given); all are stopped at teardown."""
     started: list[Server] = []
 
-    def start(models_dir: Path, wait: bool = True, **env) -> Server:
-        s = Server(models_dir, tmp_path, {k: str(v) for k, v in env.items()})
+    def start(models_dir: Path, wait: bool = True, cgroup: Path | None = None, **env) -> Server:
+        s = Server(models_dir, tmp_path, {k: str(v) for k, v in env.items()}, cgroup)
         started.append(s)
         if wait:
             s.wait_ready()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::protocol::Protocol;
+use crate::protocol::{HttpClient, Protocol};
 use crate::schedule::{parse_schedule, Schedule};
 
 #[derive(Debug, Clone, Parser)]
@@ -27,6 +27,14 @@ pub struct BenchConfig {
     /// Wire protocol.
     #[arg(long, value_enum, default_value_t = Protocol::V1)]
     pub protocol: Protocol,
+    /// The client for --protocol v1 and v2. `lean`: each request encoded
+    /// whole once and written on keep-alive HTTP/1.1 connections, about a
+    /// third of reqwest's CPU a request (on loopback 25-30 us, mostly the
+    /// kernel's, against 70-100), so that one core holds an open loop of
+    /// 30,000 requests a second; plain http:// only (another URL goes
+    /// through reqwest). `reqwest`: reqwest/hyper, for comparison.
+    #[arg(long, value_enum, default_value_t = HttpClient::Lean)]
+    pub http_client: HttpClient,
     /// JSON-lines file of payloads to send instead of the golden inputs. Each
     /// non-blank line is either a full request body for --protocol, sent as it
     /// is (v1: `{"model": ..., "instances": [...]}`; v2: `{"inputs": [...]}`),
@@ -58,6 +66,14 @@ pub struct BenchConfig {
     /// Requests per second (open loop); overrides the closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: most requests in flight at once, and so most connections
+    /// (each kept open for reuse). A request due while all are busy starts
+    /// late, and its latency still counts from when it was due. Without a
+    /// bound the client opens a connection per late answer and closes it
+    /// again when idle, and the connection churn, not the server, sets the
+    /// rate.
+    #[arg(long, default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// Open loop on a rate schedule: comma-separated DURATION:RATE steps, e.g.
     /// `10s:100,30s:500,10s:0` (durations as for --duration, rates in requests
     /// per second). Steps jump, they do not ramp: each holds its rate for its

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod grpc;
+pub mod http1;
 pub mod payloads;
 pub mod plot;
 pub mod protocol;

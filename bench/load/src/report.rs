@@ -468,6 +468,12 @@ pub fn print_table(r: &Report) {
             "  started late vs schedule (load generator): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             l.p50, l.p99, l.max
         );
+        if l.p99 > BEHIND_MS {
+            println!(
+                "  the load generator FELL BEHIND its schedule (p99 over {BEHIND_MS} ms late): \
+                 the rate sent was below the rate asked, and latencies include the delay"
+            );
+        }
     }
     print_steps(&r.steps);
     for t in &r.targets {
@@ -480,6 +486,9 @@ pub fn print_table(r: &Report) {
         );
     }
 }
+
+/// A p99 send lag past this says the generator, not the server, set the pace.
+const BEHIND_MS: f64 = 1.0;
 
 /// One line per schedule step, then each step's errors by status.
 fn print_steps(steps: &[StepReport]) {

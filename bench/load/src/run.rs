@@ -125,14 +125,19 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             cfg.instances,
         )?,
     };
+    let pool = match open {
+        Some(_) => cfg.max_in_flight,
+        None => cfg.connections,
+    };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(cfg.connections.max(1))
+        .pool_max_idle_per_host(pool.max(1))
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(60))
+        .timeout(crate::protocol::REQUEST_TIMEOUT)
         .build()?;
     let target = Arc::new(
         Target::connect(
             cfg.protocol,
+            cfg.http_client,
             client,
             &cfg.url,
             &cfg.model,
@@ -177,7 +182,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     };
 
     match &open {
-        Some(plan) => open_loop(&target, &recorder, begin, plan).await,
+        Some(plan) => open_loop(&target, &recorder, begin, plan, cfg.max_in_flight).await,
         None => closed_loop(&target, &recorder, cfg.connections).await,
     }
     ticker.abort();
@@ -210,7 +215,18 @@ struct Segment {
 /// due and hands it to the runtime: tokio's timer wakes on millisecond ticks,
 /// which would add up to a millisecond to every latency measured from the
 /// scheduled start, and the OS's sleep is good to tens of microseconds.
-async fn open_loop(target: &Arc<Target>, recorder: &Recorder, begin: Instant, plan: &Schedule) {
+///
+/// What the pacer hands over is spawned by a task on the runtime's workers, not
+/// by this function's caller: that runs on the main thread (`block_on`), and
+/// each request would wake it and then a worker, two futex wake-ups that cost
+/// about as much CPU as sending the request (on one core, a third of it).
+async fn open_loop(
+    target: &Arc<Target>,
+    recorder: &Recorder,
+    begin: Instant,
+    plan: &Schedule,
+    max_in_flight: usize,
+) {
     let mut segments = vec![Segment {
         start: begin,
         end: recorder.start,
@@ -228,19 +244,28 @@ async fn open_loop(target: &Arc<Target>, recorder: &Recorder, begin: Instant, pl
         let recorder = recorder.clone();
         std::thread::spawn(move || pace(&segments, &recorder, |k, at| due_tx.send((k, at)).is_ok()))
     };
-    let mut tasks = JoinSet::new();
-    while let Some((k, scheduled)) = due.recv().await {
-        let (target, recorder) = (target.clone(), recorder.clone());
-        tasks.spawn(async move {
-            let lag = scheduled.elapsed();
-            let outcome = target.send(k).await;
-            recorder.observe(scheduled, outcome, Some(lag));
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    // The channel closes when the pacer is done.
+    // A permit per request in flight; all of them back means all are done.
+    let permits = u32::try_from(max_in_flight.max(1)).unwrap_or(u32::MAX);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(permits as usize));
+    let (target, recorder) = (target.clone(), recorder.clone());
+    let dispatch = tokio::spawn(async move {
+        while let Some((k, scheduled)) = due.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let (target, recorder) = (target.clone(), recorder.clone());
+            tokio::spawn(async move {
+                let lag = scheduled.elapsed();
+                let outcome = target.send(k).await;
+                recorder.observe(scheduled, outcome, Some(lag));
+                drop(permit);
+            });
+        }
+        // The channel closes when the pacer is done.
+        let _ = in_flight.acquire_many(permits).await;
+    });
+    let _ = dispatch.await;
     let _ = pacer.join();
-    while tasks.join_next().await.is_some() {}
 }
 
 /// Sleeps until each request of `segments` is due and passes it (its number and

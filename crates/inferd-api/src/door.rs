@@ -1,5 +1,7 @@
-//! Refusal at the door: while the inference queue is full, a prediction is
-//! answered 429 before its body is read or parsed.
+//! Refusal at the door: while the inference queue is full (the global bound),
+//! or the queue of the model the path names refuses by time (`governor`; for
+//! `/predict`, the only model when one serves), a prediction is answered 429
+//! before its body is read or parsed.
 //!
 //! Under overload the refusals are most of the traffic; parsing and validating
 //! each one (tokenizing a text, for the classifier) took the CPU the model
@@ -31,11 +33,13 @@ pub(crate) async fn refuse_when_full<F: ErrorFormat>(
     req: Request,
     next: Next,
 ) -> Response {
-    let admission = &st.pipeline.admission;
-    if req.method() != Method::POST || !is_prediction(req.uri().path()) || !admission.is_full() {
+    let path = req.uri().path();
+    if req.method() != Method::POST || !is_prediction(path) {
         return next.run(req).await;
     }
-    let e = CoreError::QueueFull(admission.waiting());
+    let Some(e) = refusal(&st, path) else {
+        return next.run(req).await;
+    };
     let mut body = req.into_body();
     let mut left = st.settings.max_body_bytes;
     while let Some(Ok(frame)) = body.frame().await {
@@ -57,14 +61,45 @@ pub(crate) async fn refuse_when_full<F: ErrorFormat>(
     F::render(ApiError::Core(e))
 }
 
+/// Why a prediction to `path` is refused before its body is read, if it is.
+fn refusal(st: &AppState, path: &str) -> Option<CoreError> {
+    let admission = &st.pipeline.admission;
+    if admission.is_full() {
+        return Some(CoreError::QueueFull(admission.waiting()));
+    }
+    let (name, version) = model_in_path(path);
+    st.lifecycle.deployment()?.refusal(name, version)
+}
+
+/// The model and version a prediction path names: `.../models/{name}[/versions/{v}]/...`.
+fn model_in_path(path: &str) -> (Option<&str>, Option<&str>) {
+    let mut parts = path.split('/').skip_while(|p| *p != "models").skip(1);
+    let name = parts.next().filter(|n| !n.is_empty());
+    let version = match (parts.next(), parts.next()) {
+        (Some("versions"), v) => v,
+        _ => None,
+    };
+    (name, version)
+}
+
 /// The prediction routes of both front doors (`/predict`,
 /// `/v1/models/{name}[/versions/{v}]/predict`, `/v2/models/{name}[/versions/{v}]/infer`).
-fn is_prediction(path: &str) -> bool {
+pub(crate) fn is_prediction(path: &str) -> bool {
     path.ends_with("/predict") || path.ends_with("/infer")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_model_a_path_names() {
+        use super::model_in_path as m;
+        assert_eq!(m("/predict"), (None, None));
+        assert_eq!(m("/v1/models/lstm/predict"), (Some("lstm"), None));
+        assert_eq!(m("/v1/models/t/versions/2/predict"), (Some("t"), Some("2")));
+        assert_eq!(m("/models/t/infer"), (Some("t"), None));
+        assert_eq!(m("/v2/models/t/versions/1/infer"), (Some("t"), Some("1")));
+    }
+
     #[test]
     fn prediction_paths() {
         for p in [

@@ -47,9 +47,27 @@ pub enum ApiError {
     /// model control switched off.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The memory budget for requests in flight has no room for this body.
+    #[error(
+        "the server's memory budget for requests in flight ({0} bytes, \
+         INFERD_MEMORY_BUDGET_BYTES) is in use; retry shortly"
+    )]
+    MemoryBudget(u64),
 }
 
 /// Core messages, with a pointer to the listing route where one helps.
+/// `Retry-After` in whole seconds (the header has no finer unit), rounded
+/// up from the core's estimate and at least 1.
+pub(crate) fn retry_after_secs(e: &CoreError) -> u64 {
+    e.retry_after()
+        .map_or(1, |d| d.as_millis().div_ceil(1000) as u64)
+        .max(1)
+}
+
+fn retry_after_header(e: &CoreError) -> HeaderValue {
+    HeaderValue::from(retry_after_secs(e))
+}
+
 fn core_message(e: &CoreError) -> String {
     match e {
         CoreError::ModelNotFound(name) => {
@@ -84,7 +102,9 @@ impl ApiError {
                     StatusCode::NOT_FOUND
                 }
                 CoreError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                CoreError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+                CoreError::QueueFull(_) | CoreError::Overloaded { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 CoreError::NotReady | CoreError::Draining => StatusCode::SERVICE_UNAVAILABLE,
                 CoreError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
                 CoreError::Backend(_) | CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,6 +119,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MemoryBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -110,6 +131,7 @@ impl ApiError {
                 CoreError::VersionNotFound(..) => "version_not_found",
                 CoreError::Invalid { .. } => "invalid_input",
                 CoreError::QueueFull(_) => "queue_full",
+                CoreError::Overloaded { .. } => "overloaded",
                 CoreError::NotReady => "not_ready",
                 CoreError::Draining => "draining",
                 CoreError::DeadlineExceeded(_) => "deadline_exceeded",
@@ -126,6 +148,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::MemoryBudget(_) => "memory_budget",
         }
     }
 
@@ -142,7 +165,7 @@ impl ApiError {
     pub fn set_headers(&self, headers: &mut HeaderMap) {
         match self {
             ApiError::Core(e) if e.retryable() => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(header::RETRY_AFTER, retry_after_header(e));
                 // Draining ends by closing every connection: a client that kept
                 // this one would send its next request into the close and could
                 // not tell whether it was served. Closed now, it reconnects
@@ -150,6 +173,9 @@ impl ApiError {
                 if matches!(e, CoreError::Draining) {
                     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
+            }
+            ApiError::MemoryBudget(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The rest of the body may still come: the connection cannot carry
             // another request.
@@ -206,7 +232,7 @@ pub(crate) struct ErrorBody<'a> {
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorDetail<'a> {
-    /// Stable, machine-readable: `invalid_input`, `model_not_found`, `queue_full`, ...
+    /// Stable, machine-readable: `invalid_input`, `model_not_found`, `queue_full`, `overloaded`, `memory_budget`, ...
     #[schema(example = "invalid_input")]
     pub code: &'a str,
     /// For people.
@@ -243,6 +269,12 @@ mod tests {
             CoreError::VersionNotFound("m".into(), "9".into()),
             CoreError::invalid("instances", "bad"),
             CoreError::QueueFull(3),
+            CoreError::Overloaded {
+                model: "m".into(),
+                wait_ms: 30,
+                target_ms: 12,
+                retry_after_ms: 2_400,
+            },
             CoreError::NotReady,
             CoreError::Draining,
             CoreError::DeadlineExceeded(10),
@@ -267,5 +299,33 @@ mod tests {
             e.to_string(),
             "no model named `m`; GET /v1/models lists them"
         );
+    }
+
+    #[test]
+    fn retry_after_is_the_drain_time_rounded_up_to_whole_seconds() {
+        let overloaded = |ms| CoreError::Overloaded {
+            model: "m".into(),
+            wait_ms: 0,
+            target_ms: 0,
+            retry_after_ms: ms,
+        };
+        for (ms, secs) in [(0, 1), (12, 1), (1_000, 1), (1_001, 2), (2_400, 3)] {
+            let mut h = HeaderMap::new();
+            ApiError::from(overloaded(ms)).set_headers(&mut h);
+            assert_eq!(h[header::RETRY_AFTER], secs.to_string().as_str(), "{ms} ms");
+        }
+        let e = ApiError::from(overloaded(40));
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code(), "overloaded");
+        assert_eq!(
+            e.to_string(),
+            "model `m` is at capacity: a request now would wait about 0 ms in its queue, \
+             over its target of 0 ms; retry after 40 ms"
+        );
+        let mut h = HeaderMap::new();
+        let budget = ApiError::MemoryBudget(1 << 20);
+        budget.set_headers(&mut h);
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }

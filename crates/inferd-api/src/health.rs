@@ -54,6 +54,10 @@ pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Prometheus text format 0.0.4",
         content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let slots = st.pipeline.admission.slots().count().max(1) as f64;
+    let busy = (st.metrics.in_flight.get().max(0) as f64 / slots).min(1.0);
+    let waiting = st.lifecycle.deployment().map_or(0.0, |d| d.queue_fill());
+    st.doors.load.set(busy + waiting);
     (
         [(
             header::CONTENT_TYPE,

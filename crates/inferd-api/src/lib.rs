@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod auth;
+mod budget;
 mod door;
 mod error;
 mod extract;
@@ -45,6 +46,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiKeys, KeySources};
+pub use budget::MemoryBudget;
 pub use error::ApiError;
 use error::{method_not_allowed, route_not_found, ErrorFormat, JsonApi};
 pub use extract::Arrival;
@@ -74,6 +76,10 @@ fn with_format<F: ErrorFormat>(routes: Routes, state: &Arc<AppState>) -> Router<
     router
         .fallback(route_not_found::<F>)
         .method_not_allowed_fallback(method_not_allowed::<F>)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            budget::reserve::<F>,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             door::refuse_when_full::<F>,

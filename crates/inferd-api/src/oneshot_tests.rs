@@ -25,11 +25,17 @@ use crate::{router, ApiKeys, AppState, DoorMetrics, KeySources, Settings};
 /// The state of a server serving one scripted forecaster `m` (windows of 3
 /// readings; the forecast is their sum), or still starting.
 fn state(ready: bool) -> Arc<AppState> {
+    state_with(ready, None)
+}
+
+/// `state`, with a memory budget of `budget` bytes when given (no wait for room).
+fn state_with(ready: bool, budget: Option<u64>) -> Arc<AppState> {
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::new(&registry));
     let limits = Limits {
         max_instances: 4,
         timeout_ms: 5_000,
+        queue: Default::default(),
     };
     let pipeline = Pipeline::new(
         Admission::new(1, 8, metrics.clone()),
@@ -52,6 +58,15 @@ fn state(ready: bool) -> Arc<AppState> {
     };
     let predlog = PredLog::start(off, Arc::new(inferd_predlog::Metrics::default()))
         .expect("no sink to start");
+    let doors = DoorMetrics::new(&registry);
+    let budget = budget.map(|b| {
+        crate::MemoryBudget::new(
+            b,
+            Duration::ZERO,
+            doors.memory_budget_used.clone(),
+            &doors.memory_budget,
+        )
+    });
     Arc::new(AppState {
         settings: Settings {
             max_body_bytes: 1024,
@@ -61,7 +76,7 @@ fn state(ready: bool) -> Arc<AppState> {
             log_instances: false,
             model_control: false,
         },
-        doors: DoorMetrics::new(&registry),
+        doors,
         registry,
         metrics,
         pipeline: Arc::new(pipeline),
@@ -69,6 +84,7 @@ fn state(ready: bool) -> Arc<AppState> {
         control: std::sync::OnceLock::new(),
         predlog,
         api_keys: Arc::new(ApiKeys::load(&KeySources::default()).expect("no keys")),
+        budget,
     })
 }
 
@@ -202,4 +218,78 @@ async fn a_starting_server_is_alive_but_not_ready_and_refuses_work() {
         v.as_str().is_some_and(|m| m.contains("inferd_ready 0")),
         "{v}"
     );
+}
+
+/// A prediction with its `Content-Length`, as clients send it.
+fn sized(body: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/predict")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_back() {
+    const WINDOW: &str = r#"{"model": "m", "instances": [[[1], [2], [3]]]}"#;
+    // Room for one small request (3 x the body + 16 KiB) and no more.
+    let st = state_with(true, Some(20 * 1024));
+    let budget = st.budget.clone().expect("a budget");
+    let ok = router(st.clone())
+        .oneshot(sized(WINDOW))
+        .await
+        .expect("infallible");
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        st.doors.memory_budget_used.get(),
+        0,
+        "returned after the response"
+    );
+
+    let held = budget.reserve(8 * 1024).await.expect("room");
+    assert_eq!(st.doors.memory_budget_used.get(), 8 * 1024);
+    let refused = router(st.clone())
+        .oneshot(sized(WINDOW))
+        .await
+        .expect("infallible");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+    let body = refused
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "memory_budget");
+    // A body without a length reserves as it arrives: refused the same way.
+    let (status, v) = call(&st, Method::POST, "/predict", Some(WINDOW)).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("memory_budget"))
+    );
+    let m = crate::health::metrics(axum::extract::State(st.clone())).await;
+    let text = m.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("inferd_rejections_total{reason=\"memory_budget\"} 2"),
+        "{text}"
+    );
+
+    drop(held);
+    assert_eq!(st.doors.memory_budget_used.get(), 0);
+    let (status, v) = call(&st, Method::POST, "/predict", Some(WINDOW)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // The v2 door takes its share the same way.
+    let _held = budget.reserve(8 * 1024).await.expect("room");
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/v2/models/m/infer",
+        Some(r#"{"inputs": [{"name": "window", "shape": [1, 3, 1], "datatype": "FP32", "data": [1, 2, 3]}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }

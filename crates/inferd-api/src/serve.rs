@@ -316,6 +316,7 @@ async fn run<T>(
     let model = &target.model;
     ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
     let (instances, extra) = instances?;
+    let entering = target.enter()?;
     // Cleaning large email messages costs milliseconds of CPU: off the reactor.
     let (decoded, instances) =
         if model.task.preprocesses() && text_bytes(&instances) > OFFLOAD_BYTES {
@@ -330,6 +331,7 @@ async fn run<T>(
             (st.pipeline.decode(&target, &instances), instances)
         };
     let decoded = decoded?;
+    drop(entering);
     ctx.instance_count = decoded.batch.len();
     trace::child(
         ctx.trace,

@@ -38,6 +38,9 @@ pub struct DoorMetrics {
     pub request_duration: HistogramVec,
     pub instances: HistogramVec,
     pub requests_in_flight: IntGauge,
+    pub memory_budget: IntGauge,
+    pub memory_budget_used: IntGauge,
+    pub load: prometheus::Gauge,
 }
 
 impl DoorMetrics {
@@ -67,6 +70,20 @@ impl DoorMetrics {
                 "Prediction requests inside the server now (queued, computing or answering): \
                  the per-pod signal for autoscaling on load rather than CPU",
             ),
+            load: r.float_gauge(
+                "inferd_load",
+                "Load against what the pod can take, read at each scrape: the share of inference \
+                 slots busy (0-1) plus the fullest model queue against its adaptive limit (0-1). \
+                 Under 1: capacity to spare; 1-2: work waits; 2: refusing. The autoscaling signal",
+            ),
+            memory_budget: r.gauge(
+                "inferd_memory_budget_bytes",
+                "The memory budget for prediction requests in flight (INFERD_MEMORY_BUDGET_BYTES)",
+            ),
+            memory_budget_used: r.gauge(
+                "inferd_memory_budget_used_bytes",
+                "Bytes of the memory budget reserved by requests in flight (bodies, decoded tensors, responses)",
+            ),
         }
     }
 }
@@ -91,4 +108,6 @@ pub struct AppState {
     pub predlog: PredLog,
     /// The keys the routes accept.
     pub api_keys: Arc<ApiKeys>,
+    /// The memory budget for prediction requests in flight; `None`: unbounded.
+    pub budget: Option<Arc<super::budget::MemoryBudget>>,
 }

@@ -165,7 +165,8 @@ pub(crate) enum PredictResponses {
     Invalid(#[to_schema] ErrorBody<'static>),
     #[response(
         status = 429,
-        description = "Queue full: retry after `Retry-After` seconds"
+        description = "At capacity (`queue_full`, `overloaded`: the model's queue is at its \
+            adaptive limit; `memory_budget`): retry after `Retry-After` seconds"
     )]
     QueueFull(#[to_schema] ErrorBody<'static>),
     #[response(status = 503, description = "Starting or draining")]

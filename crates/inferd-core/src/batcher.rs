@@ -12,10 +12,11 @@
 //! once, one per slot.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -23,6 +24,7 @@ use super::admission::QueueTicket;
 use super::backend::{InputBatch, OutputBatch};
 use super::cancel::{RunControl, Watched};
 use super::error::CoreError;
+use super::governor::{Governor, Shed, Tuning};
 use super::repository::Model;
 use super::slots::{Slots, Work};
 use crate::metrics::Metrics;
@@ -52,7 +54,8 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the queue of `model`'s version, run on `slots`; its batches take up to
-    /// `max_batch_size` instances and wait at most `max_delay` to fill.
+    /// `max_batch_size` instances and wait at most `max_delay` to fill; `tuning`
+    /// bounds its queue by time (`governor`).
     pub fn start(
         model: Arc<Model>,
         slots: Arc<Slots>,
@@ -60,6 +63,7 @@ impl Batcher {
         max_batch_size: usize,
         max_delay: Duration,
         timeout_ms: u64,
+        tuning: Tuning,
     ) -> Batcher {
         let max_batch_size = max_batch_size.max(1);
         let labels = [
@@ -75,7 +79,14 @@ impl Batcher {
             batches: metrics.batches.with_label_values(&labels),
             cancelled: metrics.batches_cancelled.with_label_values(&labels),
             client_gone: metrics.rejections.with_label_values(&["client_gone"]),
+            limit: metrics.queue_limit.with_label_values(&labels),
+            queued: metrics.queue_instances.with_label_values(&labels),
+            target: metrics.queue_target.with_label_values(&labels),
+            drain: metrics.drain_rate.with_label_values(&labels),
+            unloaded: metrics.unloaded_latency.with_label_values(&labels),
         };
+        handles.limit.set(-1);
+        let governor = Governor::new(tuning, max_batch_size, Duration::from_millis(timeout_ms));
         let queue = Arc::new(ModelQueue {
             model,
             slots,
@@ -84,8 +95,18 @@ impl Batcher {
             max_batch_size,
             max_delay,
             timeout_ms,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                scheduled: false,
+                gathering: false,
+                governor,
+                gap: None,
+                last: None,
+            }),
             more: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            entering: AtomicUsize::new(0),
         });
         Batcher {
             queue,
@@ -93,26 +114,60 @@ impl Batcher {
         }
     }
 
-    /// Queues `input` (at most `max_batch_size` instances) for the model.
+    /// Queues `input` (at most `max_batch_size` instances) for the model, or
+    /// refuses it (`Overloaded`) when the queue already holds what the model
+    /// drains within its target wait.
     pub fn submit(
         &self,
         input: InputBatch,
         deadline: Instant,
         ticket: QueueTicket,
         trace: TraceRef,
-    ) -> oneshot::Receiver<JobResult> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            input,
-            deadline,
-            enqueued: Instant::now(),
-            reply,
-            ticket: Some(ticket),
-            trace,
-        };
+    ) -> Result<oneshot::Receiver<JobResult>, CoreError> {
+        let mut rx = self.submit_all(vec![(input, ticket)], deadline, trace)?;
+        rx.pop()
+            .ok_or(CoreError::Internal("a submitted job has no reply"))
+    }
+
+    /// Queues the parts of one request (each at most `max_batch_size`
+    /// instances) together: the request is admitted or refused whole, so a
+    /// large request is never half queued, and an empty queue takes it
+    /// whatever its size.
+    pub fn submit_all(
+        &self,
+        parts: Vec<(InputBatch, QueueTicket)>,
+        deadline: Instant,
+        trace: TraceRef,
+    ) -> Result<Vec<oneshot::Receiver<JobResult>>, CoreError> {
+        let n = parts.iter().map(|(p, _)| p.len()).sum();
         let q = &self.queue;
         let mut st = q.lock();
-        st.jobs.push_back(job);
+        if st.governor.admit(n).is_err() {
+            // Jobs of requests already answered (504) or abandoned may still
+            // sit in the queue: they must not be the reason for a refusal.
+            q.purge(&mut st);
+            if let Err(shed) = st.governor.admit(n) {
+                q.note(&st);
+                drop(st);
+                return Err(q.overloaded(&shed));
+            }
+        }
+        let now = Instant::now();
+        st.arrived(now);
+        let mut receivers = Vec::with_capacity(parts.len());
+        for (input, ticket) in parts {
+            let (reply, rx) = oneshot::channel();
+            st.jobs.push_back(Job {
+                input,
+                deadline,
+                enqueued: now,
+                reply,
+                ticket: Some(ticket),
+                trace,
+            });
+            receivers.push(rx);
+        }
+        q.note(&st);
         if st.gathering {
             drop(st);
             q.more.notify_one();
@@ -121,7 +176,73 @@ impl Batcher {
             drop(st);
             q.slots.schedule(q.clone());
         }
-        rx
+        Ok(receivers)
+    }
+
+    /// Whether the model's queue refuses new work now, counting the
+    /// requests on their way to it (`enter`) as queued: they will be, a
+    /// moment later. Advisory (atomic loads only): the front doors use it to
+    /// refuse before reading a body.
+    pub fn is_full(&self) -> bool {
+        let q = &self.queue;
+        let coming = q.queued.load(Ordering::Relaxed) + q.entering.load(Ordering::Relaxed);
+        coming > q.limit.load(Ordering::Relaxed)
+    }
+
+    /// How full the queue is against its limit (0 with no limit): 1 means
+    /// it refuses.
+    pub fn fill(&self) -> f64 {
+        let q = &self.queue;
+        let limit = q.limit.load(Ordering::Relaxed);
+        if limit == usize::MAX || limit == 0 {
+            return 0.0;
+        }
+        let coming = q.queued.load(Ordering::Relaxed) + q.entering.load(Ordering::Relaxed);
+        (coming as f64 / limit as f64).min(1.0)
+    }
+
+    /// The refusal a one-instance request gets now, if the queue refuses;
+    /// takes the queue's lock only when it does.
+    pub fn refusal(&self) -> Option<CoreError> {
+        if !self.is_full() {
+            return None;
+        }
+        let q = &self.queue;
+        let mut st = q.lock();
+        q.purge(&mut st);
+        let full = st.governor.admit(0);
+        q.note(&st);
+        match full {
+            Ok(()) => None,
+            Err(shed) => Some(q.overloaded(&shed)),
+        }
+    }
+
+    /// Counts a request resolved to this model as on its way to the queue
+    /// until the guard drops (after decoding, the costly part of a text
+    /// request), or refuses it now. Without this, the requests let in while
+    /// the queue had room were all decoded, at the model's expense, and most
+    /// then refused: the queue refills only as fast as requests decode, and
+    /// every request arriving meanwhile passed the door.
+    pub fn enter(&self) -> Result<Entering, CoreError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        self.queue.entering.fetch_add(1, Ordering::Relaxed);
+        Ok(Entering {
+            queue: self.queue.clone(),
+        })
+    }
+}
+
+/// A request on its way to a model's queue (`Batcher::enter`).
+pub struct Entering {
+    queue: Arc<ModelQueue>,
+}
+
+impl Drop for Entering {
+    fn drop(&mut self) {
+        self.queue.entering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -133,6 +254,11 @@ struct Handles {
     batches: IntCounter,
     cancelled: IntCounter,
     client_gone: IntCounter,
+    limit: IntGauge,
+    queued: IntGauge,
+    target: Gauge,
+    drain: Gauge,
+    unloaded: Gauge,
 }
 
 struct ModelQueue {
@@ -146,9 +272,14 @@ struct ModelQueue {
     state: Mutex<QueueState>,
     /// Signalled by `submit` while a slot thread gathers a batch.
     more: Condvar,
+    /// The governor's queue length and limit (`usize::MAX`: none),
+    /// published for reading without the lock.
+    queued: AtomicUsize,
+    limit: AtomicUsize,
+    /// Requests resolved to this version and still decoding.
+    entering: AtomicUsize,
 }
 
-#[derive(Default)]
 struct QueueState {
     jobs: VecDeque<Job>,
     /// On the ready list or being taken by a slot thread: set whenever `jobs`
@@ -156,6 +287,36 @@ struct QueueState {
     scheduled: bool,
     /// A slot thread is waiting (`max_batch_delay`) for more jobs.
     gathering: bool,
+    /// Instances admitted and not yet taken, and the limit on them.
+    governor: Governor,
+    /// Moving average of the time between jobs, and the last job's arrival.
+    gap: Option<Duration>,
+    last: Option<Instant>,
+}
+
+impl QueueState {
+    fn arrived(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            let g = at.saturating_duration_since(last);
+            self.gap = Some(match self.gap {
+                Some(avg) => avg.mul_f64(1.0 - GAP_WEIGHT) + g.mul_f64(GAP_WEIGHT),
+                None => g,
+            });
+        }
+        self.last = Some(at);
+    }
+}
+
+/// Weight of a new gap between jobs in their moving average.
+const GAP_WEIGHT: f64 = 0.2;
+
+/// Whether a batch that is not full should wait up to `delay` for more:
+/// only when jobs arrive, on average, more often than that (or before a
+/// second job has shown how often they come). At low load the wait would
+/// only add its length to every request; under load the next job is likely
+/// within it, and a fuller batch costs less per instance.
+fn worth_waiting(gap: Option<Duration>, delay: Duration) -> bool {
+    !delay.is_zero() && gap.is_none_or(|g| g < delay)
 }
 
 impl Work for ModelQueue {
@@ -164,7 +325,7 @@ impl Work for ModelQueue {
         let mut size = 0;
         let mut st = self.lock();
         self.take(&mut st, &mut jobs, &mut size);
-        if size < self.max_batch_size && !jobs.is_empty() && !self.max_delay.is_zero() {
+        if size < self.max_batch_size && !jobs.is_empty() && worth_waiting(st.gap, self.max_delay) {
             let until = std::time::Instant::now() + self.max_delay;
             st.gathering = true;
             loop {
@@ -185,6 +346,7 @@ impl Work for ModelQueue {
             }
             st.gathering = false;
         }
+        self.note(&st);
         if st.jobs.is_empty() {
             st.scheduled = false;
             drop(st);
@@ -204,6 +366,38 @@ impl ModelQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn overloaded(&self, shed: &Shed) -> CoreError {
+        let ms = |d: Duration| d.as_millis() as u64;
+        CoreError::Overloaded {
+            model: self.model.manifest.name.clone(),
+            wait_ms: ms(shed.wait),
+            target_ms: ms(shed.target),
+            retry_after_ms: ms(shed.retry_after),
+        }
+    }
+
+    /// Drops the queued jobs that must not reach the model (deadline passed,
+    /// client gone; see `live`), so they stop counting against the limit.
+    /// Only called before a refusal: a scan of a queue at its limit.
+    fn purge(&self, st: &mut QueueState) {
+        let jobs = std::mem::take(&mut st.jobs);
+        for j in jobs {
+            let n = j.input.len();
+            match self.live(j) {
+                Some(j) => st.jobs.push_back(j),
+                None => st.governor.taken(n),
+            }
+        }
+    }
+
+    /// Publishes the governor's state after a change (atomic stores only).
+    fn note(&self, st: &QueueState) {
+        let g = &st.governor;
+        self.queued.store(g.queued(), Ordering::Relaxed);
+        self.limit.store(g.limit(), Ordering::Relaxed);
+        self.handles.queued.set(g.queued() as i64);
+    }
+
     /// Moves live jobs from the front of the queue into the batch while they
     /// fit; a job that does not fit stays first in line for the next batch.
     fn take(&self, st: &mut QueueState, jobs: &mut Vec<Job>, size: &mut usize) {
@@ -213,6 +407,7 @@ impl ModelQueue {
                 break;
             }
             let Some(j) = st.jobs.pop_front() else { break };
+            st.governor.taken(j.input.len());
             if let Some(j) = self.live(j) {
                 *size += j.input.len();
                 jobs.push(j);
@@ -264,6 +459,7 @@ impl ModelQueue {
         h.instances.inc_by(merged.len() as u64);
         h.batch_size.observe(merged.len() as f64);
         h.batches.inc();
+        self.measured(merged.len(), took);
         let jobs = std::mem::take(&mut *running.lock());
         // Read before the replies consume the jobs; recorded after them. Only
         // sampled jobs: at a low sampling rate most batches collect nothing.
@@ -311,6 +507,32 @@ impl ModelQueue {
         if !traced.is_empty() {
             let run = (started.into_std(), t + took);
             trace::batch(&traced, merged.len(), requests, run, ok);
+        }
+    }
+}
+
+impl ModelQueue {
+    /// Feeds a finished batch to the governor and publishes what it measures.
+    fn measured(&self, n: usize, took: Duration) {
+        let mut st = self.lock();
+        let g = &mut st.governor;
+        g.completed(n, took, std::time::Instant::now());
+        let (limit, target, drain, unloaded) = (g.limit(), g.target(), g.drain(), g.unloaded());
+        self.note(&st);
+        drop(st);
+        let h = &self.handles;
+        h.limit.set(
+            i64::try_from(limit)
+                .ok()
+                .filter(|l| *l < i64::MAX)
+                .unwrap_or(-1),
+        );
+        h.target.set(target.as_secs_f64());
+        if let Some(d) = drain {
+            h.drain.set(d);
+        }
+        if let Some(u) = unloaded {
+            h.unloaded.set(u.as_secs_f64());
         }
     }
 }
@@ -385,6 +607,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_waits_only_when_jobs_come_faster_than_the_delay() {
+        let ms = Duration::from_millis;
+        assert!(!worth_waiting(Some(ms(1)), Duration::ZERO), "no delay set");
+        assert!(
+            worth_waiting(None, ms(5)),
+            "no second job seen yet: as configured"
+        );
+        assert!(!worth_waiting(Some(ms(50)), ms(5)), "low load");
+        assert!(worth_waiting(Some(ms(1)), ms(5)), "busy");
+        let mut st = QueueState {
+            jobs: VecDeque::new(),
+            scheduled: false,
+            gathering: false,
+            governor: Governor::new(Tuning::default(), 8, ms(1000)),
+            gap: None,
+            last: None,
+        };
+        let t = Instant::now();
+        for k in 0..20u64 {
+            st.arrived(t + ms(2 * k));
+        }
+        assert_eq!(st.gap, Some(ms(2)));
+    }
+
+    #[test]
     fn merge_keeps_order() {
         let a = InputBatch::Windows {
             data: vec![1.0, 2.0],
@@ -455,6 +702,7 @@ mod formation_tests {
             max_batch_size,
             Duration::ZERO,
             1000,
+            Tuning::default(),
         );
         Rig {
             backend,
@@ -475,12 +723,14 @@ mod formation_tests {
     impl Rig {
         fn submit(&self, v: f32, within: Duration) -> oneshot::Receiver<JobResult> {
             let ticket = self.admission.enter().expect("queue has room");
-            self.batcher.submit(
-                window(v),
-                Instant::now() + within,
-                ticket,
-                TraceRef::default(),
-            )
+            self.batcher
+                .submit(
+                    window(v),
+                    Instant::now() + within,
+                    ticket,
+                    TraceRef::default(),
+                )
+                .expect("the model's queue has room")
         }
 
         /// Submits `v` and waits until it is inside the model, holding the slot.

@@ -36,6 +36,12 @@ impl Target {
     pub(crate) fn batcher(&self) -> &Batcher {
         &self.batcher
     }
+
+    /// Counts the request as on its way to this version's queue while it
+    /// decodes, or refuses it now if the queue is full (`Batcher::enter`).
+    pub fn enter(&self) -> Result<super::batcher::Entering, CoreError> {
+        self.batcher.enter()
+    }
 }
 
 impl Deployment {
@@ -92,6 +98,34 @@ impl Deployment {
             (None, Some(r)) => self.repo.get_number(name, r.default),
             _ => self.repo.get(name, version),
         }
+    }
+
+    /// The refusal that a request for `name` (`None`: the only model, when
+    /// exactly one serves) and `version` gets now, if its queue refuses new
+    /// work. Advisory, for front doors that refuse before reading a body: a
+    /// request let through is still checked when it joins the queue. A canary
+    /// split is not applied here; the default version's queue answers.
+    pub fn refusal(&self, name: Option<&str>, version: Option<&str>) -> Option<CoreError> {
+        let name = match name {
+            Some(n) => n,
+            None if self.batchers.len() == 1 => self.batchers.keys().next()?.as_str(),
+            None => return None,
+        };
+        let model = self.model(name, version).ok()?;
+        self.batchers
+            .get(name)?
+            .get(&model.manifest.version)?
+            .refusal()
+    }
+
+    /// The fullest queue's fill against its limit (`Batcher::fill`): the
+    /// part of the load signal that says work waits.
+    pub fn queue_fill(&self) -> f64 {
+        self.batchers
+            .values()
+            .flat_map(|v| v.values())
+            .map(Batcher::fill)
+            .fold(0.0, f64::max)
     }
 
     fn target(&self, model: &Arc<Model>) -> Result<Target, CoreError> {

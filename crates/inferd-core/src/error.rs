@@ -29,6 +29,22 @@ pub enum CoreError {
     #[error("server is at capacity ({0} requests already waiting); retry shortly")]
     /// The wait queue is full; carries how many wait.
     QueueFull(usize),
+    /// The model's queue already holds what it drains within its target
+    /// wait (`governor`): this request would have waited longer.
+    #[error(
+        "model `{model}` is at capacity: a request now would wait about {wait_ms} ms in its \
+         queue, over its target of {target_ms} ms; retry after {retry_after_ms} ms"
+    )]
+    Overloaded {
+        /// The model refusing.
+        model: String,
+        /// How long this request would have waited.
+        wait_ms: u64,
+        /// The queue's target wait.
+        target_ms: u64,
+        /// How long the queue takes to drain at the measured rate.
+        retry_after_ms: u64,
+    },
     #[error("models are still loading or warming up")]
     /// Models are loading.
     NotReady,
@@ -72,8 +88,23 @@ impl CoreError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            CoreError::QueueFull(_) | CoreError::NotReady | CoreError::Draining
+            CoreError::QueueFull(_)
+                | CoreError::Overloaded { .. }
+                | CoreError::NotReady
+                | CoreError::Draining
         )
+    }
+
+    /// When a retry has a fair chance, for retryable refusals: the measured
+    /// drain time of the model's queue, else a second.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            CoreError::Overloaded { retry_after_ms, .. } => {
+                Some(std::time::Duration::from_millis(*retry_after_ms))
+            }
+            e if e.retryable() => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        }
     }
 
     /// The `reason` label of `inferd_rejections_total`, for refusals that are
@@ -81,6 +112,7 @@ impl CoreError {
     pub fn rejection_reason(&self) -> Option<&'static str> {
         match self {
             CoreError::QueueFull(_) => Some("queue_full"),
+            CoreError::Overloaded { .. } => Some("queue_time"),
             CoreError::NotReady => Some("not_ready"),
             CoreError::Draining => Some("draining"),
             CoreError::DeadlineExceeded(_) => Some("deadline"),

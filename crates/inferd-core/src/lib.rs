@@ -15,7 +15,8 @@
 //! - `task`, `preprocess`: instances to tensors and output rows to
 //!   predictions, per task, with the preprocessing training used.
 //! - `admission`, `slots`: the inference slots (threads of their own) and the
-//!   bounded wait queue.
+//!   bounded wait queue; `governor`: each model queue's limit by time, from
+//!   its measured drain rate.
 //! - `batcher`: merging concurrent requests into one backend call; `cancel`:
 //!   stopping a call whose requests were all abandoned.
 //! - `cache`: per-instance results in process, with an optional shared store
@@ -43,6 +44,7 @@ pub mod control;
 pub mod deployment;
 mod error;
 mod golden;
+pub mod governor;
 pub mod lifecycle;
 pub mod manifest;
 pub mod memory;

@@ -152,6 +152,7 @@ mod tests {
         let limits = Limits {
             max_instances: 8,
             timeout_ms: 1000,
+            queue: Default::default(),
         };
         Pipeline::new(
             Admission::new(1, 8, metrics.clone()),

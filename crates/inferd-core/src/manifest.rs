@@ -91,6 +91,11 @@ pub struct BatchingSection {
     pub max_batch_size: usize,
     /// How long a batch may wait for more requests once a slot is free.
     pub max_batch_delay_ms: u64,
+    /// The longest a request may expect to wait in this version's queue
+    /// before it is refused (`governor`); absent: the server's
+    /// `INFERD_QUEUE_TARGET_MS`, else two full batches' measured time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_target_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -2,7 +2,9 @@
 //! admission and batching, the cache, and model control. They are registered
 //! into the server's registry beside the other layers' (`inferd_telemetry::metrics`).
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{
+    GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 
 use inferd_telemetry::metrics::{Registrar, LATENCY_BUCKETS};
 
@@ -14,6 +16,11 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub queue_depth: IntGauge,
     pub rejections: IntCounterVec,
+    pub queue_limit: IntGaugeVec,
+    pub queue_instances: IntGaugeVec,
+    pub queue_target: GaugeVec,
+    pub drain_rate: GaugeVec,
+    pub unloaded_latency: GaugeVec,
     pub model_info: IntGaugeVec,
     pub ready: IntGauge,
     pub model_instances: IntCounterVec,
@@ -63,6 +70,32 @@ impl Metrics {
                 "inferd_rejections_total",
                 "Requests refused, by reason",
                 &["reason"],
+            ),
+            queue_limit: r.gauge_vec(
+                "inferd_queue_limit",
+                "Instances the model version's queue admits now: its drain rate times its target wait \
+                 (at least one batch); -1 while unmeasured or with INFERD_ADMISSION=static",
+                MV,
+            ),
+            queue_instances: r.gauge_vec(
+                "inferd_queue_instances",
+                "Instances waiting in the model version's queue",
+                MV,
+            ),
+            queue_target: r.float_gauge_vec(
+                "inferd_queue_target_seconds",
+                "The longest a request may expect to wait in the model version's queue",
+                MV,
+            ),
+            drain_rate: r.float_gauge_vec(
+                "inferd_model_drain_rate",
+                "Instances per second the model version completes while its queue is never empty",
+                MV,
+            ),
+            unloaded_latency: r.float_gauge_vec(
+                "inferd_model_unloaded_latency_seconds",
+                "Shortest batch service time of the model version over the last 5-10 s",
+                MV,
             ),
             model_info: r.gauge_vec(
                 "inferd_model_info",

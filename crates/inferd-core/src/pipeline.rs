@@ -20,6 +20,7 @@ use super::cache::{instance_key, Cache, Key};
 use super::coalesce::{follow, Flights, Join, Lead};
 use super::deployment::{Deployment, Target};
 use super::error::CoreError;
+use super::governor::Tuning;
 use super::policy::Routing;
 use super::repository::Repository;
 use super::task::{Decoded, Prediction};
@@ -59,6 +60,9 @@ pub struct Limits {
     /// The request deadline, for error messages (the deadline itself is passed
     /// per call).
     pub timeout_ms: u64,
+    /// How each model version's queue is bounded by time; a manifest's
+    /// `queue_target_ms` overrides the target for its version.
+    pub queue: Tuning,
 }
 
 /// The prediction path every front door uses.
@@ -341,6 +345,13 @@ impl Pipeline {
                     size_override.unwrap_or(b.max_batch_size),
                     Duration::from_millis(delay_override_ms.unwrap_or(b.max_batch_delay_ms)),
                     self.limits.timeout_ms,
+                    Tuning {
+                        target: b
+                            .queue_target_ms
+                            .map(Duration::from_millis)
+                            .or(self.limits.queue.target),
+                        ..self.limits.queue
+                    },
                 )
             });
             batchers
@@ -373,10 +384,11 @@ impl Pipeline {
                 .map(|start| batch.select(&(start..(start + max).min(n)).collect::<Vec<_>>()))
                 .collect()
         };
+        let mut tickets = Vec::with_capacity(pieces.len());
         for part in pieces {
-            let ticket = self.admission.enter()?;
-            parts.push(batcher.submit(part, deadline, ticket, trace));
+            tickets.push((part, self.admission.enter()?));
         }
+        parts.extend(batcher.submit_all(tickets, deadline, trace)?);
         let mut predictions = Vec::with_capacity(n);
         for rx in parts {
             let (out, queued, ran) = match tokio::time::timeout_at(deadline, rx).await {

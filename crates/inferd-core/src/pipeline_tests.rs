@@ -37,6 +37,7 @@ fn rig(max_batch_size: usize, cached: bool) -> Rig {
     let limits = Limits {
         max_instances: 8,
         timeout_ms: 1000,
+        queue: Default::default(),
     };
     let pipeline = Arc::new(Pipeline::new(
         Admission::new(1, 64, metrics.clone()),

@@ -169,12 +169,22 @@ impl GrpcInferenceService for Inference {
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         self.authorize(&req, Needs::Inference)?;
-        // As the HTTP doors do (`door`): while the queue is full, refuse before
+        // As the HTTP doors do (`door`): while the queue (global, or the
+        // model's by time) is full, refuse before
         // validating (for text, tokenizing), so that refusals cost the model no
         // CPU. tonic has decoded the message already; the rest is skipped.
         let admission = &self.st.pipeline.admission;
-        if admission.is_full() {
-            let e = inferd_core::CoreError::QueueFull(admission.waiting());
+        let refusal = if admission.is_full() {
+            Some(inferd_core::CoreError::QueueFull(admission.waiting()))
+        } else {
+            let m = req.get_ref();
+            let version = Some(m.model_version.as_str()).filter(|v| !v.is_empty());
+            self.st
+                .lifecycle
+                .deployment()
+                .and_then(|d| d.refusal(Some(&m.model_name), version))
+        };
+        if let Some(e) = refusal {
             if let Some(reason) = e.rejection_reason() {
                 self.st
                     .metrics

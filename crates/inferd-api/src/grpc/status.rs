@@ -20,7 +20,7 @@ pub(crate) fn code(e: &ApiError) -> Code {
         ApiError::Core(core) => match core {
             CoreError::ModelNotFound(_) | CoreError::VersionNotFound(..) => Code::NotFound,
             CoreError::Invalid { .. } | CoreError::LoadFailed(_) => Code::InvalidArgument,
-            CoreError::QueueFull(_) => Code::ResourceExhausted,
+            CoreError::QueueFull(_) | CoreError::Overloaded { .. } => Code::ResourceExhausted,
             CoreError::NotReady | CoreError::Draining => Code::Unavailable,
             CoreError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             CoreError::Backend(_) | CoreError::Internal(_) => Code::Internal,
@@ -34,6 +34,7 @@ pub(crate) fn code(e: &ApiError) -> Code {
         ApiError::MethodNotAllowed => Code::Unimplemented,
         ApiError::Unauthorized(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) => Code::PermissionDenied,
+        ApiError::MemoryBudget(_) => Code::ResourceExhausted,
     }
 }
 
@@ -54,9 +55,10 @@ pub(crate) fn status(e: &ApiError) -> Status {
         _ => e.to_string(),
     };
     let mut s = Status::new(code(e), message);
-    if e.core().is_some_and(CoreError::retryable) {
+    if let Some(core) = e.core().filter(|c| c.retryable()) {
+        let secs = crate::error::retry_after_secs(core);
         s.metadata_mut()
-            .insert("retry-after", MetadataValue::from_static("1"));
+            .insert("retry-after", MetadataValue::from(secs));
     }
     s
 }

@@ -92,7 +92,8 @@ pub(crate) enum InferErrors {
     TooLarge(#[to_schema] V2Error),
     #[response(
         status = 429,
-        description = "Queue full: retry after `Retry-After` seconds"
+        description = "At capacity (`queue_full`, `overloaded`: the model's queue is at its \
+            adaptive limit; `memory_budget`): retry after `Retry-After` seconds"
     )]
     QueueFull(#[to_schema] V2Error),
     #[response(

@@ -66,6 +66,7 @@ fn start(prepare: impl FnOnce(&Path)) -> Fixture {
     let limits = Limits {
         max_instances: 8,
         timeout_ms: 2000,
+        queue: Default::default(),
     };
     let pipeline = Arc::new(Pipeline::new(
         Admission::new(2, 64, metrics.clone()),
