@@ -248,15 +248,8 @@ async fn chunked<F: ErrorFormat>(
 /// 429 `memory_budget`, after draining what is left of the body (answering a
 /// client still sending would reset its connection), chunk by chunk, holding
 /// nothing.
-async fn refuse<F: ErrorFormat>(st: &AppState, mut body: Body, budget: &MemoryBudget) -> Response {
-    let mut left = st.settings.max_body_bytes;
-    while let Some(Ok(frame)) = body.frame().await {
-        let n = frame.data_ref().map_or(0, |d| d.len());
-        if n > left {
-            break;
-        }
-        left -= n;
-    }
+async fn refuse<F: ErrorFormat>(st: &AppState, body: Body, budget: &MemoryBudget) -> Response {
+    super::door::drain(body, st.settings.max_body_bytes).await;
     st.metrics
         .rejections
         .with_label_values(&["memory_budget"])

@@ -40,15 +40,7 @@ pub(crate) async fn refuse_when_full<F: ErrorFormat>(
     let Some(e) = refusal(&st, path) else {
         return next.run(req).await;
     };
-    let mut body = req.into_body();
-    let mut left = st.settings.max_body_bytes;
-    while let Some(Ok(frame)) = body.frame().await {
-        let n = frame.data_ref().map_or(0, |d| d.len());
-        if n > left {
-            break;
-        }
-        left -= n;
-    }
+    drain(req.into_body(), st.settings.max_body_bytes).await;
     if let Some(reason) = e.rejection_reason() {
         st.metrics.rejections.with_label_values(&[reason]).inc();
     }
@@ -59,6 +51,21 @@ pub(crate) async fn refuse_when_full<F: ErrorFormat>(
         .with_label_values(&["", "", "429", "http"])
         .inc();
     F::render(ApiError::Core(e))
+}
+
+/// Reads and drops a refused request's body, chunk by chunk, up to `limit`
+/// bytes: answering a client still sending would make the server close the
+/// connection on unread data, and the client would see a reset instead of
+/// the refusal.
+pub(crate) async fn drain(mut body: axum::body::Body, limit: usize) {
+    let mut left = limit;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, |d| d.len());
+        if n > left {
+            break;
+        }
+        left -= n;
+    }
 }
 
 /// Why a prediction to `path` is refused before its body is read, if it is.
