@@ -244,7 +244,7 @@ impl Target {
             Target::Grpc(g) => Box::pin(g.send(i)).await,
             Target::Lean { pool, requests } => {
                 let request = &requests[(i % requests.len() as u64) as usize];
-                send_lean(pool, request).await
+                send_lean(pool, request, REQUEST_TIMEOUT).await
             }
             Target::Http {
                 client,
@@ -258,11 +258,13 @@ impl Target {
     }
 }
 
-async fn send_lean(pool: &crate::http1::Pool, request: &[u8]) -> Outcome {
-    let (status, queue_us) = match tokio::time::timeout(REQUEST_TIMEOUT, pool.send(request)).await {
+/// One request on the lean client, its failures named as the reqwest path
+/// names them: `timeout` past `limit` (connecting included), `connect_error`
+/// for any other.
+async fn send_lean(pool: &crate::http1::Pool, request: &[u8], limit: Duration) -> Outcome {
+    let (status, queue_us) = match tokio::time::timeout(limit, pool.send(request)).await {
         Ok(Ok(r)) => (r.status.to_string(), r.queue_us),
         Err(_) => ("timeout".into(), None),
-        // As the reqwest path names any failure but a timeout.
         Ok(Err(_)) => ("connect_error".into(), None),
     };
     Outcome { status, queue_us }
@@ -480,5 +482,55 @@ mod tests {
             "http://h:1/base/v2/models/m/versions/2/infer"
         );
         assert!(endpoint("not a url", &[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn lean_outcomes_are_named_as_reqwest_names_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        let pool_for = |addr: std::net::SocketAddr| {
+            let url = Url::parse(&format!("http://{addr}/predict")).expect("url");
+            let origin = crate::http1::Origin::of(&url).expect("http");
+            let request = crate::http1::encode_post(&origin, &url, "application/json", b"{}");
+            (crate::http1::Pool::new(origin), request)
+        };
+        let limit = Duration::from_millis(300);
+
+        // Answers 429 with a queue time, then holds the next request unanswered.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 429 Too Many Requests\r\nx-queue-time: 1.5\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (pool, request) = pool_for(addr);
+        assert_eq!(
+            send_lean(&pool, &request, limit).await,
+            Outcome {
+                status: "429".into(),
+                queue_us: Some(1500)
+            }
+        );
+        assert_eq!(send_lean(&pool, &request, limit).await.status, "timeout");
+        server.abort();
+
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let (pool, request) = pool_for(addr);
+        assert_eq!(
+            send_lean(&pool, &request, limit).await,
+            Outcome {
+                status: "connect_error".into(),
+                queue_us: None
+            }
+        );
     }
 }
