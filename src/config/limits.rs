@@ -37,6 +37,15 @@ pub struct LimitArgs {
     #[arg(long, env = "INFERD_QUEUE_TARGET_MS")]
     pub queue_target_ms: Option<u64>,
 
+    /// Batches of a model version that take less than this many microseconds
+    /// on average (as measured) run on the request's own thread, in a free
+    /// inference slot, instead of being handed to an inference thread and
+    /// back: for such a model the two hand-offs cost more than the batch. A
+    /// network thread is held that long per batch. 0: always on an inference
+    /// thread.
+    #[arg(long, env = "INFERD_IN_PLACE_BATCH_US", default_value_t = 200)]
+    pub in_place_batch_us: u64,
+
     /// Deadline for one request, counted from its header's arrival and covering
     /// the body, the queue wait and inference; past it, 504. A batch whose
     /// requests have all passed it (or whose clients all left) is stopped and
@@ -87,6 +96,7 @@ impl LimitArgs {
             check("queue-target-ms", t, 1, self.request_timeout_ms)?;
         }
         check("max-body-bytes", self.max_body_bytes as u64, 1, 1 << 30)?;
+        check("in-place-batch-us", self.in_place_batch_us, 0, 100_000)?;
         // Not bounded by the request timeout: a request's deadline ends its
         // wait for room anyway.
         check("memory-wait-ms", self.memory_wait_ms, 0, DAY_MS)?;
@@ -143,6 +153,7 @@ impl LimitArgs {
             queue: inferd_core::governor::Tuning {
                 adaptive: self.admission == AdmissionMode::Adaptive,
                 target: self.queue_target_ms.map(Duration::from_millis),
+                in_place_under: Duration::from_micros(self.in_place_batch_us),
             },
         }
     }

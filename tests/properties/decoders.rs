@@ -256,7 +256,21 @@ fn task_decode_accepts_exactly_or_names_the_instance() {
             other => vec![other],
         };
         let n = instances.len();
-        match task.decode(&instances) {
+        // The JSON API's path (each instance as raw text, read straight into
+        // the batch where it is plainly valid) decides exactly as the values do.
+        let raw = instances
+            .iter()
+            .map(|v| serde_json::value::RawValue::from_string(v.to_string()).expect("raw"))
+            .collect();
+        let fast = task.decode_any(&inferd_core::instances::Instances::Raw(raw));
+        let slow = task.decode(&instances);
+        prop_assert_eq!(
+            fast.as_ref()
+                .map(|d| format!("{:?} {:?}", d.batch, d.filled)),
+            slow.as_ref()
+                .map(|d| format!("{:?} {:?}", d.batch, d.filled))
+        );
+        match slow {
             Ok(d) => match (d.batch, target) {
                 (InputBatch::Text(texts), Target::Text1) => {
                     let sent: Vec<&str> = instances.iter().filter_map(Value::as_str).collect();

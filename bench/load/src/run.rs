@@ -47,8 +47,9 @@ impl Recorder {
     }
 
     /// One answered request; `scheduled` is when it should have started, and
-    /// in the open loop, `lag` how late it did.
-    fn observe(&self, scheduled: Instant, outcome: Outcome, lag: Option<Duration>) {
+    /// in the open loop, `lag` how late it did and whether it waited for one of
+    /// the requests in flight to finish (`--max-in-flight`).
+    fn observe(&self, scheduled: Instant, outcome: Outcome, lag: Option<(Duration, bool)>) {
         if scheduled < self.start {
             return;
         }
@@ -65,8 +66,11 @@ impl Recorder {
             samples.record_less_queue(latency_us.saturating_sub(q));
         }
         let step = self.schedule.as_ref().and_then(|s| s.step_at(offset));
-        if let Some(lag) = lag {
+        if let Some((lag, waited)) = lag {
             samples.record_lag(step, lag.as_micros() as u64);
+            if waited {
+                samples.record_in_flight_wait();
+            }
         }
         if let Some(schedule) = &self.schedule {
             if let Some(step) = step {
@@ -251,14 +255,20 @@ async fn open_loop(
     let (target, recorder) = (target.clone(), recorder.clone());
     let dispatch = tokio::spawn(async move {
         while let Some((k, scheduled)) = due.recv().await {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break;
+            // Waiting here means the server, not this process, holds the
+            // schedule back: all the requests allowed in flight are unanswered.
+            let (permit, waited) = match in_flight.clone().try_acquire_owned() {
+                Ok(p) => (p, false),
+                Err(_) => match in_flight.clone().acquire_owned().await {
+                    Ok(p) => (p, true),
+                    Err(_) => break,
+                },
             };
             let (target, recorder) = (target.clone(), recorder.clone());
             tokio::spawn(async move {
                 let lag = scheduled.elapsed();
                 let outcome = target.send(k).await;
-                recorder.observe(scheduled, outcome, Some(lag));
+                recorder.observe(scheduled, outcome, Some((lag, waited)));
                 drop(permit);
             });
         }

@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
         inferd_core::governor::Tuning {
             adaptive: false,
             target: None,
+            ..Default::default()
         },
     );
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(10);

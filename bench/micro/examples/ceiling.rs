@@ -4,7 +4,14 @@
 //! is a window of numbers, and answers a response of the same shape, with no
 //! model, queue, cache or log. inferd's request path is measured against it.
 //!
-//! `cargo run --release -p inferd-microbench --example ceiling -- 127.0.0.1:18304`
+//! With `typed`, `/predict` is the plainest route axum can have for a
+//! forecaster instead (issue 27): the body straight into
+//! `{model, instances: Vec<Vec<Vec<f32>>>}` by axum's own `Json`, answered
+//! with `{model, predictions: Vec<f32>}` (each window's last reading). It
+//! checks nothing the types do not, which is the ceiling that parsing a
+//! request and writing a response allow.
+//!
+//! `cargo run --release -p inferd-microbench --example ceiling -- 127.0.0.1:18304 [typed]`
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -99,16 +106,49 @@ async fn predict(headers: HeaderMap, body: Bytes) -> Response {
     .into_response()
 }
 
+#[derive(Deserialize)]
+struct TypedRequest {
+    model: String,
+    instances: Vec<Vec<Vec<f32>>>,
+}
+
+#[derive(Serialize)]
+struct TypedResponse {
+    model: String,
+    predictions: Vec<f32>,
+}
+
+/// The typed route: axum's `Json` both ways, nothing else.
+async fn predict_typed(Json(req): Json<TypedRequest>) -> Json<TypedResponse> {
+    let predictions = req
+        .instances
+        .iter()
+        .map(|w| w.last().and_then(|r| r.first()).copied().unwrap_or(0.0))
+        .collect();
+    Json(TypedResponse {
+        model: req.model,
+        predictions,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18304".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18304".into());
+    let typed = args.next().as_deref() == Some("typed");
+    let route = if typed {
+        post(predict_typed)
+    } else {
+        post(predict)
+    };
     let app = Router::new()
-        .route("/predict", post(predict))
+        .route("/predict", route)
         .route("/readyz", get(|| async { "ready" }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("ceiling probe on {addr}");
+    eprintln!(
+        "ceiling probe on {addr} ({})",
+        if typed { "typed" } else { "values" }
+    );
     // As inferd does: answers go out at once, not after the client's ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

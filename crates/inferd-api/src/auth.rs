@@ -9,11 +9,9 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{OriginalUri, Request};
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -197,12 +195,9 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// The middleware: refusals are rendered by `F`, the router's error format.
-pub(crate) async fn require_api_key<F: ErrorFormat>(
-    State(keys): State<Arc<ApiKeys>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// The refusal of a request without the key its path needs, rendered by
+/// `F` (the router's error format); `None` lets it through.
+pub(crate) fn refusal<F: ErrorFormat>(keys: &ApiKeys, req: &Request) -> Option<Response> {
     // Exempt paths are full paths; a nested router sees its path without the prefix.
     let path = req
         .extensions()
@@ -213,10 +208,10 @@ pub(crate) async fn require_api_key<F: ErrorFormat>(
         // Open only when no key of either kind is configured (and then
         // `INFERD_MODEL_CONTROL` decides whether loads are allowed at all).
         if !keys.enabled() && keys.admin.is_empty() {
-            return next.run(req).await;
+            return None;
         }
-        let refusal = match bearer(&req) {
-            Some(t) if keys.accepts_admin(t) => return next.run(req).await,
+        let refusal = match bearer(req) {
+            Some(t) if keys.accepts_admin(t) => return None,
             Some(t) if keys.accepts(t) => ApiError::Forbidden(
                 "an inference key cannot control models: use an admin key (INFERD_ADMIN_KEYS)",
             ),
@@ -225,18 +220,17 @@ pub(crate) async fn require_api_key<F: ErrorFormat>(
                 "an admin key is required: `Authorization: Bearer <admin key>`",
             ),
         };
-        return F::render(refusal);
+        return Some(F::render(refusal));
     }
     if !keys.enabled() || keys.exempt.contains(path) {
-        return next.run(req).await;
+        return None;
     }
-    let token = bearer(&req);
-    let refusal = match token {
-        Some(t) if keys.accepts(t) => return next.run(req).await,
+    let refusal = match bearer(req) {
+        Some(t) if keys.accepts(t) => return None,
         Some(_) => ApiError::Unauthorized("the API key is not valid"),
         None => ApiError::Unauthorized("an API key is required: `Authorization: Bearer <key>`"),
     };
-    F::render(refusal)
+    Some(F::render(refusal))
 }
 
 #[cfg(test)]

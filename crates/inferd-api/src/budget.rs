@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -173,10 +173,10 @@ impl MemoryBudget {
     }
 }
 
-/// The middleware: holds a reservation for each prediction request while it
-/// is served; `F` renders the refusal in the router's protocol.
+/// Serves `req` through `next` holding a reservation while it is served, if
+/// it is a prediction; `F` renders the refusal in the router's protocol.
 pub(crate) async fn reserve<F: ErrorFormat>(
-    State(st): State<Arc<AppState>>,
+    st: &Arc<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -200,9 +200,9 @@ pub(crate) async fn reserve<F: ErrorFormat>(
                 drop(held);
                 response
             }
-            None => refuse::<F>(&st, req.into_body(), &budget).await,
+            None => refuse::<F>(st, req.into_body(), &budget).await,
         },
-        None => chunked::<F>(&st, req, next, &budget, max).await,
+        None => chunked::<F>(st, req, next, &budget, max).await,
     }
 }
 

@@ -15,11 +15,8 @@
 //! refused too while the queue is full; telling them apart would mean reading
 //! and hashing the body, which is the cost this saves.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
 
@@ -27,18 +24,18 @@ use super::error::{ApiError, ErrorFormat};
 use super::state::AppState;
 use inferd_core::CoreError;
 
-/// The middleware; `F` renders the refusal in the router's protocol.
-pub(crate) async fn refuse_when_full<F: ErrorFormat>(
-    State(st): State<Arc<AppState>>,
+/// The request back when it may go on, else its refusal, rendered by `F` in
+/// the router's protocol after its body is drained.
+pub(crate) async fn check<F: ErrorFormat>(
+    st: &AppState,
     req: Request,
-    next: Next,
-) -> Response {
+) -> Result<Request, Response> {
     let path = req.uri().path();
     if req.method() != Method::POST || !is_prediction(path) {
-        return next.run(req).await;
+        return Ok(req);
     }
-    let Some(e) = refusal(&st, path) else {
-        return next.run(req).await;
+    let Some(e) = refusal(st, path) else {
+        return Ok(req);
     };
     drain(req.into_body(), st.settings.max_body_bytes).await;
     if let Some(reason) = e.rejection_reason() {
@@ -50,7 +47,7 @@ pub(crate) async fn refuse_when_full<F: ErrorFormat>(
         .requests
         .with_label_values(&["", "", "429", "http"])
         .inc();
-    F::render(ApiError::Core(e))
+    Err(F::render(ApiError::Core(e)))
 }
 
 /// Reads and drops a refused request's body, chunk by chunk, up to `limit`

@@ -20,6 +20,7 @@ mod budget;
 mod door;
 mod error;
 mod extract;
+mod front;
 mod grpc;
 mod health;
 mod openapi;
@@ -33,16 +34,13 @@ mod v2;
 mod oneshot_tests;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::Request;
-use axum::http::HeaderName;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use tower_http::classify::ServerErrorsFailureClass;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiKeys, KeySources};
@@ -67,42 +65,49 @@ pub mod testing {
     pub use crate::v2::wire::{InferRequest, TensorData};
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Fallbacks, API keys and refusal at the door in the router's own error
-/// format. Keys are checked first (the outer layer).
+/// Fallbacks and the gate (`gate`) in the router's own error format.
 fn with_format<F: ErrorFormat>(routes: Routes, state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let (router, _) = routes.split_for_parts();
     router
         .fallback(route_not_found::<F>)
         .method_not_allowed_fallback(method_not_allowed::<F>)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            budget::reserve::<F>,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            door::refuse_when_full::<F>,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.api_keys.clone(),
-            auth::require_api_key::<F>,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), gate::<F>))
 }
 
-/// The whole HTTP service.
+/// The three checks before a handler, as one middleware (each layer on a
+/// route costs allocations on every request): the API key, then refusal at
+/// the door while the queue is full or the model's queue is over its limit,
+/// then the memory budget, which holds its reservation while the request is
+/// served.
+async fn gate<F: ErrorFormat>(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(refused) = auth::refusal::<F>(&st.api_keys, &req) {
+        return refused;
+    }
+    let req = match door::check::<F>(&st, req).await {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    budget::reserve::<F>(&st, req, next).await
+}
+
+/// The whole HTTP service. What every request gets (its id, its response
+/// time, its trace and the body limit) wraps the router once (`front`), not
+/// each of its routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = with_format::<JsonApi>(v1_routes().merge(doc_routes()), &state);
     let v2 = with_format::<v2::V2>(v2::routes(), &state);
-    v1.nest("/v2", v2)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.settings.max_body_bytes,
-        ))
-        .layer(middleware::from_fn(response_time))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+    let body_limit = state.settings.max_body_bytes;
+    let routes = v1.nest("/v2", v2).with_state(state);
+    let app = tower::ServiceBuilder::new()
+        .layer(front::FrontLayer)
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .service(routes);
+    Router::new().fallback_service(app)
 }
 
 /// tower-http logs every 5xx at ERROR by default. A 503 is an expected state
@@ -133,15 +138,4 @@ fn log_failure(
             }
         }
     }
-}
-
-/// `x-response-time` (milliseconds in the server) on every response.
-async fn response_time(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        HeaderName::from_static("x-response-time"),
-        serve::ms(start.elapsed()),
-    );
-    resp
 }

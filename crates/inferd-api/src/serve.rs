@@ -12,6 +12,7 @@ use inferd_telemetry::ratelimit::{every, Every};
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
+use std::io::Write;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::state::AppState;
 use inferd_core::deployment::{Deployment, Target};
+use inferd_core::instances::Instances;
 use inferd_core::pipeline::{Predicted, Timings};
 use inferd_core::repository::Model;
 use inferd_core::CoreError;
@@ -36,7 +38,10 @@ use opentelemetry::KeyValue;
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub request_id: String,
-    pub client: Option<String>,
+    /// The proxy's `x-forwarded-for` (first hop) or `x-real-ip`, when sent.
+    pub forwarded: Option<String>,
+    /// The connection's peer.
+    pub peer: Option<SocketAddr>,
     /// When the request's header arrived: its deadline runs from here.
     pub arrived: Instant,
     /// The front door's protocol, a metric label: `http` or `grpc`.
@@ -81,13 +86,22 @@ impl Caller {
             .map(|s| s.trim().to_string());
         Caller {
             request_id: h("x-request-id").unwrap_or_default().to_string(),
-            client: forwarded.or_else(|| peer.map(|p| p.to_string())),
+            forwarded,
+            peer,
             arrived: Instant::now(),
             protocol: "http",
             timeout: None,
             trace_parent: trace::remote_parent(h("traceparent"), h("tracestate")),
             span_name: Cow::Borrowed("POST"),
         }
+    }
+
+    /// Who asked, for the log and the trace: the proxy's word, else the peer.
+    /// Formatted only where it is written, not on every request.
+    pub(crate) fn client(&self) -> Option<String> {
+        self.forwarded
+            .clone()
+            .or_else(|| self.peer.map(|p| p.to_string()))
     }
 
     /// A caller from a protocol's own headers (gRPC metadata is HTTP/2 headers).
@@ -112,7 +126,7 @@ const GRPC_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
 /// unless the request's instances were unusable, the instances as JSON values
 /// (the form `Task::decode` validates and the prediction log stores) plus
 /// whatever the front door needs to answer (`T`).
-pub(crate) type Prepared<T> = Result<(Target, Result<(Vec<Value>, T), ApiError>), ApiError>;
+pub(crate) type Prepared<T> = Result<(Target, Result<(Instances, T), ApiError>), ApiError>;
 
 /// How a front door renders an answer, in its own reply type.
 pub(crate) trait Answer<T> {
@@ -143,12 +157,20 @@ impl Reply for Response {
         h.reserve(6);
         h.insert(HeaderName::from_static("x-queue-time"), ms(t.queue));
         h.insert(HeaderName::from_static("x-inference-time"), ms(t.inference));
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "queue;dur={:.3}, inference;dur={:.3}",
-            t.queue.as_secs_f64() * 1e3,
-            t.inference.as_secs_f64() * 1e3
-        )) {
-            h.insert(HeaderName::from_static("server-timing"), v);
+        let mut buf = [0u8; 96];
+        let mut rest = &mut buf[..];
+        if write!(
+            rest,
+            "queue;dur={}, inference;dur={}",
+            Millis(t.queue),
+            Millis(t.inference)
+        )
+        .is_ok()
+        {
+            let len = 96 - rest.len();
+            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+                h.insert(HeaderName::from_static("server-timing"), v);
+            }
         }
     }
 
@@ -187,7 +209,10 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
         t.min(st.settings.request_timeout)
     });
     let result = run(&st, prepare, &caller.request_id, start, timeout, &mut ctx).await;
-    let (model_label, version_label) = ctx.labels.clone().unwrap_or_default();
+    let resolved = ctx.model.clone();
+    let (model_label, version_label) = resolved.as_deref().map_or(("", ""), |m| {
+        (m.manifest.name.as_str(), m.manifest.version.as_str())
+    });
     let latency = start.elapsed();
     let mut resp = match result {
         Ok((model, done, extra)) => {
@@ -216,8 +241,8 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
                     id: Uuid::new_v4(),
                     ts: chrono::Utc::now(),
                     request_id: caller.request_id.clone(),
-                    model: model_label.clone(),
-                    version: version_label.clone(),
+                    model: model_label.to_string(),
+                    version: version_label.to_string(),
                     status: e.status().as_u16(),
                     instance: None,
                     instance_sha256: None,
@@ -225,7 +250,7 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
                     prediction: None,
                     cached: false,
                     latency_ms: latency.as_secs_f32() * 1e3,
-                    client: caller.client.clone(),
+                    client: caller.client(),
                     error: Some(e.to_string()),
                     trace_id: ctx.trace_id.clone(),
                     trace: ctx.trace,
@@ -234,14 +259,14 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
             answer.err(e)
         }
     };
-    let status = Reply::status(&resp).to_string();
+    let status = status_label(Reply::status(&resp));
     st.doors
         .requests
-        .with_label_values(&[&model_label, &version_label, &status, caller.protocol])
+        .with_label_values(&[model_label, version_label, &status, caller.protocol])
         .inc();
     st.doors
         .request_duration
-        .with_label_values(&[&model_label, &version_label])
+        .with_label_values(&[model_label, version_label])
         .observe(latency.as_secs_f64());
     resp.add_timings(&ctx.timings);
     if let Some(id) = &ctx.trace_id {
@@ -250,8 +275,8 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
     let instances = ctx.instance_count;
     span.finish(Reply::status(&resp), || {
         vec![
-            KeyValue::new("inferd.model", model_label),
-            KeyValue::new("inferd.version", version_label),
+            KeyValue::new("inferd.model", model_label.to_string()),
+            KeyValue::new("inferd.version", version_label.to_string()),
             KeyValue::new("inferd.instances", instances as i64),
         ]
     });
@@ -278,8 +303,8 @@ fn request_attributes(caller: &Caller) -> Vec<KeyValue> {
             a.push(KeyValue::new("http.route", route.to_string()));
         }
     }
-    if let Some(c) = &caller.client {
-        a.push(KeyValue::new("client.address", c.clone()));
+    if let Some(c) = caller.client() {
+        a.push(KeyValue::new("client.address", c));
     }
     a
 }
@@ -287,9 +312,9 @@ fn request_attributes(caller: &Caller) -> Vec<KeyValue> {
 #[derive(Default)]
 struct RequestCtx {
     timings: Timings,
-    /// (model, version) once resolved to a loaded model: metric labels stay bounded
+    /// The model version once resolved to a loaded model: metric labels stay bounded
     /// to real models, whatever names clients send.
-    labels: Option<(String, String)>,
+    model: Option<Arc<Model>>,
     /// The instances as the model saw them, kept for the prediction log.
     instances: Option<Vec<Value>>,
     /// SHA-256 of each instance as sent.
@@ -314,12 +339,12 @@ async fn run<T>(
     let decoding = trace::start(ctx.trace);
     let (target, instances) = prepare(&deployment, request_id)?;
     let model = &target.model;
-    ctx.labels = Some((model.manifest.name.clone(), model.manifest.version.clone()));
+    ctx.model = Some(model.clone());
     let (instances, extra) = instances?;
     let entering = target.enter()?;
     // Cleaning large email messages costs milliseconds of CPU: off the reactor.
     let (decoded, instances) =
-        if model.task.preprocesses() && text_bytes(&instances) > OFFLOAD_BYTES {
+        if model.task.preprocesses() && instances.text_bytes() > OFFLOAD_BYTES {
             let (st2, target2) = (st.clone(), target.clone());
             tokio::task::spawn_blocking(move || {
                 let d = st2.pipeline.decode(&target2, &instances);
@@ -343,6 +368,7 @@ async fn run<T>(
     if st.predlog.enabled() {
         // The log keeps the instance the model saw (the cache key's input) and
         // the hash of the one that was sent.
+        let instances = instances.into_values();
         ctx.raw_sha256 = instances.iter().map(raw_sha256).collect();
         if st.settings.log_instances {
             ctx.instances = Some(if model.task.preprocesses() {
@@ -401,7 +427,7 @@ fn log_success(
             prediction: serde_json::to_value(p).ok(),
             cached: *cached,
             latency_ms: latency.as_secs_f32() * 1e3,
-            client: caller.client.clone(),
+            client: caller.client(),
             error: None,
             trace_id: ctx.trace_id.clone(),
             trace: ctx.trace,
@@ -426,10 +452,47 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A duration as a header value in milliseconds.
+/// The `status` label of a response: the common codes without formatting.
+fn status_label(status: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match status {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        504 => "504",
+        other => return Cow::Owned(other.to_string()),
+    })
+}
+
+/// A duration as a header value in milliseconds, formatted on the stack:
+/// three of these go on every prediction's response.
 pub(crate) fn ms(d: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+    let mut buf = [0u8; 32];
+    let mut rest = &mut buf[..];
+    let written = write!(rest, "{}", Millis(d)).is_ok();
+    let len = 32 - rest.len();
+    written
+        .then(|| HeaderValue::from_bytes(&buf[..len]).ok())
+        .flatten()
         .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A duration in milliseconds with three decimals, written from whole
+/// microseconds: formatting the float (`{:.3}`) five times per response was
+/// a percent of the miss path's CPU.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:03}", us / 1000, us % 1000)
+    }
 }
 
 /// SHA-256 of an instance as it was sent: a text's bytes, else its JSON.
@@ -445,9 +508,15 @@ fn raw_sha256(v: &Value) -> String {
 /// thread; below it the hand-off would cost more than the work.
 const OFFLOAD_BYTES: usize = 32 * 1024;
 
-fn text_bytes(instances: &[Value]) -> usize {
-    instances
-        .iter()
-        .map(|v| v.as_str().map_or(0, str::len))
-        .sum()
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn milliseconds_with_three_decimals() {
+        use std::time::Duration;
+        let ms = |d| super::ms(d).to_str().unwrap().to_string();
+        assert_eq!(ms(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(ms(Duration::from_micros(5)), "0.005");
+        assert_eq!(ms(Duration::from_nanos(999)), "0.000");
+        assert_eq!(ms(Duration::ZERO), "0.000");
+    }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
@@ -19,6 +19,7 @@ use super::serve::{serve_prediction, Answer, Caller, Prepared};
 use super::state::AppState;
 use crate::v2::repository::{item, IndexItem};
 use inferd_core::deployment::Deployment;
+use inferd_core::instances::Instances;
 use inferd_core::lifecycle::Phase;
 use inferd_core::manifest::{BatchingSection, CacheSection, TensorSpec, TimeSeriesSection};
 use inferd_core::pipeline::Predicted;
@@ -45,9 +46,11 @@ pub struct PredictRequest {
     /// (version 2 and later: an email message, raw RFC 822 source or plain text).
     /// `lstm-forecaster`: 26 rows of 1 number (weekly CO2 in ppm, oldest first;
     /// `null` for a missing reading where the model fills gaps).
+    // Each instance is kept as its JSON text until the model's task reads it,
+    // so a window goes straight into the batch without a tree of values.
     #[serde(default)]
-    #[schema(nullable = false, min_items = 1, example = json!(["Subject: hi\n\nlunch at noon?"]))]
-    pub instances: Option<Vec<Value>>,
+    #[schema(value_type = Option<Vec<Value>>, nullable = false, min_items = 1, example = json!(["Subject: hi\n\nlunch at noon?"]))]
+    pub instances: Option<Vec<Box<RawValue>>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -130,9 +133,12 @@ fn prepare(
     }
     let version = path_version.or(req.version);
     let target = deployment.resolve(&name, version.as_deref(), Some(request_id))?;
-    let instances = req.instances.map(|i| (i, ())).ok_or_else(|| {
-        ApiError::invalid("instances", "required: an array of instances to predict")
-    });
+    let instances = req
+        .instances
+        .map(|i| (Instances::Raw(i), ()))
+        .ok_or_else(|| {
+            ApiError::invalid("instances", "required: an array of instances to predict")
+        });
     Ok((target, instances))
 }
 

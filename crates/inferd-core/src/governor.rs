@@ -54,6 +54,10 @@ pub struct Tuning {
     /// The longest a request may expect to wait in the queue; `None`: the
     /// estimated time of two full batches.
     pub target: Option<Duration>,
+    /// Batches measured to take less than this on average run on the task
+    /// that submits them, in a free slot, instead of on a slot thread (see
+    /// `batcher`); zero: always on a slot thread.
+    pub in_place_under: Duration,
 }
 
 impl Default for Tuning {
@@ -61,6 +65,7 @@ impl Default for Tuning {
         Tuning {
             adaptive: true,
             target: None,
+            in_place_under: Duration::ZERO,
         }
     }
 }

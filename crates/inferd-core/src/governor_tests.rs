@@ -250,6 +250,7 @@ fn a_fixed_target_sets_the_wait() {
         Tuning {
             adaptive: true,
             target: Some(target),
+            ..Tuning::default()
         },
         None,
     )[0];
@@ -284,6 +285,7 @@ fn static_tuning_never_refuses() {
         Tuning {
             adaptive: false,
             target: None,
+            ..Tuning::default()
         },
         1,
         DEADLINE,

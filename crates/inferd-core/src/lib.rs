@@ -45,6 +45,7 @@ pub mod deployment;
 mod error;
 mod golden;
 pub mod governor;
+pub mod instances;
 pub mod lifecycle;
 pub mod manifest;
 pub mod memory;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::admission::Admission;
@@ -21,6 +20,7 @@ use super::coalesce::{follow, Flights, Join, Lead};
 use super::deployment::{Deployment, Target};
 use super::error::CoreError;
 use super::governor::Tuning;
+use super::instances::Instances;
 use super::policy::Routing;
 use super::repository::Repository;
 use super::task::{Decoded, Prediction};
@@ -95,7 +95,7 @@ impl Pipeline {
 
     /// Checks the instance count and has the model's task validate and convert
     /// the instances.
-    pub fn decode(&self, target: &Target, instances: &[Value]) -> Result<Decoded, CoreError> {
+    pub fn decode(&self, target: &Target, instances: &Instances) -> Result<Decoded, CoreError> {
         if instances.is_empty() {
             return Err(CoreError::invalid(
                 "instances",
@@ -112,7 +112,7 @@ impl Pipeline {
                 ),
             ));
         }
-        Ok(target.model.task.decode(instances)?)
+        Ok(target.model.task.decode_any(instances)?)
     }
 
     /// Predictions for every instance of `batch`, in order, from the cache where

@@ -215,23 +215,28 @@ async fn partly_cached_requests_run_only_the_misses() {
 #[tokio::test]
 async fn the_instance_limit_and_validation_come_before_the_model() {
     let r = rig(8, false);
-    let err = r.pipeline.decode(&r.target, &[]).unwrap_err();
+    let json = |v: Vec<serde_json::Value>| Instances::Json(v);
+    // The JSON API's form: each instance's text.
+    let raw = |s: &str| Instances::Raw(serde_json::from_str(s).unwrap());
+    let err = r.pipeline.decode(&r.target, &json(vec![])).unwrap_err();
     assert!(
         matches!(err, CoreError::Invalid { ref field, .. } if field.as_deref() == Some("instances"))
     );
     let nine = vec![json!([[1.0], [2.0]]); 9];
-    let err = r.pipeline.decode(&r.target, &nine).unwrap_err();
+    let err = r.pipeline.decode(&r.target, &json(nine)).unwrap_err();
     assert!(err.to_string().contains("at most 8 instances"), "{err}");
-    let err = r
-        .pipeline
-        .decode(&r.target, &[json!([[1.0], ["x"]])])
-        .unwrap_err();
-    assert!(
-        matches!(err, CoreError::Invalid { ref field, .. } if field.as_deref() == Some("instances[0][1][0]"))
-    );
-    assert!(r
-        .pipeline
-        .decode(&r.target, &[json!([[1.0], [2.0]])])
-        .is_ok());
+    for bad in [
+        json(vec![json!([[1.0], ["x"]])]),
+        raw(r#"[[[1.0], ["x"]]]"#),
+    ] {
+        let err = r.pipeline.decode(&r.target, &bad).unwrap_err();
+        assert!(
+            matches!(err, CoreError::Invalid { ref field, .. } if field.as_deref() == Some("instances[0][1][0]")),
+            "{err}"
+        );
+    }
+    for good in [json(vec![json!([[1.0], [2.0]])]), raw("[[[1.0], [2.0]]]")] {
+        assert!(r.pipeline.decode(&r.target, &good).is_ok());
+    }
     assert!(r.backend.batches().is_empty());
 }

@@ -14,6 +14,12 @@
 //! A queue with more jobs than one batch holds is put back on the ready list
 //! after its batch is formed, so several batches of one model run at once, one
 //! per free slot, and models take turns in the order their work arrived.
+//!
+//! A slot is a token as well as a thread: a batch that costs only
+//! microseconds may run on the task that submits it (`try_take`, see
+//! `batcher`), holding a slot as a thread would, so that at most `count`
+//! batches run at once whoever runs them, and each model's pool of `count`
+//! sessions always has one free for a batch that holds a slot.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -37,10 +43,13 @@ pub struct Slots {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    count: usize,
 }
 
 struct State {
     ready: VecDeque<Arc<dyn Work>>,
+    /// Slots held: by slot threads running work and by batches run in place.
+    running: usize,
     /// Threads parked on `wake`: a notification (a futex syscall) is only
     /// paid when one of them can take the work.
     idle: usize,
@@ -54,10 +63,12 @@ impl Slots {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 ready: VecDeque::new(),
+                running: 0,
                 idle: 0,
                 stop: false,
             }),
             wake: Condvar::new(),
+            count,
         });
         for i in 0..count {
             let shared = shared.clone();
@@ -90,11 +101,35 @@ impl Slots {
     pub(crate) fn schedule(&self, work: Arc<dyn Work>) {
         let mut st = self.shared.lock();
         st.ready.push_back(work);
-        let wake = st.idle > 0;
+        let wake = st.idle > 0 && st.running < self.count;
         drop(st);
         if wake {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// A free slot for the caller to run one batch on its own thread, if
+    /// there is one; the slot is given back when the guard drops.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Held> {
+        let mut st = self.shared.lock();
+        if st.running >= self.count || st.stop {
+            return None;
+        }
+        st.running += 1;
+        Some(Held {
+            slots: self.clone(),
+        })
+    }
+}
+
+/// A slot taken by `try_take`.
+pub(crate) struct Held {
+    slots: Arc<Slots>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.slots.shared.release();
     }
 }
 
@@ -116,10 +151,13 @@ impl Shared {
         loop {
             let mut st = self.lock();
             let work = loop {
-                if let Some(w) = st.ready.pop_front() {
-                    break w;
+                if st.running < self.count {
+                    if let Some(w) = st.ready.pop_front() {
+                        st.running += 1;
+                        break w;
+                    }
                 }
-                if st.stop {
+                if st.stop && st.ready.is_empty() {
                     return;
                 }
                 st.idle += 1;
@@ -132,6 +170,18 @@ impl Shared {
             if catch_unwind(AssertUnwindSafe(|| work.run())).is_err() {
                 tracing::error!("an inference batch panicked; its requests were failed");
             }
+            self.release();
+        }
+    }
+
+    /// Gives a slot back, waking a parked thread if work waits for one.
+    fn release(&self) {
+        let mut st = self.lock();
+        st.running -= 1;
+        let wake = st.idle > 0 && !st.ready.is_empty();
+        drop(st);
+        if wake {
+            self.wake.notify_one();
         }
     }
 }
@@ -186,5 +236,40 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)).expect("work ran");
         }
         assert_eq!(w.0.load(Ordering::SeqCst), 3);
+    }
+
+    /// Blocks its slot thread until told to finish.
+    struct Hold(Mutex<mpsc::Receiver<()>>, Mutex<mpsc::Sender<()>>);
+
+    impl Work for Hold {
+        fn run(self: Arc<Self>) {
+            let _ = self.1.lock().unwrap().send(());
+            let _ = self.0.lock().unwrap().recv();
+        }
+    }
+
+    #[test]
+    fn slots_taken_in_place_and_by_threads_never_exceed_the_count() {
+        let slots = Slots::new(2);
+        let held = slots.try_take().expect("a free slot");
+        let (go, wait) = mpsc::channel();
+        let (started, running) = mpsc::channel();
+        let w = Arc::new(Hold(Mutex::new(wait), Mutex::new(started)));
+        slots.schedule(w.clone());
+        running
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a thread took the other slot");
+        // Both slots are held: none is free in place, and queued work waits.
+        assert!(slots.try_take().is_none());
+        slots.schedule(w.clone());
+        assert!(running.recv_timeout(Duration::from_millis(50)).is_err());
+        // The slot given back in place goes to the waiting work.
+        drop(held);
+        running
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the queued work ran once a slot was free");
+        assert!(slots.try_take().is_none());
+        go.send(()).unwrap();
+        go.send(()).unwrap();
     }
 }

@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::backend::{DType, InputBatch, OutputBatch, TensorInfo};
+use super::instances::{read_string, read_window, Instances};
 use super::manifest::{Manifest, Missing, TextPreprocess};
 use super::preprocess::{email, series};
 
@@ -242,6 +244,72 @@ impl Task {
         Ok(())
     }
 
+    /// `decode` for instances in any form: raw ones are read straight into
+    /// the batch where they are plainly valid (`instances::read_window`),
+    /// and otherwise parsed and decoded as values, with the same outcome.
+    pub fn decode_any(&self, instances: &Instances) -> Result<Decoded, InvalidInput> {
+        let raw = match instances {
+            Instances::Json(values) => return self.decode(values),
+            Instances::Raw(raw) => raw,
+        };
+        let value = |i: usize, r: &RawValue| {
+            serde_json::from_str::<Value>(r.get()).map_err(|e| {
+                invalid(
+                    format!("instances[{i}]"),
+                    format!("not a usable JSON value: {e}"),
+                )
+            })
+        };
+        match self {
+            Task::TextClassification {
+                max_text_bytes,
+                email,
+                ..
+            } => {
+                let mut texts = Vec::with_capacity(raw.len());
+                for (i, r) in raw.iter().enumerate() {
+                    let text = match read_string(r) {
+                        Some(s) => text_of(i, &s, *max_text_bytes, *email)?,
+                        None => decode_text(i, &value(i, r)?, *max_text_bytes, *email)?,
+                    };
+                    texts.push(text);
+                }
+                Ok(Decoded {
+                    batch: InputBatch::Text(texts),
+                    filled: None,
+                })
+            }
+            Task::Forecast {
+                window,
+                features,
+                fill,
+                ..
+            } => {
+                let f = features.len();
+                let mut data = Vec::with_capacity(raw.len() * window * f);
+                let mut filled = Vec::with_capacity(raw.len());
+                for (i, r) in raw.iter().enumerate() {
+                    let gaps = match read_window(r, *window, f, &mut data) {
+                        Some(()) => 0,
+                        None => {
+                            decode_window(i, &value(i, r)?, *window, features, *fill, &mut data)?
+                        }
+                    };
+                    filled.push(gaps);
+                }
+                Ok(Decoded {
+                    batch: InputBatch::Windows {
+                        data,
+                        batch: raw.len(),
+                        steps: *window,
+                        features: f,
+                    },
+                    filled: fill.map(|_| filled),
+                })
+            }
+        }
+    }
+
     /// Validates, preprocesses and converts request instances. `instances` is
     /// never empty here.
     pub fn decode(&self, instances: &[Value]) -> Result<Decoded, InvalidInput> {
@@ -373,16 +441,26 @@ fn decode_text(
     max_bytes: usize,
     email: Option<usize>,
 ) -> Result<String, InvalidInput> {
-    let field = || format!("instances[{i}]");
     let Value::String(s) = v else {
         return Err(invalid(
-            field(),
+            format!("instances[{i}]"),
             format!(
                 "expected a string (the text to classify), got {}",
                 json_kind(v)
             ),
         ));
     };
+    text_of(i, s, max_bytes, email)
+}
+
+/// Instance `i`'s text, once it is known to be a string.
+fn text_of(
+    i: usize,
+    s: &str,
+    max_bytes: usize,
+    email: Option<usize>,
+) -> Result<String, InvalidInput> {
+    let field = || format!("instances[{i}]");
     if s.len() > max_bytes {
         let what = if email.is_some() { "message" } else { "text" };
         return Err(invalid(
@@ -397,7 +475,7 @@ fn decode_text(
         // Cleaning removes NULs, as training did.
         Some(truncate_chars) => Ok(email::clean(s, truncate_chars)),
         None if s.contains('\0') => Err(invalid(field(), "text contains a NUL character")),
-        None => Ok(s.clone()),
+        None => Ok(s.to_string()),
     }
 }
 

@@ -153,7 +153,7 @@ pub(super) fn prepare(
     let rest = converted.and_then(|(req, tail, raw)| {
         let plan = plan(model, &req)?;
         let inst = instances(model, req.inputs, tail, max_instances)?;
-        Ok((inst, (plan, raw)))
+        Ok((inst.into(), (plan, raw)))
     });
     Ok((target, rest))
 }

@@ -427,7 +427,7 @@ fn prepare(
     let target = deployment.resolve(&name, version.as_deref(), Some(request_id))?;
     let model = &target.model;
     let rest = plan(model, &req).and_then(|plan| {
-        instances(model, req.inputs, tail, max_instances).map(|inst| (inst, plan))
+        instances(model, req.inputs, tail, max_instances).map(|inst| (inst.into(), plan))
     });
     Ok((target, rest))
 }
