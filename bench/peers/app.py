@@ -24,6 +24,9 @@ MODELS: dict[str, dict] = {}
 
 def load() -> None:
     for manifest_path in sorted(MODELS_DIR.glob("*/1/model.toml")):
+        # ONNX models only: a TorchScript model (model.pt) is not this peer's to serve.
+        if not (manifest_path.parent / "model.onnx").exists():
+            continue
         m = tomllib.loads(manifest_path.read_text())
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1

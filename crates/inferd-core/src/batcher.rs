@@ -11,13 +11,15 @@
 //! goes back on the ready list, so several batches of one model can run at
 //! once, one per slot.
 //!
-//! A model whose batches take microseconds (under `Tuning::in_place_under`
-//! on average, as measured) is not handed to a slot thread: the request that
+//! Optionally (`Tuning::in_place_under`, off by default), a model whose
+//! batches take microseconds on average is not handed to a slot thread while
+//! its requests come further apart than two batches: the request that
 //! finds its queue idle takes a free slot (`Slots::try_take`) and runs the
 //! batch on its own thread, with whatever else is queued, the first arrival
-//! draining the queue for the others. Handing such a batch to a thread and the
-//! answer back cost two wake-ups and context switches, more than the model:
-//! a fifth of the LSTM's miss-path CPU (issue 27). Everything else is as on a
+//! draining the queue for the others. Handing a batch to a thread and the
+//! answer back costs two wake-ups and context switches (with the kernel's
+//! futex work, a fifth of the LSTM's miss-path CPU in issue 27's first
+//! profile, 7% after that issue's other changes). Everything else is as on a
 //! slot thread (deadlines, the abandoned-batch watcher, the instance limit,
 //! the governor's measurements, metrics and spans); when no slot is free, or
 //! the batch is not cheap, or batches are worth gathering, the queue goes to
@@ -401,9 +403,9 @@ impl ModelQueue {
     /// together than that would have queued behind a running batch and
     /// joined the next one: run in place one by one, each LSTM request paid
     /// a batch of its own, and at 16 connections the server answered 44%
-    /// fewer requests for 2x the CPU each. Pinned to one core, in place
-    /// served 5-10% more requests at 1 connection and the same at 16 and 64
-    /// (with 1 batch time instead of 2, half as many at 16 and 64).
+    /// fewer requests for 2x the CPU each. With this condition, pinned to
+    /// one core, in place served within run-to-run noise of the slot threads
+    /// at 1 to 256 connections, which is why the budget is 0 by default.
     fn cheap(&self, st: &QueueState) -> bool {
         let Some(batch) = st.batch_time.filter(|t| *t < self.in_place_under) else {
             return false;
