@@ -376,15 +376,7 @@ impl Work for ModelQueue {
             }
             st.gathering = false;
         }
-        self.note(&st);
-        if st.jobs.is_empty() {
-            st.scheduled = false;
-            drop(st);
-        } else {
-            // Another free slot can start the next batch while this one runs.
-            drop(st);
-            self.slots.schedule(self.clone());
-        }
+        self.formed(st);
         if !jobs.is_empty() {
             self.launch(jobs);
         }
@@ -394,6 +386,20 @@ impl Work for ModelQueue {
 impl ModelQueue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A batch is formed: the queue leaves the ready list when it is empty,
+    /// else goes back on it, so another free slot can start the next batch
+    /// while this one runs.
+    fn formed(self: &Arc<Self>, mut st: MutexGuard<'_, QueueState>) {
+        self.note(&st);
+        if st.jobs.is_empty() {
+            st.scheduled = false;
+            drop(st);
+        } else {
+            drop(st);
+            self.slots.schedule(self.clone());
+        }
     }
 
     /// Whether a batch is worth running on the submitting thread: its
@@ -420,14 +426,7 @@ impl ModelQueue {
         let mut size = 0;
         let mut st = self.lock();
         self.take(&mut st, &mut jobs, &mut size);
-        self.note(&st);
-        if st.jobs.is_empty() {
-            st.scheduled = false;
-            drop(st);
-        } else {
-            drop(st);
-            self.slots.schedule(self.clone());
-        }
+        self.formed(st);
         if !jobs.is_empty() {
             // As on a slot thread: a panicking backend fails its batch's
             // requests (their replies are dropped), not the caller.

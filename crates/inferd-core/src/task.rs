@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::backend::{DType, InputBatch, OutputBatch, TensorInfo};
@@ -252,76 +251,67 @@ impl Task {
             Instances::Json(values) => return self.decode(values),
             Instances::Raw(raw) => raw,
         };
-        let value = |i: usize, r: &RawValue| {
-            serde_json::from_str::<Value>(r.get()).map_err(|e| {
+        let value = |i: usize| {
+            serde_json::from_str::<Value>(raw[i].get()).map_err(|e| {
                 invalid(
                     format!("instances[{i}]"),
                     format!("not a usable JSON value: {e}"),
                 )
             })
         };
-        match self {
-            Task::TextClassification {
-                max_text_bytes,
-                email,
-                ..
-            } => {
-                let mut texts = Vec::with_capacity(raw.len());
-                for (i, r) in raw.iter().enumerate() {
-                    let text = match read_string(r) {
-                        Some(s) => text_of(i, &s, *max_text_bytes, *email)?,
-                        None => decode_text(i, &value(i, r)?, *max_text_bytes, *email)?,
-                    };
-                    texts.push(text);
-                }
-                Ok(Decoded {
-                    batch: InputBatch::Text(texts),
-                    filled: None,
-                })
-            }
-            Task::Forecast {
+        self.decode_each(
+            raw.len(),
+            |i, max_bytes, email| match read_string(&raw[i]) {
+                Some(s) => text_of(i, &s, max_bytes, email),
+                None => decode_text(i, &value(i)?, max_bytes, email),
+            },
+            |i, window, features, fill, data| match read_window(
+                &raw[i],
                 window,
-                features,
-                fill,
-                ..
-            } => {
-                let f = features.len();
-                let mut data = Vec::with_capacity(raw.len() * window * f);
-                let mut filled = Vec::with_capacity(raw.len());
-                for (i, r) in raw.iter().enumerate() {
-                    let gaps = match read_window(r, *window, f, &mut data) {
-                        Some(()) => 0,
-                        None => {
-                            decode_window(i, &value(i, r)?, *window, features, *fill, &mut data)?
-                        }
-                    };
-                    filled.push(gaps);
-                }
-                Ok(Decoded {
-                    batch: InputBatch::Windows {
-                        data,
-                        batch: raw.len(),
-                        steps: *window,
-                        features: f,
-                    },
-                    filled: fill.map(|_| filled),
-                })
-            }
-        }
+                features.len(),
+                data,
+            ) {
+                Some(()) => Ok(0),
+                None => decode_window(i, &value(i)?, window, features, fill, data),
+            },
+        )
     }
 
     /// Validates, preprocesses and converts request instances. `instances` is
     /// never empty here.
     pub fn decode(&self, instances: &[Value]) -> Result<Decoded, InvalidInput> {
+        self.decode_each(
+            instances.len(),
+            |i, max_bytes, email| decode_text(i, &instances[i], max_bytes, email),
+            |i, window, features, fill, data| {
+                decode_window(i, &instances[i], window, features, fill, data)
+            },
+        )
+    }
+
+    /// The batch of `n` instances, each read by `text` or `window` (as
+    /// `decode_text` and `decode_window` are called) as the task needs.
+    fn decode_each(
+        &self,
+        n: usize,
+        mut text: impl FnMut(usize, usize, Option<usize>) -> Result<String, InvalidInput>,
+        mut window: impl FnMut(
+            usize,
+            usize,
+            &[String],
+            Option<usize>,
+            &mut Vec<f32>,
+        ) -> Result<usize, InvalidInput>,
+    ) -> Result<Decoded, InvalidInput> {
         match self {
             Task::TextClassification {
                 max_text_bytes,
                 email,
                 ..
             } => {
-                let mut texts = Vec::with_capacity(instances.len());
-                for (i, v) in instances.iter().enumerate() {
-                    texts.push(decode_text(i, v, *max_text_bytes, *email)?);
+                let mut texts = Vec::with_capacity(n);
+                for i in 0..n {
+                    texts.push(text(i, *max_text_bytes, *email)?);
                 }
                 Ok(Decoded {
                     batch: InputBatch::Text(texts),
@@ -329,22 +319,22 @@ impl Task {
                 })
             }
             Task::Forecast {
-                window,
+                window: steps,
                 features,
                 fill,
                 ..
             } => {
                 let f = features.len();
-                let mut data = Vec::with_capacity(instances.len() * window * f);
-                let mut filled = Vec::with_capacity(instances.len());
-                for (i, v) in instances.iter().enumerate() {
-                    filled.push(decode_window(i, v, *window, features, *fill, &mut data)?);
+                let mut data = Vec::with_capacity(n * steps * f);
+                let mut filled = Vec::with_capacity(n);
+                for i in 0..n {
+                    filled.push(window(i, *steps, features, *fill, &mut data)?);
                 }
                 Ok(Decoded {
                     batch: InputBatch::Windows {
                         data,
-                        batch: instances.len(),
-                        steps: *window,
+                        batch: n,
+                        steps: *steps,
                         features: f,
                     },
                     filled: fill.map(|_| filled),
