@@ -524,6 +524,30 @@ async fn not_ready_until_warmed_up() {
     s.stop().await.unwrap();
 }
 
+/// `n` copies of `body` sent to `/predict` at once: each answer's status,
+/// `Retry-After` and body.
+async fn burst(s: &TestServer, body: &Value, n: usize) -> Vec<(u16, Option<String>, Value)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, body) = (s.client.clone(), s.url("/predict"), body.clone());
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let status = r.status().as_u16();
+                (status, retry, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 /// Static limits: only INFERD_MAX_QUEUE bounds the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_with_429_and_never_5xx() {
@@ -533,25 +557,8 @@ async fn overload_sheds_with_429_and_never_5xx() {
     cfg.limits.admission = inferd::config::AdmissionMode::Static;
     let s = TestServer::start(cfg).await;
     let body = json!({"model": "text-classifier", "instances": long_texts(64)});
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let client = s.client.clone();
-        let url = s.url("/predict");
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = client.post(url).json(&body).send().await.unwrap();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap();
-            (status, retry, v)
-        }));
-    }
     let (mut ok, mut shed) = (0, 0);
-    for t in tasks {
-        let (status, retry, v) = t.await.unwrap();
+    for (status, retry, v) in burst(&s, &body, 40).await {
         match status {
             200 => ok += 1,
             429 => {
@@ -585,25 +592,9 @@ async fn overload_is_refused_by_time_with_a_retry_after() {
     for _ in 0..3 {
         assert_eq!(s.post_json("/predict", &body).await.0, 200);
     }
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let client = s.client.clone();
-        let url = s.url("/predict");
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = client.post(url).json(&body).send().await.unwrap();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap();
-            (status, retry, v)
-        }));
-    }
     let (mut ok, mut shed) = (0, 0);
-    for t in tasks {
-        let (status, retry, v) = t.await.unwrap();
+    for (status, retry, v) in burst(&s, &body, 40).await {
+        let retry = retry.and_then(|r| r.parse::<u64>().ok());
         match status {
             200 => ok += 1,
             429 => {

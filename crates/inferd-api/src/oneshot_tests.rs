@@ -22,6 +22,9 @@ use tower::ServiceExt;
 
 use crate::{router, ApiKeys, AppState, DoorMetrics, KeySources, Settings};
 
+/// A three-step window for the test forecaster, as a KServe v2 request.
+const V2_WINDOW: &str = r#"{"inputs": [{"name": "window", "shape": [1, 3, 1], "datatype": "FP32", "data": [1, 2, 3]}]}"#;
+
 /// The state of a server serving one scripted forecaster `m` (windows of 3
 /// readings; the forecast is their sum), or still starting.
 fn state(ready: bool) -> Arc<AppState> {
@@ -126,13 +129,7 @@ async fn predictions_come_from_the_model_in_each_front_doors_shape() {
         v["predictions"],
         json!([{"forecast": {"y": 6.0}}, {"forecast": {"y": 3.0}}])
     );
-    let (status, v) = call(
-        &st,
-        Method::POST,
-        "/v2/models/m/infer",
-        Some(r#"{"inputs": [{"name": "window", "shape": [1, 3, 1], "datatype": "FP32", "data": [1, 2, 3]}]}"#),
-    )
-    .await;
+    let (status, v) = call(&st, Method::POST, "/v2/models/m/infer", Some(V2_WINDOW)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["outputs"][0]["data"], json!([6.0]));
 }
@@ -284,12 +281,6 @@ async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_
     assert_eq!(status, StatusCode::OK, "{v}");
     // The v2 door takes its share the same way.
     let _held = budget.reserve(8 * 1024).await.expect("room");
-    let (status, v) = call(
-        &st,
-        Method::POST,
-        "/v2/models/m/infer",
-        Some(r#"{"inputs": [{"name": "window", "shape": [1, 3, 1], "datatype": "FP32", "data": [1, 2, 3]}]}"#),
-    )
-    .await;
+    let (status, v) = call(&st, Method::POST, "/v2/models/m/infer", Some(V2_WINDOW)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }
