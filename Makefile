@@ -42,9 +42,9 @@ models:
 ## Retrain and replace the committed models.
 models-install:
 	MODELS_OUT=$(CURDIR)/.models-new ./scripts/train-models.sh
-	for m in text-classifier/1 text-classifier/2 lstm-forecaster/1 lstm-forecaster-torch/1; do \
+	for m in text-classifier/1 text-classifier/2 text-classifier/3 lstm-forecaster/1 lstm-forecaster-torch/1; do \
 	  mkdir -p models/$$m; cp .models-new/$$m/model.toml .models-new/$$m/golden.json .models-new/$$m/README.md models/$$m/; \
-	  for f in model.onnx model.pt heldout.json; do \
+	  for f in model.onnx model.pt heldout.json reference.json; do \
 	    if [ -f .models-new/$$m/$$f ]; then cp .models-new/$$m/$$f models/$$m/; fi; done; done
 	rm -rf .models-new
 

@@ -7,8 +7,8 @@
 #   bench/ab.sh REV [DURATION] [ROUNDS]        builds REV in target/ab/REV first (minutes)
 #   bench/ab.sh --before-bin PATH [DURATION] [ROUNDS]
 #
-# Extra servers: AB_VARIANTS="INFERD_X=1 INFERD_Y=2" adds this tree's server once
-# per variable, with it set. Prints a Markdown table per round; at each
+# Extra servers: AB_VARIANTS="INFERD_X=1 INFERD_Y=2,INFERD_Z=3" adds this tree's
+# server once per word, with its variables (comma-separated) set. Prints a Markdown table per round; at each
 # connection count the servers run back to back, so that a slow spell of a
 # shared machine falls on all of them.
 set -euo pipefail
@@ -31,7 +31,7 @@ AFTER="$ROOT/target/release/inferd"
 mkdir -p target/ab
 
 names=(before after); bins=("$BEFORE" "$AFTER"); envs=("" "")
-for v in ${AB_VARIANTS:-}; do names+=("after $v"); bins+=("$AFTER"); envs+=("$v"); done
+for v in ${AB_VARIANTS:-}; do names+=("after $v"); bins+=("$AFTER"); envs+=("${v//,/ }"); done
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -121,7 +121,12 @@ pub fn build_state(config: &ServeConfig) -> anyhow::Result<(AppState, Arc<ConnMe
             &doors.memory_budget,
         )
     });
+    let quality = inferd_core::quality::Quality::new(
+        config.quality.settings(),
+        Arc::new(inferd_core::quality::QualityMetrics::new(&registry)),
+    );
     let state = AppState {
+        quality: Arc::new(quality),
         budget,
         settings: config.api_settings(),
         api_keys: Arc::new(api_keys),

@@ -469,7 +469,7 @@ async fn postgres_stopped_during_load_ends_with_one_row_per_request() {
     assert!(!spill.exists(), "the spill file was replayed and removed");
     assert_eq!(
         pg.psql("SELECT count(*) FROM inferd_schema_migrations"),
-        "3"
+        "4"
     );
     // Every served row has the hash of the input as sent (migration 2).
     assert_eq!(
@@ -544,6 +544,94 @@ async fn shutdown_flushes_buffered_records_and_spills_when_postgres_is_down() {
     }
     assert!(!spill.exists());
     s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_fed_back_while_postgres_is_down_are_spilled_and_replayed_into_the_feedback_table() {
+    let mut pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("spill.jsonl");
+    let mut cfg = pg_config(&pg, &spill);
+    // Small, so that labels arriving during the outage go to disk.
+    cfg.predlog.predlog_buffer_rows = 5;
+    cfg.predlog.predlog_batch_rows = 5;
+    let s = TestServer::start(cfg).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let body = json!({"instances": [format!("message {i}"), format!("other {i}")]});
+        let (status, headers, v) = s
+            .post_json("/v1/models/text-classifier/predict", &body)
+            .await;
+        assert_eq!(status, 200, "{v}");
+        ids.push(headers["x-request-id"].to_str().unwrap().to_string());
+    }
+    let t = Instant::now();
+    while pg.psql("SELECT count(*) FROM predictions") != "20" {
+        assert!(
+            t.elapsed() < common::gate::EVENTUALLY,
+            "predictions not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.stop();
+    // Labels while the database is down: the first for every instance, then
+    // one changed and one repeated.
+    let labels: Vec<Value> = ids
+        .iter()
+        .flat_map(|id| {
+            [
+                json!({"request_id": id, "instance": 0, "label": "spam"}),
+                json!({"request_id": id, "instance": 1, "label": "ham"}),
+            ]
+        })
+        .collect();
+    let (status, _, v) = s
+        .post_json("/v1/feedback", &json!({ "labels": labels[..10] }))
+        .await;
+    assert_eq!((status, v["accepted"].clone()), (200, json!(10)), "{v}");
+    let (status, _, v) = s
+        .post_json("/v1/feedback", &json!({ "labels": labels[10..] }))
+        .await;
+    assert_eq!((status, v["accepted"].clone()), (200, json!(10)), "{v}");
+    let changed = json!({"request_id": ids[0], "instance": 0, "label": "ham"});
+    let (_, _, v) = s.post_json("/v1/feedback", &changed).await;
+    assert_eq!(v["replaced"], json!(1), "{v}");
+    let (_, _, v) = s.post_json("/v1/feedback", &labels[2]).await;
+    assert_eq!(v["unchanged"], json!(1), "{v}");
+    common::eventually("the labels spill while the database is down", || async {
+        spill.exists()
+    })
+    .await;
+    pg.resume();
+    let replaying = dir.path().join("spill.jsonl.replaying");
+    let t = Instant::now();
+    while spill.exists() || replaying.exists() {
+        assert!(
+            t.elapsed() < common::gate::EVENTUALLY,
+            "spill never replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await.unwrap();
+    // One row per labelled instance, the changed one with its latest label;
+    // every label joins its prediction.
+    assert_eq!(pg.psql("SELECT count(*) FROM feedback"), "20");
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT label->>'label' FROM feedback WHERE request_id = '{}' AND instance_index = 0",
+            ids[0]
+        )),
+        "ham"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM labelled_predictions WHERE role = 'primary'"),
+        "20"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM predictions WHERE role = 'feedback'"),
+        "0",
+        "labels go to their own table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

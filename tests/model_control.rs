@@ -17,9 +17,19 @@ const USER: &str = "user-key-9e2a";
 const TEXT: &str = "the meeting moved to three, agenda attached";
 
 /// The repository with text-classifier 1 only (and lstm-forecaster 1).
-fn models_without_v2() -> tempfile::TempDir {
+/// The models with `text-classifier` 1 and 2 only: version 3 (the
+/// time-split control) and the policy that keeps 2 the default are left
+/// out, so that the highest version is the default, as these tests expect.
+fn models_1_and_2() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     copy_dir(&root().join("models"), d.path());
+    std::fs::remove_dir_all(d.path().join("text-classifier/3")).unwrap();
+    std::fs::remove_file(d.path().join("text-classifier/policy.toml")).unwrap();
+    d
+}
+
+fn models_without_v2() -> tempfile::TempDir {
+    let d = models_1_and_2();
     std::fs::remove_dir_all(d.path().join("text-classifier/2")).unwrap();
     d
 }
@@ -276,7 +286,8 @@ async fn unloading_lets_requests_in_flight_finish() {
 
 #[tokio::test]
 async fn a_canary_takes_its_share_of_ten_thousand_requests_by_request_id() {
-    let s = TestServer::start(open_control(&root().join("models"))).await;
+    let models = models_1_and_2();
+    let s = TestServer::start(open_control(models.path())).await;
     let canary = json!({"version_policy": {"all": {}}, "default_version": 1,
         "canary": {"version": 2, "weight": 0.1}});
     let (st, body) = load(&s, "text-classifier", Some(canary)).await;

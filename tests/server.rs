@@ -910,7 +910,17 @@ fn served_versions() -> Vec<(String, String)> {
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         versions.sort();
-        for v in versions {
+        // The versions the model's policy selects (all without one).
+        let policy = std::fs::read_to_string(
+            common::root()
+                .join("models")
+                .join(&name)
+                .join("policy.toml"),
+        )
+        .map(|t| inferd_core::policy::Policy::from_toml(&t).expect("policy.toml parses"))
+        .unwrap_or_default();
+        let selected = policy.select(&versions.iter().copied().collect());
+        for v in versions.into_iter().filter(|v| selected.contains(v)) {
             let m = common::manifest(&name, &v.to_string());
             let torch = m.get("format").and_then(|f| f.as_str()) == Some("torchscript");
             if !torch || cfg!(feature = "torch") {

@@ -16,6 +16,7 @@ mod limits;
 mod models;
 mod net;
 mod predlog;
+mod quality;
 mod reference;
 mod runtime;
 mod telemetry;
@@ -32,6 +33,7 @@ pub use limits::{AdmissionMode, LimitArgs};
 pub use models::{ModelArgs, ModelControlMode};
 pub use net::{GrpcListen, NetArgs};
 pub use predlog::{LogInputs, PredLogMode, PredlogArgs};
+pub use quality::QualityArgs;
 pub use reference::reference;
 pub use runtime::{Device, RuntimeArgs};
 pub use telemetry::{LogFormat, TelemetryArgs};
@@ -137,6 +139,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub predlog: PredlogArgs,
+    /// Label feedback, shadows and drift.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub quality: QualityArgs,
     /// API keys.
     #[command(flatten)]
     #[serde(flatten)]
@@ -171,6 +177,7 @@ impl ServeConfig {
         self.models.validate()?;
         self.batching.validate()?;
         self.cache.validate()?;
+        self.quality.validate()?;
         self.predlog.validate()
     }
 

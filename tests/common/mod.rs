@@ -356,8 +356,17 @@ pub(crate) fn manifest_int(model: &str, version: &str, path: &[&str]) -> i64 {
     v.as_integer().expect("an integer")
 }
 
+/// The version the unversioned routes serve: the policy's `default_version`
+/// when `models/<model>/policy.toml` sets one, else the highest.
 pub(crate) fn latest_version(model: &str) -> String {
-    std::fs::read_dir(root().join("models").join(model))
+    let dir = root().join("models").join(model);
+    if let Ok(text) = std::fs::read_to_string(dir.join("policy.toml")) {
+        let policy: toml::Table = toml::from_str(&text).expect("policy.toml parses");
+        if let Some(v) = policy.get("default_version").and_then(|v| v.as_integer()) {
+            return v.to_string();
+        }
+    }
+    std::fs::read_dir(dir)
         .expect("model dir")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()

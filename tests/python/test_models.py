@@ -163,7 +163,10 @@ def test_manifest_states_quality_meets_the_bar(model):
     met = m["metrics"]
     if m["task"] == "text-classification":
         assert met["stratified_accuracy"] >= 0.97
-        assert met["stratified_accuracy"] >= met["stratified_majority_accuracy"] + 0.2
+        # At most a quarter of the majority-class baseline's errors (a fixed
+        # margin cannot hold for a split that is 85% one class).
+        errors, baseline = 1 - met["stratified_accuracy"], 1 - met["stratified_majority_accuracy"]
+        assert errors <= 0.25 * baseline, (errors, baseline)
     else:
         assert met["test_rmse"] <= 0.9 * met["naive_rmse"]
         expected_pct = 100.0 * (1 - met["test_rmse"] / met["naive_rmse"])

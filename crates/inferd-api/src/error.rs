@@ -53,6 +53,12 @@ pub enum ApiError {
          INFERD_MEMORY_BUDGET_BYTES) is in use; retry shortly"
     )]
     MemoryBudget(u64),
+    /// Label feedback refused as a whole.
+    #[error("{0}")]
+    Feedback(inferd_core::quality::FeedbackError),
+    /// One label refused, with its status (404 unknown id, 422 invalid).
+    #[error("{1}")]
+    Label(StatusCode, String),
 }
 
 /// Core messages, with a pointer to the listing route where one helps.
@@ -120,6 +126,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MemoryBudget(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Feedback(_) => StatusCode::CONFLICT,
+            ApiError::Label(s, _) => *s,
         }
     }
 
@@ -149,6 +157,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::MemoryBudget(_) => "memory_budget",
+            ApiError::Feedback(_) => "feedback_off",
+            ApiError::Label(s, _) if *s == StatusCode::NOT_FOUND => "unknown_prediction",
+            ApiError::Label(..) => "invalid_label",
         }
     }
 

@@ -70,6 +70,10 @@ fn state_with(ready: bool, budget: Option<u64>) -> Arc<AppState> {
             &doors.memory_budget,
         )
     });
+    let quality = Arc::new(inferd_core::quality::Quality::new(
+        inferd_core::quality::QualitySettings::default(),
+        Arc::new(inferd_core::quality::QualityMetrics::new(&registry)),
+    ));
     Arc::new(AppState {
         settings: Settings {
             max_body_bytes: 1024,
@@ -87,6 +91,7 @@ fn state_with(ready: bool, budget: Option<u64>) -> Arc<AppState> {
         control: std::sync::OnceLock::new(),
         predlog,
         api_keys: Arc::new(ApiKeys::load(&KeySources::default()).expect("no keys")),
+        quality,
         budget,
     })
 }
@@ -283,4 +288,104 @@ async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_
     let _held = budget.reserve(8 * 1024).await.expect("room");
     let (status, v) = call(&st, Method::POST, "/v2/models/m/infer", Some(V2_WINDOW)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+}
+
+#[tokio::test]
+async fn labels_fed_back_by_request_id_score_the_version_that_answered() {
+    let st = state(true);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/predict")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", "q1")
+        .body(Body::from(
+            r#"{"model": "m", "instances": [[[1], [2], [3]], [[1], [1], [1]]]}"#,
+        ))
+        .expect("request");
+    let resp = router(st.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Predictions 6 and 3; true values 7 and 3.
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/v1/feedback",
+        Some(r#"{"request_id": "q1", "instance": 0, "value": 7}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["accepted"].clone(), v["results"][0]["versions"].clone()),
+        (json!(1), json!(["1"]))
+    );
+    let (status, v) = call(
+        &st,
+        Method::POST,
+        "/v1/feedback",
+        Some(
+            r#"{"labels": [
+                {"request_id": "q1", "instance": 0, "value": 7},
+                {"request_id": "q1", "instance": 1, "value": {"y": 3}},
+                {"request_id": "q1", "instance": 1, "label": "up"},
+                {"request_id": "q1", "instance": 9, "value": 1}
+            ]}"#,
+        ),
+    )
+    .await;
+    // Judged label by label: 200, with each refusal's status.
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["accepted"].clone(),
+            v["unchanged"].clone(),
+            v["rejected"].clone()
+        ),
+        (json!(1), json!(1), json!(2))
+    );
+    let statuses: Vec<Value> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [Value::Null, Value::Null, json!(422), json!(404)]);
+    // More labels than INFERD_MAX_INSTANCES (4 here): none is taken.
+    let five = json!({"labels": vec![json!({"request_id": "q1", "value": 7}); 5]});
+    let (status, v) = call(&st, Method::POST, "/v1/feedback", Some(&five.to_string())).await;
+    assert_eq!(
+        (status.as_u16(), v["error"]["code"].clone()),
+        (422, json!("invalid_input"))
+    );
+    for (body, want, code) in [
+        (
+            r#"{"request_id": "nope", "value": 1}"#,
+            404,
+            "unknown_prediction",
+        ),
+        (
+            r#"{"request_id": "q1", "label": "up"}"#,
+            422,
+            "invalid_label",
+        ),
+        (r#"{"request_id": "q1"}"#, 422, "invalid_label"),
+        (r#"{"request_id": 5}"#, 422, "invalid_label"),
+        ("{not json", 400, "malformed_json"),
+    ] {
+        let (status, v) = call(&st, Method::POST, "/v1/feedback", Some(body)).await;
+        assert_eq!(
+            (status.as_u16(), v["error"]["code"].clone()),
+            (want, json!(code)),
+            "{body}: {v}"
+        );
+    }
+    let (status, v) = call(&st, Method::GET, "/v1/models/m/quality", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let primary = &v["versions"][0];
+    assert_eq!(
+        (primary["served"].clone(), primary["labelled"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(primary["total"]["mae"], json!(0.5));
+    assert_eq!(v["drift"][0]["profile"], Value::Null);
+    let (status, _) = call(&st, Method::GET, "/v1/models/nope/quality", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

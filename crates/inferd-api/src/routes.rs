@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::state::AppState;
-use super::{health, openapi, v1, v2};
+use super::{health, openapi, quality, v1, v2};
 
 pub(super) type Routes = OpenApiRouter<Arc<AppState>>;
 
@@ -22,6 +22,8 @@ pub(super) fn v1_routes() -> Routes {
         .routes(routes!(v1::get_model))
         .routes(routes!(v1::predict_named))
         .routes(routes!(v1::predict_versioned))
+        .routes(routes!(quality::feedback))
+        .routes(routes!(quality::get_quality))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

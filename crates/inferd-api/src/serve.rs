@@ -22,10 +22,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::shadow;
 use super::state::AppState;
 use inferd_core::deployment::{Deployment, Target};
 use inferd_core::instances::Instances;
 use inferd_core::pipeline::{Predicted, Timings};
+use inferd_core::quality::Arm;
 use inferd_core::repository::Model;
 use inferd_core::CoreError;
 use inferd_predlog::Record;
@@ -201,9 +203,14 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
         || request_attributes(&caller),
     );
     let mut ctx = RequestCtx {
+        timings: Timings::default(),
+        model: None,
+        instances: None,
+        raw_sha256: Vec::new(),
         trace: span.at(),
         trace_id: span.at().trace_id_hex(),
-        ..RequestCtx::default()
+        instance_count: 0,
+        arm: Arm::Primary,
     };
     let timeout = caller.timeout.map_or(st.settings.request_timeout, |t| {
         t.min(st.settings.request_timeout)
@@ -253,6 +260,8 @@ pub(crate) async fn serve_prediction<T, A: Answer<T>>(
                     client: caller.client(),
                     error: Some(e.to_string()),
                     trace_id: ctx.trace_id.clone(),
+                    instance_index: None,
+                    role: None,
                     trace: ctx.trace,
                 });
             }
@@ -309,7 +318,6 @@ fn request_attributes(caller: &Caller) -> Vec<KeyValue> {
     a
 }
 
-#[derive(Default)]
 struct RequestCtx {
     timings: Timings,
     /// The model version once resolved to a loaded model: metric labels stay bounded
@@ -325,6 +333,8 @@ struct RequestCtx {
     trace_id: Option<String>,
     /// How many instances the request carried, once decoded.
     instance_count: usize,
+    /// How the request reached its version.
+    arm: Arm,
 }
 
 async fn run<T>(
@@ -365,6 +375,27 @@ async fn run<T>(
         || vec![KeyValue::new("inferd.instances", ctx.instance_count as i64)],
         Vec::new(),
     );
+    let (name, number) = (
+        &model.manifest.name,
+        model.manifest.version.parse::<u64>().ok(),
+    );
+    let routing = deployment.routing(name);
+    let arm = match (routing, number) {
+        (Some(r), Some(v)) if r.is_canary(name, v, request_id) => Arm::Canary,
+        _ => Arm::Primary,
+    };
+    // A share of the default version's requests is copied to the shadow
+    // version: its own decode (its preprocessing may differ), later.
+    let shadow = match (routing, number) {
+        (Some(r), Some(v)) => r.shadow_of(name, v, request_id),
+        _ => None,
+    }
+    .and_then(|v| deployment.resolve(name, Some(&v.to_string()), None).ok())
+    .map(|t| (t, instances.clone()));
+    let book = st.quality.active().then(|| st.quality.book(model));
+    let features = book
+        .as_ref()
+        .and_then(|b| st.quality.features(b, &decoded.batch));
     if st.predlog.enabled() {
         // The log keeps the instance the model saw (the cache key's input) and
         // the hash of the one that was sent.
@@ -395,6 +426,20 @@ async fn run<T>(
             &mut ctx.timings,
         )
         .await?;
+    if let Some(book) = &book {
+        st.quality.record(
+            book,
+            arm,
+            request_id,
+            &done.predictions,
+            features,
+            ctx.timings.queue + ctx.timings.inference,
+        );
+    }
+    ctx.arm = arm;
+    if let Some((shadow, instances)) = shadow {
+        shadow::spawn(st, &target.model, shadow, instances, request_id);
+    }
     let done = Predicted { filled, ..done };
     Ok((target.model, done, extra))
 }
@@ -430,6 +475,8 @@ fn log_success(
             client: caller.client(),
             error: None,
             trace_id: ctx.trace_id.clone(),
+            instance_index: Some(i as u32),
+            role: (ctx.arm != Arm::Primary).then(|| ctx.arm.as_str().to_string()),
             trace: ctx.trace,
         });
     }

@@ -108,6 +108,8 @@ pub struct AppState {
     pub predlog: PredLog,
     /// The keys the routes accept.
     pub api_keys: Arc<ApiKeys>,
+    /// Labels fed back, shadow comparisons and drift.
+    pub quality: Arc<inferd_core::quality::Quality>,
     /// The memory budget for prediction requests in flight; `None`: unbounded.
     pub budget: Option<Arc<super::budget::MemoryBudget>>,
 }

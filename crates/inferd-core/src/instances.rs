@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A request's instances.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Instances {
     /// As JSON values.
     Json(Vec<Value>),

@@ -28,6 +28,8 @@
 //! - `policy`, `control`: which versions serve and how unnamed requests are
 //!   routed; loading, gating, swapping and unloading versions while serving.
 //! - `memory`: giving a retired version's memory back to the system.
+//! - `quality`: labels fed back and scored per version and arm, shadow
+//!   versions compared with the primary, drift against training data.
 //! - `metrics`: what all of the above count.
 
 #![warn(missing_docs)]
@@ -53,6 +55,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod preprocess;
+pub mod quality;
 pub mod repository;
 pub mod slots;
 pub mod task;

@@ -51,10 +51,21 @@ pub struct Canary {
     pub weight: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// A share of the requests the default version answers is also run on
+/// another version, off the request path, to compare the two on live traffic.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// The shadow version.
+    pub version: u64,
+    /// The share of the default version's requests copied to it, 0 to 1.
+    pub fraction: f64,
+}
+
 /// `policy.toml`, or a load call's `config`: which versions serve and how
 /// requests that name none are routed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default, alias = "versionPolicy")]
     /// Which versions on disk serve.
@@ -66,6 +77,9 @@ pub struct Policy {
     #[serde(default)]
     /// A share of unversioned requests sent to another version.
     pub canary: Option<Canary>,
+    #[serde(default)]
+    /// A share of the default version's requests also run on another.
+    pub shadow: Option<Shadow>,
 }
 
 /// Where requests that name no version go, once the served set is known.
@@ -75,6 +89,8 @@ pub struct Routing {
     pub default: u64,
     /// The canary's version and share of those requests.
     pub canary: Option<(u64, f64)>,
+    /// The shadow's version and share of the default version's requests.
+    pub shadow: Option<(u64, f64)>,
 }
 
 impl Policy {
@@ -94,6 +110,14 @@ impl Policy {
                 return Err(format!(
                     "canary.weight must be within 0..1, got {}",
                     c.weight
+                ));
+            }
+        }
+        if let Some(s) = &self.shadow {
+            if !(0.0..=1.0).contains(&s.fraction) {
+                return Err(format!(
+                    "shadow.fraction must be within 0..1, got {}",
+                    s.fraction
                 ));
             }
         }
@@ -142,7 +166,28 @@ impl Policy {
                 ))
             }
         };
-        Ok(Routing { default, canary })
+        let shadow = match &self.shadow {
+            None => None,
+            Some(s) if s.version == default => {
+                return Err(format!(
+                    "shadow version {} is the default version",
+                    s.version
+                ))
+            }
+            Some(s) if s.fraction == 0.0 => None,
+            Some(s) if serving.contains(&s.version) => Some((s.version, s.fraction)),
+            Some(s) => {
+                return Err(format!(
+                    "shadow version {} is not among the serving versions {serving:?}",
+                    s.version
+                ))
+            }
+        };
+        Ok(Routing {
+            default,
+            canary,
+            shadow,
+        })
     }
 
     /// A policy from its JSON (a load call's `config`) or TOML (`policy.toml`).
@@ -166,14 +211,37 @@ impl Routing {
             _ => self.default,
         }
     }
+
+    /// Whether `version`, answering a request with this id, is the canary's
+    /// share (else the request named it, or it is the default).
+    pub fn is_canary(&self, model: &str, version: u64, request_id: &str) -> bool {
+        matches!(self.canary, Some((c, w)) if c == version && bucket(model, request_id) < w)
+    }
+
+    /// The shadow version to copy this request to, if any: only requests the
+    /// default version answers, and a share of them drawn independently of
+    /// the canary's (the salt), stable per request id like the canary's.
+    pub fn shadow_of(&self, model: &str, version: u64, request_id: &str) -> Option<u64> {
+        let (s, fraction) = self.shadow?;
+        if version != self.default || request_id.is_empty() {
+            return None;
+        }
+        (fraction >= 1.0 || salted_bucket(model, request_id, SHADOW_SALT) < fraction).then_some(s)
+    }
 }
+
+const SHADOW_SALT: u64 = 0x5348_4144_4f57;
 
 /// A request id's place in [0, 1), from FNV-1a over the model name and the id:
 /// stable across processes, builds and machines (std's hasher promises none
 /// of that), and the model name keeps one request id from being the canary of
 /// every model at once.
 pub fn bucket(model: &str, request_id: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    salted_bucket(model, request_id, 0)
+}
+
+fn salted_bucket(model: &str, request_id: &str, salt: u64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
     for b in model
         .as_bytes()
         .iter()
@@ -249,6 +317,7 @@ mod tests {
         assert_eq!(
             p.routing(&set(&[1, 2])),
             Ok(Routing {
+                shadow: None,
                 default: 1,
                 canary: Some((2, 0.1))
             })
@@ -263,8 +332,44 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_copies_a_share_of_the_default_versions_requests_only() {
+        let p = Policy::from_toml(
+            "default_version = 3\n[shadow]\nversion = 2\nfraction = 0.5\n[canary]\nversion = 1\nweight = 0.2\n",
+        )
+        .unwrap();
+        let r = p.routing(&set(&[1, 2, 3])).unwrap();
+        assert_eq!(r.shadow, Some((2, 0.5)));
+        let ids: Vec<String> = (0..4000).map(|i| format!("req-{i}")).collect();
+        let copied = ids
+            .iter()
+            .filter(|id| r.shadow_of("m", 3, id).is_some())
+            .count();
+        assert!((1800..=2200).contains(&copied), "{copied}");
+        // Not for the canary's requests, nor for requests naming another version.
+        assert!(ids.iter().all(|id| r.shadow_of("m", 1, id).is_none()));
+        // Independent of the canary's draw: about half of the canary's share
+        // would have been shadowed had the default answered it.
+        let both = ids
+            .iter()
+            .filter(|id| r.is_canary("m", 1, id) && r.shadow_of("m", 3, id).is_some())
+            .count();
+        assert!((300..=500).contains(&both), "{both}");
+        let bad = |t: &str| Policy::from_toml(t).and_then(|p| p.routing(&set(&[1, 2])));
+        assert!(bad("[shadow]\nversion = 2\nfraction = 1\n")
+            .unwrap_err()
+            .contains("default"));
+        assert!(bad("[shadow]\nversion = 5\nfraction = 1\n")
+            .unwrap_err()
+            .contains("not among"));
+        assert!(bad("[shadow]\nversion = 1\nfraction = 2\n")
+            .unwrap_err()
+            .contains("within"));
+    }
+
+    #[test]
     fn the_canary_share_holds_and_a_request_id_always_lands_in_one_place() {
         let r = Routing {
+            shadow: None,
             default: 1,
             canary: Some((2, 0.1)),
         };

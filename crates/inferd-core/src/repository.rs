@@ -16,6 +16,7 @@ use super::backend::{Backend, GraphSpec, LoadFailure, Loader, TensorInfo};
 use super::error::CoreError;
 use super::manifest::{Manifest, TensorSpec};
 use super::memory::TrimOnDrop;
+use super::quality::drift::Reference;
 use super::task::Task;
 
 /// A loaded, verified model version.
@@ -28,6 +29,9 @@ pub struct Model {
     pub backend: Arc<dyn Backend>,
     /// The version directory.
     pub dir: PathBuf,
+    /// The training data's profile (`reference.json`), when the version has
+    /// one: what its live traffic is judged against for drift.
+    pub reference: Option<Arc<Reference>>,
     /// Last, so it drops after the backend (see `core::memory`).
     pub(crate) _release: TrimOnDrop,
 }
@@ -182,11 +186,15 @@ pub fn load_version(dir: &Path, loader: &dyn Loader) -> Result<Model, LoadError>
     check_io(&graph_path, "outputs", &manifest.outputs, backend.outputs())?;
     task.check_graph(backend.inputs(), backend.outputs())
         .map_err(|m| err(&graph_path, m))?;
+    let reference = Reference::load(dir, &task)
+        .map_err(|m| err(&dir.join("reference.json"), m))?
+        .map(Arc::new);
     Ok(Model {
         manifest,
         task,
         backend,
         dir: dir.to_path_buf(),
+        reference,
         _release: TrimOnDrop,
     })
 }

@@ -205,6 +205,28 @@ pub fn nice_current_thread(nice: i32) {
     let _ = nice;
 }
 
+/// Puts the calling thread in the kernel's idle scheduling class
+/// (`SCHED_IDLE`, Linux): it runs only on a core nothing else wants, and a
+/// waking thread of any other class preempts it at once, which a nice value
+/// alone does not promise. Where that is refused, it falls back to nice 19.
+// Unsafe: std has no scheduling policies; see SAFETY.
+#[allow(unsafe_code)]
+pub fn idle_priority_current_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler reads the parameter struct, which lives on
+    // the stack for the call; pid 0 is the calling thread. A failure leaves
+    // the policy as it was.
+    let set = unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+    };
+    #[cfg(not(target_os = "linux"))]
+    let set = false;
+    if !set {
+        nice_current_thread(19);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

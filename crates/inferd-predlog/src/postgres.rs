@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::record::{read_spill, replaying};
 use super::record::{record_written, Record};
 use crate::metrics::Metrics;
+use crate::record::FEEDBACK;
 
 /// One schema change. `version` is recorded once applied and never reused;
 /// `name` is what `inferd_schema_migrations` shows.
@@ -45,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "trace id",
         sql: include_str!("migrations/0003_trace_id.sql"),
     },
+    Migration {
+        version: 4,
+        name: "feedback",
+        sql: include_str!("migrations/0004_feedback.sql"),
+    },
 ];
 
 /// Taken by the migrating transaction so several workers starting at once do
@@ -54,10 +60,23 @@ const MIGRATION_LOCK: i64 = 0x696e_6665_7264;
 /// One statement per batch: the columns go as arrays, so a batch costs one
 /// round trip whatever its size.
 const INSERT: &str = "INSERT INTO predictions
-    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error, input_sha256, trace_id)
+    (id, ts, request_id, model, version, status, instance, instance_sha256, prediction, cached, latency_ms, client, error, input_sha256, trace_id, instance_index, role)
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::smallint[],
-        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[], $14::text[], $15::text[])
+        $7::jsonb[], $8::text[], $9::jsonb[], $10::bool[], $11::real[], $12::text[], $13::text[], $14::text[], $15::text[],
+        $16::int4[], $17::text[])
     ON CONFLICT (id) DO NOTHING";
+
+/// Labels land in their own table, one row per served instance: a resent
+/// label is a no-op and a changed one replaces the old (the latest wins, by
+/// the time it was received), so a replayed spill file cannot undo a newer
+/// label with an older one.
+const UPSERT_FEEDBACK: &str = "INSERT INTO feedback (request_id, instance_index, model, label, ts)
+    SELECT DISTINCT ON (r, i) r, i, m, l, t
+    FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::timestamptz[]) AS u(r, i, m, l, t)
+    ORDER BY r, i, t DESC
+    ON CONFLICT (request_id, instance_index) DO UPDATE
+        SET label = EXCLUDED.label, ts = EXCLUDED.ts, model = EXCLUDED.model
+        WHERE feedback.ts <= EXCLUDED.ts";
 
 pub(super) struct PgSink {
     pool: deadpool_postgres::Pool,
@@ -128,9 +147,26 @@ impl PgSink {
         Ok(())
     }
 
-    async fn insert(&self, rows: &[Record], metrics: &Metrics) -> anyhow::Result<()> {
+    async fn insert(&self, all: &[Record], metrics: &Metrics) -> anyhow::Result<()> {
         let t = std::time::Instant::now();
         let client = self.pool.get().await?;
+        let (labels, rows): (Vec<&Record>, Vec<&Record>) = all
+            .iter()
+            .partition(|r| r.role.as_deref() == Some(FEEDBACK));
+        if !labels.is_empty() {
+            let rid: Vec<&str> = labels.iter().map(|r| r.request_id.as_str()).collect();
+            let idx: Vec<i32> = labels
+                .iter()
+                .map(|r| r.instance_index.map_or(0, |i| i as i32))
+                .collect();
+            let model: Vec<&str> = labels.iter().map(|r| r.model.as_str()).collect();
+            let label: Vec<Option<&serde_json::Value>> =
+                labels.iter().map(|r| r.prediction.as_ref()).collect();
+            let ts: Vec<DateTime<Utc>> = labels.iter().map(|r| r.ts).collect();
+            client
+                .execute(UPSERT_FEEDBACK, &[&rid, &idx, &model, &label, &ts])
+                .await?;
+        }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let ts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.ts).collect();
         let rid: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
@@ -148,6 +184,11 @@ impl PgSink {
         let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         let input_sha: Vec<Option<&str>> = rows.iter().map(|r| r.input_sha256.as_deref()).collect();
         let trace_id: Vec<Option<&str>> = rows.iter().map(|r| r.trace_id.as_deref()).collect();
+        let index: Vec<Option<i32>> = rows
+            .iter()
+            .map(|r| r.instance_index.map(|i| i as i32))
+            .collect();
+        let role: Vec<Option<&str>> = rows.iter().map(|r| r.role.as_deref()).collect();
         client
             .execute(
                 INSERT,
@@ -167,10 +208,12 @@ impl PgSink {
                     &error,
                     &input_sha,
                     &trace_id,
+                    &index,
+                    &role,
                 ],
             )
             .await?;
-        record_written(metrics, "postgres", rows.len(), t.elapsed());
+        record_written(metrics, "postgres", all.len(), t.elapsed());
         Ok(())
     }
 

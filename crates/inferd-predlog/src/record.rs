@@ -13,6 +13,9 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use inferd_telemetry::trace::TraceRef;
 
+/// The `role` of a label's row.
+pub const FEEDBACK: &str = "feedback";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 /// One log row: a prediction served, or a request that failed.
 pub struct Record {
@@ -51,6 +54,15 @@ pub struct Record {
     /// is on, or the client sent a `traceparent`.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// Which instance of its request this row is (0-based). Absent from
+    /// records spilled by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_index: Option<u32>,
+    /// `None` for the version that answered; `canary`, `shadow` (a copy run
+    /// on a shadow version), or `feedback` (a label fed back for the
+    /// instance; `prediction` holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// Where the request's spans hang, for the `predlog.write` span; not
     /// stored.
     #[serde(skip)]
@@ -129,6 +141,8 @@ pub(super) fn test_record(i: u32) -> Record {
         client: Some("127.0.0.1:1".into()),
         error: None,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        instance_index: Some(0),
+        role: None,
         trace: TraceRef::default(),
     }
 }

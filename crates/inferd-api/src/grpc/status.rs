@@ -35,6 +35,9 @@ pub(crate) fn code(e: &ApiError) -> Code {
         ApiError::Unauthorized(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) => Code::PermissionDenied,
         ApiError::MemoryBudget(_) => Code::ResourceExhausted,
+        ApiError::Feedback(_) => Code::FailedPrecondition,
+        ApiError::Label(s, _) if *s == StatusCode::NOT_FOUND => Code::NotFound,
+        ApiError::Label(..) => Code::InvalidArgument,
     }
 }
 

@@ -263,6 +263,7 @@ pub fn forecaster_model(
         task,
         backend,
         dir: std::path::PathBuf::from(format!("test/{name}/1")),
+        reference: None,
         _release: Default::default(),
     }
 }
