@@ -598,6 +598,12 @@ async fn labels_fed_back_while_postgres_is_down_are_spilled_and_replayed_into_th
     assert_eq!(v["replaced"], json!(1), "{v}");
     let (_, _, v) = s.post_json("/v1/feedback", &labels[2]).await;
     assert_eq!(v["unchanged"], json!(1), "{v}");
+    // A label for a prediction another worker served: recorded for the join
+    // in the database, not refused.
+    let elsewhere = json!({"request_id": "served-by-another-worker", "label": "ham",
+        "model": "text-classifier"});
+    let (status, _, v) = s.post_json("/v1/feedback", &elsewhere).await;
+    assert_eq!((status, v["deferred"].clone()), (200, json!(1)), "{v}");
     common::eventually("the labels spill while the database is down", || async {
         spill.exists()
     })
@@ -615,7 +621,11 @@ async fn labels_fed_back_while_postgres_is_down_are_spilled_and_replayed_into_th
     s.stop().await.unwrap();
     // One row per labelled instance, the changed one with its latest label;
     // every label joins its prediction.
-    assert_eq!(pg.psql("SELECT count(*) FROM feedback"), "20");
+    assert_eq!(pg.psql("SELECT count(*) FROM feedback"), "21");
+    assert_eq!(
+        pg.psql("SELECT model FROM feedback WHERE request_id = 'served-by-another-worker'"),
+        "text-classifier"
+    );
     assert_eq!(
         pg.psql(&format!(
             "SELECT label->>'label' FROM feedback WHERE request_id = '{}' AND instance_index = 0",

@@ -212,6 +212,8 @@ impl ServeConfig {
             max_instances: self.limits.max_instances,
             log_instances: self.predlog.predlog_inputs == LogInputs::Full,
             model_control: self.model_control_on(),
+            defer_unknown_labels: self.predlog.sink == PredLogMode::Postgres
+                || (self.predlog.sink == PredLogMode::Auto && self.predlog.database_url.is_some()),
         }
     }
 

@@ -82,6 +82,7 @@ fn state_with(ready: bool, budget: Option<u64>) -> Arc<AppState> {
             max_instances: 4,
             log_instances: false,
             model_control: false,
+            defer_unknown_labels: false,
         },
         doors,
         registry,

@@ -38,6 +38,10 @@ pub(crate) struct LabelEntry {
     /// A forecaster's true value: a number, or an object of target to number.
     #[serde(default)]
     value: Option<Value>,
+    /// The model, recorded with a label deferred to the database's join
+    /// (optional; the join itself is by request id and instance).
+    #[serde(default)]
+    model: Option<String>,
 }
 
 /// `POST /v1/feedback`: one label, or `{"labels": [...]}`. Each label is
@@ -75,6 +79,9 @@ pub(crate) struct FeedbackResponse {
     unchanged: usize,
     /// Labels that replaced a different earlier one.
     replaced: usize,
+    /// Labels for predictions this worker did not serve, recorded in the
+    /// prediction log's database for the join there (PostgreSQL only).
+    deferred: usize,
     /// Labels refused (see `results`).
     rejected: usize,
     /// Per label, in order.
@@ -83,7 +90,7 @@ pub(crate) struct FeedbackResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct LabelResult {
-    /// `accepted`, `unchanged`, `replaced` or `rejected`.
+    /// `accepted`, `unchanged`, `replaced`, `deferred` or `rejected`.
     outcome: &'static str,
     /// The model the instance was served by.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,13 +166,36 @@ pub(crate) async fn feedback(
         accepted: 0,
         unchanged: 0,
         replaced: 0,
+        deferred: 0,
         rejected: 0,
         results: Vec::with_capacity(entries.len()),
     };
     let mut statuses = Vec::new();
     for entry in entries {
         let result = match one(&st, entry) {
-            Ok((joined, truth, entry)) => {
+            Ok(Judged::Deferred(truth, entry)) => {
+                st.quality
+                    .metrics()
+                    .feedback
+                    .with_label_values(&["deferred"])
+                    .inc();
+                out.deferred += 1;
+                let model = entry.model.clone().unwrap_or_default();
+                let joined = Joined {
+                    fed: inferd_core::quality::Fed::Accepted,
+                    model: model.clone(),
+                    versions: Vec::new(),
+                };
+                log_label(&st, &joined, &entry, truth);
+                LabelResult {
+                    outcome: "deferred",
+                    model: entry.model,
+                    versions: Vec::new(),
+                    status: None,
+                    error: None,
+                }
+            }
+            Ok(Judged::Joined(joined, truth, entry)) => {
                 let fed = joined.fed.as_str();
                 st.quality
                     .metrics()
@@ -218,7 +248,12 @@ pub(crate) async fn feedback(
 
 type Rejected = (StatusCode, &'static str, String);
 
-fn one(st: &AppState, entry: Value) -> Result<(Joined, Value, LabelEntry), Rejected> {
+enum Judged {
+    Joined(Joined, Value, LabelEntry),
+    Deferred(Value, LabelEntry),
+}
+
+fn one(st: &AppState, entry: Value) -> Result<Judged, Rejected> {
     let entry: LabelEntry = serde_json::from_value(entry).map_err(|e| {
         (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -238,7 +273,10 @@ fn one(st: &AppState, entry: Value) -> Result<(Joined, Value, LabelEntry), Rejec
         }
     };
     match st.quality.feedback(&entry.request_id, entry.instance, fed) {
-        Ok(j) => Ok((j, truth, entry)),
+        Ok(j) => Ok(Judged::Joined(j, truth, entry)),
+        Err(FeedbackError::Unknown { .. }) if st.settings.defer_unknown_labels => {
+            Ok(Judged::Deferred(truth, entry))
+        }
         Err(e) => {
             let status = match e {
                 FeedbackError::Unknown { .. } => StatusCode::NOT_FOUND,

@@ -40,6 +40,9 @@ struct Job {
     instances: Instances,
     request_id: String,
     labels: [String; 3],
+    /// Made here, on the runtime: a version's first use takes the books'
+    /// write lock, which an idle-class thread must never hold.
+    book: Arc<inferd_core::quality::VersionBook>,
 }
 
 /// The shadow thread's lane, started on first use (one per process: every
@@ -83,6 +86,7 @@ pub(crate) fn spawn(
         shadow.model.manifest.version.clone(),
     ];
     let job = Job {
+        book: st.quality.book(&shadow.model),
         runtime: tokio::runtime::Handle::current(),
         st: st.clone(),
         shadow,
@@ -113,7 +117,6 @@ fn count(job: &Job, outcome: &str) {
 /// On the shadow thread: decode for the shadow's own preprocessing, run its
 /// graph directly, record and log the predictions.
 fn run(job: Job) {
-    let started = Instant::now();
     let st = &job.st;
     let model = &job.shadow.model;
     let Ok(decoded) = st.pipeline.decode(&job.shadow, &job.instances) else {
@@ -121,10 +124,11 @@ fn run(job: Job) {
         runtime.spawn(async move { count(&job, "failed") });
         return;
     };
-    // `book` reads a lock the primaries take for writing only on a version's
-    // first request: harmless here.
-    let book = st.quality.book(model);
+    let book = job.book.clone();
     let features = st.quality.features(&book, &decoded.batch);
+    // Model time, as the primary's is counted (queue and inference, not
+    // decoding), so that the two compare.
+    let started = Instant::now();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         model.backend.infer(&decoded.batch)
     }));

@@ -29,6 +29,10 @@ pub struct Settings {
     pub log_instances: bool,
     /// Whether the repository API may load and unload models.
     pub model_control: bool,
+    /// The prediction log is a database every worker writes: a label this
+    /// worker cannot join is recorded there (`deferred`) for the join in SQL,
+    /// since another worker may have served the prediction.
+    pub defer_unknown_labels: bool,
 }
 
 /// The front doors' metrics: requests by outcome and protocol.

@@ -198,6 +198,10 @@ impl Reference {
                     f.name, f.kind
                 ));
             }
+            // A bin index is a u8 and 255 means "not known".
+            if f.counts.len() > 255 {
+                return Err(format!("feature {:?}: at most 255 bins", f.name));
+            }
             if f.counts.len() != f.edges.len() + 1 || f.counts.len() < 2 {
                 return Err(format!(
                     "feature {:?}: {} edges need {} counts, got {}",
@@ -295,8 +299,8 @@ impl Reference {
 
     fn bin(&self, feature: usize, x: f64) -> u8 {
         let edges = &self.profile.features[feature].edges;
-        // Bins are at most 255; `Reference::new` does not limit it, so clamp.
-        edges.partition_point(|e| *e <= x).min(255) as u8
+        // At most 254: `Reference::new` refuses more than 255 bins.
+        edges.partition_point(|e| *e <= x).min(254) as u8
     }
 }
 

@@ -119,7 +119,9 @@ impl<T> Shard<T> {
     fn evict(&mut self, keep: usize, ttl: Duration, now: Instant) {
         while let Some(&(key, at)) = self.order.front() {
             let expired = now.saturating_duration_since(at) > ttl;
-            if !expired && self.map.len() <= keep {
+            // Bounded by the FIFO, not the map: an id sent again replaces
+            // its map entry but adds to the FIFO.
+            if !expired && self.order.len() <= keep {
                 break;
             }
             self.order.pop_front();
@@ -194,8 +196,24 @@ mod tests {
     }
 
     #[test]
-    fn an_id_sent_again_replaces_its_entry_and_survives_the_old_ones_eviction() {
+    fn an_id_sent_again_and_again_stays_within_the_bound() {
         let ix = Index::new(16, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            ix.insert("same", 0, 1, t0);
+        }
+        let fifo: usize = ix
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().order.len())
+            .sum();
+        assert!(fifo <= 16, "{fifo}");
+        assert_eq!(ix.with("same", 0, t0, |v| *v), Some(1));
+    }
+
+    #[test]
+    fn an_id_sent_again_replaces_its_entry_and_survives_the_old_ones_eviction() {
+        let ix = Index::new(1000, Duration::from_secs(60));
         let t0 = Instant::now();
         ix.insert("a", 0, 1, t0);
         let t1 = t0 + Duration::from_secs(30);

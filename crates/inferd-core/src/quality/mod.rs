@@ -308,6 +308,13 @@ impl Quality {
         {
             let mut st = book.state.lock().unwrap_or_else(|p| p.into_inner());
             st.served[arm.index()] += predictions.len() as u64;
+            // Set here too, not only when a label comes: a version nobody
+            // labels must show its coverage falling for the alert to see it.
+            let served = st.served[arm.index()];
+            self.metrics
+                .coverage
+                .with_label_values(&[&book.model, &book.version, arm.as_str()])
+                .set(st.arms[arm.index()].labelled_total() as f64 / served.max(1) as f64);
             if let (Some(r), Some(features)) = (&book.reference, features) {
                 for (mut values, p) in features.into_iter().zip(predictions) {
                     r.predictions(&mut values, p);
@@ -768,10 +775,10 @@ mod tests {
         let q = quality(1000, 1000);
         let (p, s) = (q.book(&classifier("3")), q.book(&classifier("2")));
         let t = Duration::from_millis(2);
-        // Ten requests: the shadow disagrees on the last four, where it is right.
-        for i in 0..10 {
+        // A hundred requests: the shadow disagrees on four in ten, where it is right.
+        for i in 0..100 {
             let id = format!("r{i}");
-            let right = i < 6;
+            let right = i % 10 < 6;
             let truth = if right { "ham" } else { "spam" };
             let shadow = if right {
                 said("ham", 0.2)
@@ -794,16 +801,30 @@ mod tests {
         let c = &r.comparisons[0];
         assert_eq!(
             (c.primary.as_str(), c.shadow.as_str(), c.requests),
-            ("3", "2", 10)
+            ("3", "2", 100)
         );
         assert_eq!(c.agreement.unwrap().value, 0.6);
         assert!((c.latency_difference_ms.as_ref().unwrap().p50 - 2.0).abs() < 1e-9);
         let l = c.labelled.as_ref().unwrap();
-        assert_eq!(l.labels, 10);
+        assert_eq!(l.labels, 100);
         assert_eq!(l.primary_accuracy.unwrap().value, 0.6);
         assert_eq!(l.shadow_accuracy.unwrap().value, 1.0);
         let d = l.difference.unwrap();
         assert!((d.value - 0.4).abs() < 1e-12 && d.lower > 0.0, "{d:?}");
+        // Four discordant pairs alone would not say so (exact McNemar p = 0.125).
+        let mut few = Comparison::new(10);
+        let (p3, s2) = (
+            Outcome::of(&p.kind, &said("ham", 0.1)),
+            Outcome::of(&p.kind, &said("spam", 0.9)),
+        );
+        for _ in 0..4 {
+            few.label(&p3, &s2, &Truth::Label(1));
+        }
+        for _ in 0..6 {
+            few.label(&p3, &p3, &Truth::Label(0));
+        }
+        let d = few.report("3", "2").labelled.unwrap().difference.unwrap();
+        assert!(d.lower < 0.0 && d.upper > 0.3, "{d:?}");
         assert_eq!(arm(&r, "2", Arm::Shadow).total.accuracy.unwrap().value, 1.0);
         assert_eq!(
             arm(&r, "3", Arm::Primary).total.accuracy.unwrap().value,

@@ -14,6 +14,9 @@ use inferd_telemetry::metrics::Registrar;
 /// 95% two-sided.
 const Z: f64 = 1.959_963_984_540_054;
 
+/// The largest true value a forecaster's label may carry.
+const MAX_VALUE: f64 = 1e9;
+
 /// A proportion with its 95% Wilson score interval (sound near 0 and 1 and
 /// for small counts, where the normal approximation is not).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -97,10 +100,15 @@ impl Truth {
                 Err("this model is a forecaster: send \"value\", not \"label\"".into())
             }
             (Kind::Targets(targets), Feedback::Value(v)) => {
+                // Bounded, so that squared errors and their sums stay finite
+                // and a value added to a window can be taken out again exactly
+                // enough.
                 let number = |v: &serde_json::Value, what: &str| {
                     v.as_f64()
-                        .filter(|x| x.is_finite())
-                        .ok_or_else(|| format!("{what} must be a finite number, got {v}"))
+                        .filter(|x| x.is_finite() && x.abs() <= MAX_VALUE)
+                        .ok_or_else(|| {
+                            format!("{what} must be a number within ±{MAX_VALUE:e}, got {v}")
+                        })
                 };
                 match v {
                     serde_json::Value::Object(m) => {
@@ -143,7 +151,7 @@ impl Score {
                 let (mut abs, mut sq, mut n) = (0.0, 0.0, 0);
                 for (p, t) in p.iter().zip(t) {
                     let e = f64::from(*p) - t;
-                    if e.is_finite() {
+                    if e.is_finite() && (e * e).is_finite() {
                         abs += e.abs();
                         sq += e * e;
                         n += 1;
@@ -297,12 +305,15 @@ impl Scores {
         }
         self.total.add(&new, 1);
         // A replaced label still in the window is changed where it stands;
-        // one that has left it enters again as the newest.
-        if let Some(slot) = self.ring.iter_mut().rev().find(|(s, _)| *s == serial) {
-            self.recent.add(&slot.1, -1);
-            slot.1 = new;
-            self.recent.add(&new, 1);
-            return;
+        // one that has left it enters again as the newest. A first label is
+        // never in the window: no search.
+        if old.is_some() {
+            if let Some(slot) = self.ring.iter_mut().rev().find(|(s, _)| *s == serial) {
+                self.recent.add(&slot.1, -1);
+                slot.1 = new;
+                self.recent.add(&new, 1);
+                return;
+            }
         }
         if self.ring.len() >= self.window {
             if let Some((_, gone)) = self.ring.pop_front() {
@@ -419,6 +430,8 @@ pub struct ArmReport {
 pub(super) struct Comparison {
     window: usize,
     requests: u64,
+    /// Of those, classifier outputs (agreement's denominator).
+    classes: u64,
     agree: u64,
     diffs: VecDeque<f64>,
     latency: VecDeque<f64>,
@@ -438,6 +451,7 @@ impl Comparison {
         Comparison {
             window: window.max(1),
             requests: 0,
+            classes: 0,
             agree: 0,
             diffs: VecDeque::new(),
             latency: VecDeque::new(),
@@ -455,6 +469,7 @@ impl Comparison {
         self.requests += 1;
         let diff = match (p, s) {
             (Outcome::Class { label: a, score: x }, Outcome::Class { label: b, score: y }) => {
+                self.classes += 1;
                 self.agree += u64::from(a == b);
                 f64::from((x - y).abs())
             }
@@ -473,8 +488,12 @@ impl Comparison {
         );
     }
 
+    /// Classifiers only: forecasts have no labels to agree on.
     pub(super) fn agreement(&self) -> Option<Interval> {
-        Interval::wilson(self.agree, self.requests)
+        if self.labelled_values > 0 || self.classes == 0 {
+            return None;
+        }
+        Interval::wilson(self.agree, self.classes)
     }
 
     fn tally(&mut self, p: &Outcome, s: &Outcome, truth: &Truth, sign: i64) {
@@ -522,19 +541,31 @@ impl Comparison {
                 shadow_mae: Some(self.abs_shadow / m),
             })
         } else if n > 0 {
-            // Paired difference of two proportions on the same labelled
-            // instances (shadow minus primary): only discordant pairs move it.
+            // Shadow minus primary on the same labelled instances: only the
+            // discordant pairs (one right, the other wrong) move it. Exact:
+            // a Clopper-Pearson interval on the shadow's share of them,
+            // scaled to the difference (McNemar's conditioning), so that a
+            // handful of pairs never reads as a sure difference.
             let (b, c, nf) = (self.primary_only as f64, self.shadow_only as f64, n as f64);
+            let m = b + c;
             let d = (c - b) / nf;
-            let se = ((b + c) - (c - b) * (c - b) / nf).max(0.0).sqrt() / nf;
+            let (lo, hi) = if m == 0.0 {
+                // No discordant pair: the discordance rate is below 1-(α/2)^(1/n).
+                let u = 1.0 - 0.025f64.powf(1.0 / nf);
+                (-u, u)
+            } else {
+                let (l, u) =
+                    clopper_pearson(self.shadow_only, self.primary_only + self.shadow_only);
+                ((m / nf) * (2.0 * l - 1.0), (m / nf) * (2.0 * u - 1.0))
+            };
             Some(PairedFigures {
                 labels: n,
                 primary_accuracy: Interval::wilson(self.both + self.primary_only, n),
                 shadow_accuracy: Interval::wilson(self.both + self.shadow_only, n),
                 difference: Some(Interval {
                     value: d,
-                    lower: d - Z * se,
-                    upper: d + Z * se,
+                    lower: lo.max(-1.0),
+                    upper: hi.min(1.0),
                 }),
                 primary_mae: None,
                 shadow_mae: None,
@@ -552,6 +583,23 @@ impl Comparison {
             labelled,
         }
     }
+}
+
+/// The exact 95% interval of a proportion `k` of `n` (Clopper-Pearson).
+fn clopper_pearson(k: u64, n: u64) -> (f64, f64) {
+    use statrs::distribution::{Beta, ContinuousCDF};
+    let (kf, nf) = (k as f64, n as f64);
+    let lower = if k == 0 {
+        0.0
+    } else {
+        Beta::new(kf, nf - kf + 1.0).map_or(0.0, |b| b.inverse_cdf(0.025))
+    };
+    let upper = if k == n {
+        1.0
+    } else {
+        Beta::new(kf + 1.0, nf - kf).map_or(1.0, |b| b.inverse_cdf(0.975))
+    };
+    (lower, upper)
 }
 
 fn push_bounded(q: &mut VecDeque<f64>, x: f64, cap: usize) {
@@ -623,8 +671,8 @@ pub struct PairedFigures {
     pub primary_accuracy: Option<Interval>,
     /// The shadow's.
     pub shadow_accuracy: Option<Interval>,
-    /// Shadow minus primary, with its 95% interval (paired; an interval
-    /// excluding 0 says the difference is real).
+    /// Shadow minus primary, with its exact 95% interval (paired, from the
+    /// discordant pairs; an interval excluding 0 says the difference is real).
     pub difference: Option<Interval>,
     /// The primary's mean absolute error on them (forecasters).
     pub primary_mae: Option<f64>,
@@ -721,7 +769,7 @@ impl QualityMetrics {
             ),
             feedback: r.counter_vec(
                 "inferd_feedback_total",
-                "Labels fed back, by outcome: accepted, unchanged (a duplicate), replaced, unknown (no such served instance here), invalid, off",
+                "Labels fed back, by outcome: accepted, unchanged (a duplicate), replaced, deferred (not served here; recorded in PostgreSQL for the join there), unknown (no such served instance here), invalid, off",
                 &["outcome"],
             ),
             shadow_runs: r.counter_vec(
