@@ -184,6 +184,10 @@ pub struct VersionBook {
     kind: Kind,
     reference: Option<Arc<Reference>>,
     state: Mutex<BookState>,
+    /// Per arm, this version's series, looked up once rather than by label
+    /// hashing on every prediction.
+    served: [prometheus::IntCounter; 3],
+    coverage: [prometheus::Gauge; 3],
 }
 
 #[derive(Debug, Clone)]
@@ -265,7 +269,7 @@ impl Quality {
             .or_default()
             .entry(version.clone())
             .or_insert_with(|| {
-                let book = VersionBook::new(model, &self.settings);
+                let book = VersionBook::new(model, &self.settings, &self.metrics);
                 self.metrics
                     .drift_profile
                     .with_label_values(&[name, version])
@@ -311,9 +315,7 @@ impl Quality {
             // Set here too, not only when a label comes: a version nobody
             // labels must show its coverage falling for the alert to see it.
             let served = st.served[arm.index()];
-            self.metrics
-                .coverage
-                .with_label_values(&[&book.model, &book.version, arm.as_str()])
+            book.coverage[arm.index()]
                 .set(st.arms[arm.index()].labelled_total() as f64 / served.max(1) as f64);
             if let (Some(r), Some(features)) = (&book.reference, features) {
                 for (mut values, p) in features.into_iter().zip(predictions) {
@@ -322,10 +324,7 @@ impl Quality {
                 }
             }
         }
-        self.metrics
-            .served
-            .with_label_values(&[&book.model, &book.version, arm.as_str()])
-            .inc_by(predictions.len() as u64);
+        book.served[arm.index()].inc_by(predictions.len() as u64);
         let Some(index) = &self.index else { return };
         if request_id.is_empty() {
             return;
@@ -530,7 +529,9 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 impl VersionBook {
-    fn new(model: &Model, settings: &QualitySettings) -> Self {
+    fn new(model: &Model, settings: &QualitySettings, metrics: &QualityMetrics) -> Self {
+        let (name, version) = (&model.manifest.name, &model.manifest.version);
+        let series = |arm: Arm| [name.as_str(), version.as_str(), arm.as_str()];
         let kind = match &model.task {
             Task::TextClassification { labels, .. } => Kind::Labels(labels.clone()),
             Task::Forecast { targets, .. } => Kind::Targets(targets.clone()),
@@ -542,6 +543,8 @@ impl VersionBook {
             .filter(|_| settings.drift.window > 0);
         let arms = [0, 1, 2].map(|_| Scores::new(&kind, settings.window));
         VersionBook {
+            served: Arm::ALL.map(|a| metrics.served.with_label_values(&series(a))),
+            coverage: Arm::ALL.map(|a| metrics.coverage.with_label_values(&series(a))),
             model: model.manifest.name.clone(),
             version: model.manifest.version.clone(),
             state: Mutex::new(BookState {
