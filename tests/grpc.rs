@@ -466,6 +466,64 @@ async fn overload_is_resource_exhausted_and_the_client_deadline_is_honoured() {
         .expect("served once the gate opened");
 }
 
+/// A `ModelInfer` call holds room in the memory budget from its first
+/// frame until it is answered, as a REST prediction does: a second call that
+/// finds no room is refused before tonic buffers it, as RESOURCE_EXHAUSTED
+/// counted as a gRPC 429 for `memory_budget`, and the room comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_hold_room_in_the_memory_budget() {
+    let mut cfg = grpc_config();
+    // Room for one call of the largest message: 3 x 4 KiB + 16 KiB.
+    cfg.limits.max_body_bytes = 4096;
+    cfg.limits.memory_budget_bytes = Some(3 * 4096 + 16 * 1024);
+    cfg.limits.memory_wait_ms = 0;
+    let gate = Gate::closed();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(cfg, held(&gate)).await;
+    let c = client(&s).await;
+    // 32 windows sent raw: 3,328 bytes of floats.
+    let (_, raw, _) = requests("lstm-forecaster", 32);
+    let first = {
+        let (mut c, r) = (c.clone(), raw.clone());
+        tokio::spawn(async move { c.model_infer(r).await })
+    };
+    gate.until_waiting(1, "the first call in the model").await;
+    let used = metric(&s.metrics().await, "inferd_memory_budget_used_bytes");
+    assert!(
+        used >= (16 * 1024 + 3 * 3328) as f64,
+        "the held call's reservation: {used}"
+    );
+    let e = c
+        .clone()
+        .model_infer(raw.clone())
+        .await
+        .expect_err("no room for a second call");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("memory budget"), "{e:?}");
+    assert_eq!(
+        e.metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let m = s.metrics().await;
+    assert_eq!(grpc_requests(&m, 429), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "inferd_rejections_total{reason=\"memory_budget\"}"),
+        1.0
+    );
+    gate.open();
+    first
+        .await
+        .unwrap()
+        .expect("the held call is served once the gate opens");
+    common::eventually("the room comes back", || async {
+        metric(&s.metrics().await, "inferd_memory_budget_used_bytes") == 0.0
+    })
+    .await;
+    c.clone().model_infer(raw).await.expect("served again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_come_from_the_authorization_metadata() {
     let mut cfg = grpc_config();

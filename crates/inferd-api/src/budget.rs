@@ -21,15 +21,18 @@
 //! - when the budget empties after heavy use, freed heap pages are handed back
 //!   to the system (`malloc_trim`), so resident memory returns near idle.
 //!
-//! gRPC requests are decoded by tonic before any handler runs; they are
-//! bounded by its message size limit and HTTP/2 stream limits, not here.
+//! gRPC `ModelInfer` calls hold a reservation the same way (`reserve_grpc`,
+//! around tonic, which would otherwise buffer and decode a whole message
+//! before any handler could refuse it); their bodies carry no length, so
+//! they reserve as their frames arrive, and a refusal is
+//! `RESOURCE_EXHAUSTED` with the REST doors' message.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -38,6 +41,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ErrorFormat};
+use super::grpc::status::Grpc;
 use super::state::AppState;
 
 /// A body's reservation, in multiples of its length.
@@ -180,13 +184,51 @@ pub(crate) async fn reserve<F: ErrorFormat>(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(budget) = st.budget.clone() else {
-        return next.run(req).await;
-    };
     if req.method() != Method::POST || !super::door::is_prediction(req.uri().path()) {
         return next.run(req).await;
     }
-    let max = st.settings.max_body_bytes as u64;
+    hold::<F>(st, req, next, "http", st.settings.max_body_bytes as u64).await
+}
+
+/// The gRPC port's middleware: `ModelInfer` calls hold a reservation while
+/// they are served, as REST predictions do. Their limit is the message size
+/// limit plus the 5-byte gRPC frame header.
+pub(crate) async fn reserve_grpc(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !is_model_infer(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let max = st.settings.max_body_bytes as u64 + GRPC_FRAME_HEADER;
+    hold::<Grpc>(&st, req, next, "grpc", max).await
+}
+
+/// A gRPC message's length prefix: one flag byte and four of length.
+const GRPC_FRAME_HEADER: u64 = 5;
+
+fn is_model_infer(path: &str) -> bool {
+    use super::grpc::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+    use tonic::server::NamedService;
+    const NAME: &str = <GrpcInferenceServiceServer<super::grpc::Inference> as NamedService>::NAME;
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(NAME))
+        .is_some_and(|m| m == "/ModelInfer")
+}
+
+/// `reserve` for a request already known to be a prediction of `protocol`
+/// (the label its refusal is counted under), whose body may be `max` bytes.
+async fn hold<F: ErrorFormat>(
+    st: &Arc<AppState>,
+    req: Request,
+    next: Next,
+    protocol: &'static str,
+    max: u64,
+) -> Response {
+    let Some(budget) = st.budget.clone() else {
+        return next.run(req).await;
+    };
     let length = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -200,9 +242,9 @@ pub(crate) async fn reserve<F: ErrorFormat>(
                 drop(held);
                 response
             }
-            None => refuse::<F>(st, req.into_body(), &budget).await,
+            None => refuse::<F>(st, req.into_body(), &budget, protocol).await,
         },
-        None => chunked::<F>(st, req, next, &budget, max).await,
+        None => chunked::<F>(st, req, next, &budget, max, protocol).await,
     }
 }
 
@@ -214,9 +256,10 @@ async fn chunked<F: ErrorFormat>(
     next: Next,
     budget: &Arc<MemoryBudget>,
     max: u64,
+    protocol: &'static str,
 ) -> Response {
     let Some(mut held) = budget.reserve(BASE_COST).await else {
-        return refuse::<F>(st, req.into_body(), budget).await;
+        return refuse::<F>(st, req.into_body(), budget, protocol).await;
     };
     let (parts, mut body) = req.into_parts();
     let mut buf = bytes::BytesMut::new();
@@ -234,7 +277,7 @@ async fn chunked<F: ErrorFormat>(
             .grow(&mut held, data.len() as u64 * COST_FACTOR)
             .is_none()
         {
-            return refuse::<F>(st, body, budget).await;
+            return refuse::<F>(st, body, budget, protocol).await;
         }
         buf.extend_from_slice(data);
     }
@@ -248,7 +291,12 @@ async fn chunked<F: ErrorFormat>(
 /// 429 `memory_budget`, after draining what is left of the body (answering a
 /// client still sending would reset its connection), chunk by chunk, holding
 /// nothing.
-async fn refuse<F: ErrorFormat>(st: &AppState, body: Body, budget: &MemoryBudget) -> Response {
+async fn refuse<F: ErrorFormat>(
+    st: &AppState,
+    body: Body,
+    budget: &MemoryBudget,
+    protocol: &'static str,
+) -> Response {
     super::door::drain(body, st.settings.max_body_bytes).await;
     st.metrics
         .rejections
@@ -256,7 +304,7 @@ async fn refuse<F: ErrorFormat>(st: &AppState, body: Body, budget: &MemoryBudget
         .inc();
     st.doors
         .requests
-        .with_label_values(&["", "", "429", "http"])
+        .with_label_values(&["", "", "429", protocol])
         .inc();
     F::render(ApiError::MemoryBudget(budget.total_bytes()))
 }

@@ -314,12 +314,14 @@ pub fn router(st: Arc<AppState>) -> (axum::Router, tokio::task::JoinHandle<()>) 
         }
     });
     let limit = st.settings.max_body_bytes;
+    let budget = axum::middleware::from_fn_with_state(st.clone(), super::budget::reserve_grpc);
     let svc = GrpcInferenceServiceServer::new(Inference::new(st))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     let router = tonic::service::Routes::new(health)
         .add_service(svc)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(budget);
     (router, watcher)
 }
 

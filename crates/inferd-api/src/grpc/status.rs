@@ -58,12 +58,28 @@ pub(crate) fn status(e: &ApiError) -> Status {
         _ => e.to_string(),
     };
     let mut s = Status::new(code(e), message);
-    if let Some(core) = e.core().filter(|c| c.retryable()) {
-        let secs = crate::error::retry_after_secs(core);
+    let retry = match e {
+        ApiError::MemoryBudget(_) => Some(1),
+        _ => e
+            .core()
+            .filter(|c| c.retryable())
+            .map(crate::error::retry_after_secs),
+    };
+    if let Some(secs) = retry {
         s.metadata_mut()
             .insert("retry-after", MetadataValue::from(secs));
     }
     s
+}
+
+/// Refusals made before tonic sees a call (the memory budget's), as a
+/// trailers-only gRPC response.
+pub(crate) struct Grpc;
+
+impl crate::error::ErrorFormat for Grpc {
+    fn render(e: ApiError) -> axum::response::Response {
+        status(&e).into_http()
+    }
 }
 
 #[cfg(test)]
