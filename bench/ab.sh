@@ -7,6 +7,9 @@
 #   bench/ab.sh REV [DURATION] [ROUNDS]        builds REV in target/ab/REV first (minutes)
 #   bench/ab.sh --before-bin PATH [DURATION] [ROUNDS]
 #
+# Another path: AB_SERVER_FLAGS replaces the servers' "--cache off --predlog off", e.g.
+# AB_SERVER_FLAGS="--cache on --predlog jsonl" for the logged cache-hit path (each server
+# logs to a file of its own under target/ab).
 # Extra servers: AB_VARIANTS="INFERD_X=1 INFERD_Y=2,INFERD_Z=3" adds this tree's
 # server once per word, with its variables (comma-separated) set. Prints a Markdown table per round; at each
 # connection count the servers run back to back, so that a slow spell of a
@@ -39,8 +42,9 @@ ports=()
 for i in "${!bins[@]}"; do
   port=$((18700 + i)); ports+=("$port")
   # shellcheck disable=SC2086
-  env ${envs[$i]} taskset -c 0 "${bins[$i]}" --listen "127.0.0.1:$port" --grpc-listen 127.0.0.1:0 \
-    --cache off --predlog off >/dev/null 2>&1 &
+  env ${envs[$i]} INFERD_PREDLOG_PATH="$ROOT/target/ab/predictions-$i.jsonl" \
+    taskset -c 0 "${bins[$i]}" --listen "127.0.0.1:$port" --grpc-listen 127.0.0.1:0 \
+    ${AB_SERVER_FLAGS:---cache off --predlog off} >/dev/null 2>&1 &
   PIDS+=($!)
 done
 for port in "${ports[@]}"; do
@@ -50,7 +54,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 for round in $(seq 1 "$ROUNDS"); do
   echo
-  echo "Round $round: LSTM miss path, server on core 0, inferd-bench on core 1, $DUR per point"
+  echo "Round $round: LSTM, server flags ${AB_SERVER_FLAGS:---cache off --predlog off}, server on core 0, inferd-bench on core 1, $DUR per point"
   echo
   echo "| conns | server | req/s | p50 ms | p99 ms | CPU per request us |"
   echo "|---|---|---|---|---|---|"

@@ -18,7 +18,7 @@ use super::extract::JsonBody;
 use super::state::AppState;
 use inferd_core::quality::{Feedback, FeedbackError, Joined, QualityReport};
 use inferd_core::CoreError;
-use inferd_predlog::{Record, FEEDBACK};
+use inferd_predlog::{JsonText, Record, FEEDBACK};
 use inferd_telemetry::trace::TraceRef;
 
 /// One label: which served instance, and its truth.
@@ -315,7 +315,7 @@ fn log_label(st: &AppState, joined: &Joined, entry: &LabelEntry, truth: Value) {
         instance: None,
         instance_sha256: None,
         input_sha256: None,
-        prediction: Some(serde_json::json!({ key: truth })),
+        prediction: JsonText::of(&serde_json::json!({ key: truth })),
         cached: false,
         latency_ms: 0.0,
         client: None,

@@ -18,7 +18,6 @@ use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -30,7 +29,7 @@ use inferd_core::pipeline::{Predicted, Timings};
 use inferd_core::quality::Arm;
 use inferd_core::repository::Model;
 use inferd_core::CoreError;
-use inferd_predlog::Record;
+use inferd_predlog::{JsonText, Record};
 use inferd_telemetry::trace::{self, RequestSpan, TraceRef};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
@@ -324,7 +323,7 @@ struct RequestCtx {
     /// to real models, whatever names clients send.
     model: Option<Arc<Model>>,
     /// The instances as the model saw them, kept for the prediction log.
-    instances: Option<Vec<Value>>,
+    instances: Option<Vec<Option<JsonText>>>,
     /// SHA-256 of each instance as sent.
     raw_sha256: Vec<String>,
     /// Where the request's spans hang.
@@ -399,13 +398,15 @@ async fn run<T>(
     if st.predlog.enabled() {
         // The log keeps the instance the model saw (the cache key's input) and
         // the hash of the one that was sent.
-        let instances = instances.into_values();
-        ctx.raw_sha256 = instances.iter().map(raw_sha256).collect();
+        ctx.raw_sha256 = instances.input_sha256();
         if st.settings.log_instances {
             ctx.instances = Some(if model.task.preprocesses() {
-                decoded.batch.to_json()
+                let b = &decoded.batch;
+                (0..b.len())
+                    .map(|i| JsonText::of(&b.instance_json(i)))
+                    .collect()
             } else {
-                instances
+                instances.into_values().iter().map(JsonText::of).collect()
             });
         }
     }
@@ -466,10 +467,10 @@ fn log_success(
             model: model.manifest.name.clone(),
             version: model.manifest.version.clone(),
             status: 200,
-            instance: if full { instance } else { None },
-            instance_sha256: key.map(hex::encode),
+            instance: if full { instance.flatten() } else { None },
+            instance_sha256: key.map(inferd_core::instances::sha256_hex),
             input_sha256: raw.next(),
-            prediction: serde_json::to_value(p).ok(),
+            prediction: JsonText::of(p),
             cached: *cached,
             latency_ms: latency.as_secs_f32() * 1e3,
             client: caller.client(),
@@ -539,15 +540,6 @@ impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let us = self.0.as_micros();
         write!(f, "{}.{:03}", us / 1000, us % 1000)
-    }
-}
-
-/// SHA-256 of an instance as it was sent: a text's bytes, else its JSON.
-fn raw_sha256(v: &Value) -> String {
-    use sha2::{Digest, Sha256};
-    match v {
-        Value::String(s) => hex::encode(Sha256::digest(s.as_bytes())),
-        other => hex::encode(Sha256::digest(other.to_string().as_bytes())),
     }
 }
 

@@ -22,7 +22,7 @@ use inferd_core::deployment::Target;
 use inferd_core::instances::Instances;
 use inferd_core::quality::Arm;
 use inferd_core::repository::Model;
-use inferd_predlog::Record;
+use inferd_predlog::{JsonText, Record};
 use inferd_telemetry::trace::TraceRef;
 
 /// Shadow copies waiting for the shadow thread; past this they are dropped.
@@ -177,7 +177,7 @@ fn record(
             instance: None,
             instance_sha256: None,
             input_sha256: None,
-            prediction: serde_json::to_value(p).ok(),
+            prediction: JsonText::of(p),
             cached: false,
             latency_ms,
             client: None,

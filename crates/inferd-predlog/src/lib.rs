@@ -27,7 +27,7 @@ mod record;
 mod writer;
 
 pub use metrics::Metrics;
-pub use record::{Record, FEEDBACK};
+pub use record::{JsonText, Record, FEEDBACK};
 pub use writer::{SinkConfig, WriterConfig};
 
 use std::sync::{Arc, LazyLock};

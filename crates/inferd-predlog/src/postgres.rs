@@ -13,12 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::record::{read_spill, replaying};
 use super::record::{record_written, Record};
 use crate::metrics::Metrics;
-use crate::record::FEEDBACK;
+use crate::record::{JsonText, FEEDBACK};
+
+/// A document for a `jsonb` column, sent as the text it already is.
+fn jsonb(j: &Option<JsonText>) -> Option<Json<&RawValue>> {
+    j.as_ref().map(|j| Json(j.raw()))
+}
 
 /// One schema change. `version` is recorded once applied and never reused;
 /// `name` is what `inferd_schema_migrations` shows.
@@ -160,8 +167,8 @@ impl PgSink {
                 .map(|r| r.instance_index.map_or(0, |i| i as i32))
                 .collect();
             let model: Vec<&str> = labels.iter().map(|r| r.model.as_str()).collect();
-            let label: Vec<Option<&serde_json::Value>> =
-                labels.iter().map(|r| r.prediction.as_ref()).collect();
+            let label: Vec<Option<Json<&RawValue>>> =
+                labels.iter().map(|r| jsonb(&r.prediction)).collect();
             let ts: Vec<DateTime<Utc>> = labels.iter().map(|r| r.ts).collect();
             client
                 .execute(UPSERT_FEEDBACK, &[&rid, &idx, &model, &label, &ts])
@@ -173,11 +180,11 @@ impl PgSink {
         let model: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
         let version: Vec<&str> = rows.iter().map(|r| r.version.as_str()).collect();
         let status: Vec<i16> = rows.iter().map(|r| r.status as i16).collect();
-        let instance: Vec<Option<&serde_json::Value>> =
-            rows.iter().map(|r| r.instance.as_ref()).collect();
+        let instance: Vec<Option<Json<&RawValue>>> =
+            rows.iter().map(|r| jsonb(&r.instance)).collect();
         let sha: Vec<Option<&str>> = rows.iter().map(|r| r.instance_sha256.as_deref()).collect();
-        let pred: Vec<Option<&serde_json::Value>> =
-            rows.iter().map(|r| r.prediction.as_ref()).collect();
+        let pred: Vec<Option<Json<&RawValue>>> =
+            rows.iter().map(|r| jsonb(&r.prediction)).collect();
         let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
         let latency: Vec<f32> = rows.iter().map(|r| r.latency_ms).collect();
         let client_addr: Vec<Option<&str>> = rows.iter().map(|r| r.client.as_deref()).collect();

@@ -67,24 +67,15 @@ impl InputBatch {
         }
     }
 
-    /// Each instance as JSON, in the request's shape: a string, or rows of
-    /// numbers (for the prediction log).
-    pub fn to_json(&self) -> Vec<serde_json::Value> {
-        use serde_json::Value;
+    /// Instance `i` in the request's shape, a string or rows of numbers,
+    /// for the prediction log to serialize without building a tree.
+    pub fn instance_json(&self, i: usize) -> InstanceJson<'_> {
         match self {
-            InputBatch::Text(t) => t.iter().cloned().map(Value::String).collect(),
-            InputBatch::Windows {
-                batch, features, ..
-            } => (0..*batch)
-                .map(|i| {
-                    let w = self.window(i).unwrap_or_default();
-                    Value::Array(
-                        w.chunks(*features)
-                            .map(|row| row.iter().map(|x| Value::from(*x as f64)).collect())
-                            .collect(),
-                    )
-                })
-                .collect(),
+            InputBatch::Text(t) => InstanceJson::Text(t.get(i).map_or("", String::as_str)),
+            InputBatch::Windows { features, .. } => InstanceJson::Window {
+                values: self.window(i).unwrap_or_default(),
+                features: (*features).max(1),
+            },
         }
     }
 
@@ -320,5 +311,77 @@ impl Loader for Runtimes {
                 Format::Onnx => "this server has no ONNX Runtime loader".into(),
             })),
         }
+    }
+}
+
+/// One instance of a batch as JSON (`InputBatch::instance_json`): numbers
+/// are printed as the f64 of each f32, as `serde_json::Value` printed them.
+pub enum InstanceJson<'a> {
+    /// A text.
+    Text(&'a str),
+    /// A window's values, `features` to a row.
+    Window {
+        /// Row after row.
+        values: &'a [f32],
+        /// Numbers per row.
+        features: usize,
+    },
+}
+
+impl serde::Serialize for InstanceJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            InstanceJson::Text(t) => s.serialize_str(t),
+            InstanceJson::Window { values, features } => {
+                let mut rows = s.serialize_seq(Some(values.len() / features))?;
+                for row in values.chunks(*features) {
+                    rows.serialize_element(&Row(row))?;
+                }
+                rows.end()
+            }
+        }
+    }
+}
+
+struct Row<'a>(&'a [f32]);
+
+impl serde::Serialize for Row<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|x| f64::from(*x)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// The log's instances read as they did when they were `Value` trees.
+    #[test]
+    fn instances_print_as_their_values_did() {
+        let data = vec![0.1, 1.0, f32::NAN, -2.5e-8, 3.0e20, 7.0];
+        let b = InputBatch::Windows {
+            data: data.clone(),
+            batch: 1,
+            steps: 3,
+            features: 2,
+        };
+        let tree = Value::Array(
+            data.chunks(2)
+                .map(|row| row.iter().map(|x| Value::from(*x as f64)).collect())
+                .collect(),
+        );
+        let text = serde_json::to_string(&b.instance_json(0)).unwrap();
+        assert_eq!(text, tree.to_string());
+        assert!(
+            text.starts_with("[[0.10000000149011612,1.0],[null,"),
+            "{text}"
+        );
+        let t = InputBatch::Text(vec!["a \"quoted\"\nline é".into()]);
+        assert_eq!(
+            serde_json::to_string(&t.instance_json(0)).unwrap(),
+            Value::String("a \"quoted\"\nline é".into()).to_string()
+        );
     }
 }
