@@ -186,13 +186,16 @@ fn load_models(
     inferd_onnx::init(&dylib).map_err(anyhow::Error::msg)?;
     let opts = config.runtime.backend_options(config.limits.concurrency());
     let loader: Arc<dyn Loader> = Arc::from(make_loader(opts)?);
-    let control = Arc::new(ModelControl::new(
-        config.control_settings(),
-        loader,
-        state.pipeline.clone(),
-        state.lifecycle.clone(),
-        state.metrics.clone(),
-    ));
+    let control = Arc::new(
+        ModelControl::new(
+            config.control_settings(),
+            loader,
+            state.pipeline.clone(),
+            state.lifecycle.clone(),
+            state.metrics.clone(),
+        )
+        .with_quality(state.quality.clone()),
+    );
     let (repo, routing) = control.load_initial()?;
     Ok(Loaded {
         control,

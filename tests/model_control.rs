@@ -244,6 +244,19 @@ async fn unloading_lets_requests_in_flight_finish() {
     }
     gate.until_waiting(8, "all eight requests in the model")
         .await;
+    // The quality loop keeps a book per version, with its series.
+    let series = |m: &str, model: &str, version: &str| {
+        m.lines()
+            .filter(|l| {
+                (l.starts_with("inferd_quality_") || l.starts_with("inferd_drift_"))
+                    && l.contains(&format!("model=\"{model}\""))
+                    && l.contains(&format!("version=\"{version}\""))
+            })
+            .count()
+    };
+    let m = s.metrics().await;
+    assert!(series(&m, "lstm-forecaster", "1") > 0, "{m}");
+    assert!(series(&m, "text-classifier", "2") > 0, "{m}");
     let only_v1 = json!({"version_policy": {"specific": {"versions": [1]}}});
     let (st, body) = load(&s, "text-classifier", Some(only_v1)).await;
     assert_eq!(st, 200, "{body}");
@@ -263,6 +276,12 @@ async fn unloading_lets_requests_in_flight_finish() {
         let (st, body) = f.await.unwrap();
         assert_eq!(st, 200, "an accepted request must finish: {body}");
     }
+    // Their series left with the versions, and the requests that finished
+    // after did not bring them back (an alert on drift or accuracy would
+    // otherwise keep firing for a version nobody serves).
+    let m = s.metrics().await;
+    assert_eq!(series(&m, "lstm-forecaster", "1"), 0, "{m}");
+    assert_eq!(series(&m, "text-classifier", "2"), 0, "{m}");
     // New requests: version 2 is gone, unnamed ones get version 1, the
     // forecaster is gone.
     assert_eq!(classify(&s, Some("2"), None).await.0, 404);
@@ -282,6 +301,24 @@ async fn unloading_lets_requests_in_flight_finish() {
     // And it comes back.
     assert_eq!(load(&s, "lstm-forecaster", None).await.0, 200);
     assert_eq!(s.get("/v2/models/lstm-forecaster/ready").await.0, 200);
+    // With a fresh book.
+    let (st, body) = post(
+        &s,
+        "/predict",
+        None,
+        json!({"model": "lstm-forecaster", "instances": [input]}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let m = s.metrics().await;
+    assert_eq!(
+        common::metric(
+            &m,
+            "inferd_quality_served_total{arm=\"primary\",model=\"lstm-forecaster\",version=\"1\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

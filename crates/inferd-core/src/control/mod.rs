@@ -164,6 +164,8 @@ pub struct ModelControl {
     /// One version readies at a time, across models: loading competes with
     /// serving for the CPU.
     loading: tokio::sync::Semaphore,
+    /// Told when a version is unloaded.
+    quality: Option<Arc<crate::quality::Quality>>,
 }
 
 /// Holds a model's "operation running" mark; clears it when dropped, however
@@ -212,7 +214,14 @@ impl ModelControl {
             table: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             loading: tokio::sync::Semaphore::new(1),
+            quality: None,
         }
+    }
+
+    /// Has unloaded versions forgotten by the quality loop (`Quality::forget`).
+    pub fn with_quality(mut self, quality: Arc<crate::quality::Quality>) -> Self {
+        self.quality = Some(quality);
+        self
     }
 
     /// Loads every model's selected versions for start-up. Blocking, and

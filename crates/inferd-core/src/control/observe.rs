@@ -192,6 +192,9 @@ impl ModelControl {
             self.metrics.model_info.with_label_values(&labels).set(1);
         } else {
             let _ = self.metrics.model_info.remove_label_values(&labels);
+            if let Some(q) = &self.quality {
+                q.forget(&m.manifest.name, &m.manifest.version);
+            }
         }
     }
 }

@@ -202,6 +202,9 @@ struct BookState {
     drift: Option<DriftWindow>,
     pushes: u64,
     last: Option<DriftState>,
+    /// The version was unloaded and its series removed: nothing exports
+    /// them again, whoever still holds the book.
+    retired: bool,
 }
 
 /// Labels, shadows and drift for every model this process serves.
@@ -250,6 +253,24 @@ impl Quality {
     /// The settings.
     pub fn settings(&self) -> &QualitySettings {
         &self.settings
+    }
+
+    /// Forgets an unloaded version: its book, and every series it exported
+    /// (with the shadow comparisons naming it), so that an alert on its
+    /// drift or accuracy stops with it. A request still in flight on the
+    /// version may make the book again; the next unload of any version of
+    /// the model does not clear that, a reload of it starts afresh.
+    pub fn forget(&self, name: &str, version: &str) {
+        let book = {
+            let mut books = self.books.write().unwrap_or_else(|p| p.into_inner());
+            books.get_mut(name).and_then(|v| v.remove(version))
+        };
+        // Exports happen under the book's lock: one before this finished
+        // before it, and its series go below; none comes after.
+        if let Some(b) = book {
+            b.state.lock().unwrap_or_else(|p| p.into_inner()).retired = true;
+        }
+        self.metrics.forget(name, version);
     }
 
     /// The version's book, made on first use.
@@ -446,6 +467,9 @@ impl Quality {
             );
             c.agreement()
         });
+        if primary.book.retired() || shadow.book.retired() {
+            return;
+        }
         self.metrics
             .shadow_agreement
             .with_label_values(&[
@@ -529,6 +553,10 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 impl VersionBook {
+    fn retired(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).retired
+    }
+
     fn new(model: &Model, settings: &QualitySettings, metrics: &QualityMetrics) -> Self {
         let (name, version) = (&model.manifest.name, &model.manifest.version);
         let series = |arm: Arm| [name.as_str(), version.as_str(), arm.as_str()];
@@ -555,6 +583,7 @@ impl VersionBook {
                     .map(|r| DriftWindow::new(r, settings.drift.clone())),
                 pushes: 0,
                 last: None,
+                retired: false,
             }),
             kind,
             reference,
@@ -571,6 +600,9 @@ impl VersionBook {
     ) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.arms[run.arm.index()].label(serial, &run.outcome, old, truth);
+        if st.retired {
+            return;
+        }
         let served = st.served[run.arm.index()];
         st.arms[run.arm.index()].export(
             metrics,
@@ -602,6 +634,9 @@ impl BookState {
             return;
         }
         let state = w.judge(r);
+        if self.retired {
+            return;
+        }
         metrics
             .drift_observations
             .with_label_values(&[model, version])

@@ -705,6 +705,37 @@ pub struct QualityMetrics {
 }
 
 impl QualityMetrics {
+    /// Removes every series of `model`'s `version`, and the shadow
+    /// comparisons that name it as the shadow.
+    pub fn forget(&self, model: &str, version: &str) {
+        forget_in(&self.served, model, version);
+        forget_in(&self.labels, model, version);
+        for g in [
+            &self.coverage,
+            &self.accuracy,
+            &self.accuracy_lower,
+            &self.accuracy_upper,
+            &self.precision,
+            &self.recall,
+            &self.f1,
+            &self.mae,
+            &self.rmse,
+            &self.shadow_agreement,
+            &self.card_accuracy,
+            &self.drift_psi,
+        ] {
+            forget_in(g, model, version);
+        }
+        forget_in(&self.shadow_runs, model, version);
+        for g in [
+            &self.drift_profile,
+            &self.drift_alarm,
+            &self.drift_observations,
+        ] {
+            forget_in(g, model, version);
+        }
+    }
+
     /// Registered into `registry`.
     pub fn new(registry: &Registry) -> Self {
         let r = Registrar(registry);
@@ -807,6 +838,32 @@ impl QualityMetrics {
                 "Instances in the version's drift window",
                 mv,
             ),
+        }
+    }
+}
+
+/// Removes the series of `vec` whose `model` is `model` and whose `version`
+/// or `shadow` is `version`. The vector is asked for its series (prometheus
+/// removes only by exact label values, and a version's classes, arms and
+/// features are many).
+fn forget_in<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    model: &str,
+    version: &str,
+) {
+    use prometheus::core::Collector;
+    use std::collections::HashMap;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let names = |k: &str| labels.get(k).is_some_and(|v| *v == version);
+            if labels.get("model") == Some(&model) && (names("version") || names("shadow")) {
+                let _ = vec.remove(&labels);
+            }
         }
     }
 }
