@@ -69,6 +69,19 @@ async fn load(s: &TestServer, model: &str, config: Option<Value>) -> (u16, Value
     post(s, &path, None, body, None).await
 }
 
+/// One forecaster window to `/predict`.
+async fn forecast(s: &TestServer) -> (u16, Value) {
+    let input = common::golden("lstm-forecaster")["cases"][0]["input"].clone();
+    post(
+        s,
+        "/predict",
+        None,
+        json!({"model": "lstm-forecaster", "instances": [input]}),
+        None,
+    )
+    .await
+}
+
 async fn classify(s: &TestServer, version: Option<&str>, id: Option<&str>) -> (u16, Value) {
     let mut body = json!({"model": "text-classifier", "instances": [TEXT]});
     if let Some(v) = version {
@@ -230,17 +243,7 @@ async fn unloading_lets_requests_in_flight_finish() {
             async move { classify(&s2, Some("2"), None).await },
         ));
         let s2 = s.clone();
-        flights.push(tokio::spawn(async move {
-            let input = common::golden("lstm-forecaster")["cases"][0]["input"].clone();
-            post(
-                &s2,
-                "/predict",
-                None,
-                json!({"model": "lstm-forecaster", "instances": [input]}),
-                None,
-            )
-            .await
-        }));
+        flights.push(tokio::spawn(async move { forecast(&s2).await }));
     }
     gate.until_waiting(8, "all eight requests in the model")
         .await;
@@ -286,15 +289,7 @@ async fn unloading_lets_requests_in_flight_finish() {
     // forecaster is gone.
     assert_eq!(classify(&s, Some("2"), None).await.0, 404);
     assert_eq!(classify(&s, None, None).await.1["version"], "1");
-    let input = common::golden("lstm-forecaster")["cases"][0]["input"].clone();
-    let (st, body) = post(
-        &s,
-        "/predict",
-        None,
-        json!({"model": "lstm-forecaster", "instances": [input]}),
-        None,
-    )
-    .await;
+    let (st, body) = forecast(&s).await;
     assert_eq!(st, 404, "{body}");
     let (st, _) = s.get("/v2/models/lstm-forecaster/ready").await;
     assert_eq!(st, 404);
@@ -302,14 +297,7 @@ async fn unloading_lets_requests_in_flight_finish() {
     assert_eq!(load(&s, "lstm-forecaster", None).await.0, 200);
     assert_eq!(s.get("/v2/models/lstm-forecaster/ready").await.0, 200);
     // With a fresh book.
-    let (st, body) = post(
-        &s,
-        "/predict",
-        None,
-        json!({"model": "lstm-forecaster", "instances": [input]}),
-        None,
-    )
-    .await;
+    let (st, body) = forecast(&s).await;
     assert_eq!(st, 200, "{body}");
     let m = s.metrics().await;
     assert_eq!(
