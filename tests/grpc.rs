@@ -521,6 +521,12 @@ async fn calls_hold_room_in_the_memory_budget() {
         metric(&s.metrics().await, "inferd_memory_budget_used_bytes") == 0.0
     })
     .await;
+    // A message over the size limit is still refused by the decoder, as
+    // before the budget's layer: OUT_OF_RANGE.
+    let mut big = raw.clone();
+    big.raw_input_contents = vec![vec![0; 8192]];
+    let e = c.clone().model_infer(big).await.expect_err("too large");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     c.clone().model_infer(raw).await.expect("served again");
 }
 

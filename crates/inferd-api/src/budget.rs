@@ -187,7 +187,8 @@ pub(crate) async fn reserve<F: ErrorFormat>(
     if req.method() != Method::POST || !super::door::is_prediction(req.uri().path()) {
         return next.run(req).await;
     }
-    hold::<F>(st, req, next, "http", st.settings.max_body_bytes as u64).await
+    let max = st.settings.max_body_bytes as u64;
+    hold::<F>(st, req, next, "http", max, Overflow::Refuse).await
 }
 
 /// The gRPC port's middleware: `ModelInfer` calls hold a reservation while
@@ -202,7 +203,18 @@ pub(crate) async fn reserve_grpc(
         return next.run(req).await;
     }
     let max = st.settings.max_body_bytes as u64 + GRPC_FRAME_HEADER;
-    hold::<Grpc>(&st, req, next, "grpc", max).await
+    hold::<Grpc>(&st, req, next, "grpc", max, Overflow::HandOn).await
+}
+
+/// What a body without a length does past its size limit.
+#[derive(Clone, Copy, PartialEq)]
+enum Overflow {
+    /// Answered 413 here (the REST doors).
+    Refuse,
+    /// Handed on as it is, for the protocol's own decoder to refuse: tonic
+    /// reads the message's length prefix and answers `OUT_OF_RANGE`, as
+    /// gRPC clients expect, without reading the rest.
+    HandOn,
 }
 
 /// A gRPC message's length prefix: one flag byte and four of length.
@@ -225,6 +237,7 @@ async fn hold<F: ErrorFormat>(
     next: Next,
     protocol: &'static str,
     max: u64,
+    overflow: Overflow,
 ) -> Response {
     let Some(budget) = st.budget.clone() else {
         return next.run(req).await;
@@ -244,7 +257,7 @@ async fn hold<F: ErrorFormat>(
             }
             None => refuse::<F>(st, req.into_body(), &budget, protocol).await,
         },
-        None => chunked::<F>(st, req, next, &budget, max, protocol).await,
+        None => chunked::<F>(st, req, next, &budget, (max, overflow), protocol).await,
     }
 }
 
@@ -255,7 +268,7 @@ async fn chunked<F: ErrorFormat>(
     req: Request,
     next: Next,
     budget: &Arc<MemoryBudget>,
-    max: u64,
+    (max, overflow): (u64, Overflow),
     protocol: &'static str,
 ) -> Response {
     let Some(mut held) = budget.reserve(BASE_COST).await else {
@@ -271,7 +284,19 @@ async fn chunked<F: ErrorFormat>(
             continue;
         };
         if buf.len() as u64 + data.len() as u64 > max {
-            return F::render(ApiError::PayloadTooLarge(max as usize));
+            if overflow == Overflow::Refuse {
+                return F::render(ApiError::PayloadTooLarge(max as usize));
+            }
+            use futures::StreamExt;
+            buf.extend_from_slice(data);
+            let read = futures::stream::once(async move { Ok(buf.freeze()) });
+            let req = Request::from_parts(
+                parts,
+                Body::from_stream(read.chain(body.into_data_stream())),
+            );
+            let response = next.run(req).await;
+            drop(held);
+            return response;
         }
         if budget
             .grow(&mut held, data.len() as u64 * COST_FACTOR)
