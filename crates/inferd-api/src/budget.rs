@@ -202,6 +202,16 @@ pub(crate) async fn reserve_grpc(
     if !is_model_infer(req.uri().path()) {
         return next.run(req).await;
     }
+    // The key first, as the REST doors' gate does: a caller without one must
+    // not hold room the others need, and is told UNAUTHENTICATED either way.
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::auth::bearer_token);
+    if let Err(e) = st.api_keys.check(super::auth::Needs::Inference, token) {
+        return Grpc::render(e);
+    }
     let max = st.settings.max_body_bytes as u64 + GRPC_FRAME_HEADER;
     hold::<Grpc>(&st, req, next, "grpc", max, Overflow::HandOn).await
 }

@@ -106,12 +106,7 @@ pub(crate) fn spawn(
 
 fn count(job: &Job, outcome: &str) {
     let [m, v, s] = &job.labels;
-    job.st
-        .quality
-        .metrics()
-        .shadow_runs
-        .with_label_values(&[m, v, s, outcome])
-        .inc();
+    job.st.quality.count_shadow(m, v, s, outcome);
 }
 
 /// On the shadow thread: decode for the shadow's own preprocessing, run its

@@ -190,6 +190,9 @@ impl ModelControl {
         ];
         if on {
             self.metrics.model_info.with_label_values(&labels).set(1);
+            if let Some(q) = &self.quality {
+                q.remember(&m.manifest.name, &m.manifest.version);
+            }
         } else {
             let _ = self.metrics.model_info.remove_label_values(&labels);
             if let Some(q) = &self.quality {

@@ -15,8 +15,8 @@ pub mod drift;
 mod index;
 mod score;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -207,12 +207,23 @@ struct BookState {
     retired: bool,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Labels, shadows and drift for every model this process serves.
 pub struct Quality {
     settings: QualitySettings,
     index: Option<index::Index<Entry>>,
     books: RwLock<HashMap<String, HashMap<String, Arc<VersionBook>>>>,
     comparisons: Mutex<HashMap<(String, String, String), Comparison>>,
+    /// Versions unloaded and not loaded since: a book asked for one (by a
+    /// request that resolved it before the unload) is made retired.
+    forgotten: Mutex<HashSet<(String, String)>>,
+    /// Held for writing while a version is forgotten, for reading by the
+    /// exports made outside a book's lock (shadow comparisons and runs), so
+    /// that none of them lands after its series were removed.
+    export_gate: RwLock<()>,
     metrics: Arc<QualityMetrics>,
     /// Unique per served instance in this process: the window's key for a
     /// label's replacement.
@@ -229,6 +240,8 @@ impl Quality {
             index,
             books: RwLock::new(HashMap::new()),
             comparisons: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(HashSet::new()),
+            export_gate: RwLock::new(()),
             metrics,
             serial: std::sync::atomic::AtomicU64::new(0),
         }
@@ -255,22 +268,48 @@ impl Quality {
         &self.settings
     }
 
-    /// Forgets an unloaded version: its book, and every series it exported
-    /// (with the shadow comparisons naming it), so that an alert on its
-    /// drift or accuracy stops with it. A request still in flight on the
-    /// version may make the book again; the next unload of any version of
-    /// the model does not clear that, a reload of it starts afresh.
+    /// Forgets an unloaded version: its book, its shadow comparisons and
+    /// every series it exported, so that an alert on its drift or accuracy
+    /// stops with it. Requests still in flight on the version record into a
+    /// retired book, which exports nothing, until the version is loaded
+    /// again (`remember`).
     pub fn forget(&self, name: &str, version: &str) {
+        let _gate = self.export_gate.write().unwrap_or_else(|p| p.into_inner());
+        lock(&self.forgotten).insert((name.to_string(), version.to_string()));
         let book = {
             let mut books = self.books.write().unwrap_or_else(|p| p.into_inner());
             books.get_mut(name).and_then(|v| v.remove(version))
         };
-        // Exports happen under the book's lock: one before this finished
-        // before it, and its series go below; none comes after.
+        // A book's own exports happen under its lock: one before this
+        // finished before it, and its series go below; none comes after.
         if let Some(b) = book {
-            b.state.lock().unwrap_or_else(|p| p.into_inner()).retired = true;
+            lock(&b.state).retired = true;
         }
+        lock(&self.comparisons)
+            .retain(|(m, p, s), _| !(m == name && (p == version || s == version)));
         self.metrics.forget(name, version);
+    }
+
+    /// A version (re)loaded: its next book starts afresh and exports.
+    pub fn remember(&self, name: &str, version: &str) {
+        lock(&self.forgotten).remove(&(name.to_string(), version.to_string()));
+    }
+
+    /// Counts a shadow run of `primary` (model, version) on `shadow`, unless
+    /// either version was forgotten.
+    pub fn count_shadow(&self, model: &str, primary: &str, shadow: &str, outcome: &str) {
+        let _gate = self.export_gate.read().unwrap_or_else(|p| p.into_inner());
+        {
+            let f = lock(&self.forgotten);
+            let gone = |v: &str| f.contains(&(model.to_string(), v.to_string()));
+            if gone(primary) || gone(shadow) {
+                return;
+            }
+        }
+        self.metrics
+            .shadow_runs
+            .with_label_values(&[model, primary, shadow, outcome])
+            .inc();
     }
 
     /// The version's book, made on first use.
@@ -285,12 +324,17 @@ impl Quality {
             return b;
         }
         let mut books = self.books.write().unwrap_or_else(|p| p.into_inner());
+        if lock(&self.forgotten).contains(&(name.clone(), version.clone())) {
+            // Unloaded while this request was on its way: a book of its
+            // own that exports nothing, not kept.
+            return Arc::new(VersionBook::new(model, &self.settings, &self.metrics, true));
+        }
         books
             .entry(name.clone())
             .or_default()
             .entry(version.clone())
             .or_insert_with(|| {
-                let book = VersionBook::new(model, &self.settings, &self.metrics);
+                let book = VersionBook::new(model, &self.settings, &self.metrics, false);
                 self.metrics
                     .drift_profile
                     .with_label_values(&[name, version])
@@ -458,6 +502,10 @@ impl Quality {
 
     fn compare(&self, runs: &[Run], shadow: &Run) {
         let Some(primary) = runs.first() else { return };
+        let _gate = self.export_gate.read().unwrap_or_else(|p| p.into_inner());
+        if primary.book.retired() || shadow.book.retired() {
+            return;
+        }
         let agreement = self.comparison(primary, shadow, |c| {
             c.outputs(
                 &primary.outcome,
@@ -467,9 +515,6 @@ impl Quality {
             );
             c.agreement()
         });
-        if primary.book.retired() || shadow.book.retired() {
-            return;
-        }
         self.metrics
             .shadow_agreement
             .with_label_values(&[
@@ -487,6 +532,10 @@ impl Quality {
     }
 
     fn pair_replace(&self, primary: &Run, shadow: &Run, old: Option<&Truth>, truth: &Truth) {
+        let _gate = self.export_gate.read().unwrap_or_else(|p| p.into_inner());
+        if primary.book.retired() || shadow.book.retired() {
+            return;
+        }
         self.comparison(primary, shadow, |c| {
             if let Some(old) = old {
                 c.unlabel(&primary.outcome, &shadow.outcome, old);
@@ -554,10 +603,17 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 impl VersionBook {
     fn retired(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).retired
+        lock(&self.state).retired
     }
 
-    fn new(model: &Model, settings: &QualitySettings, metrics: &QualityMetrics) -> Self {
+    /// A retired book's series are taken and removed at once: its records
+    /// count into handles no registry shows.
+    fn new(
+        model: &Model,
+        settings: &QualitySettings,
+        metrics: &QualityMetrics,
+        retired: bool,
+    ) -> Self {
         let (name, version) = (&model.manifest.name, &model.manifest.version);
         let series = |arm: Arm| [name.as_str(), version.as_str(), arm.as_str()];
         let kind = match &model.task {
@@ -570,9 +626,17 @@ impl VersionBook {
             .clone()
             .filter(|_| settings.drift.window > 0);
         let arms = [0, 1, 2].map(|_| Scores::new(&kind, settings.window));
+        let served = Arm::ALL.map(|a| metrics.served.with_label_values(&series(a)));
+        let coverage = Arm::ALL.map(|a| metrics.coverage.with_label_values(&series(a)));
+        if retired {
+            for a in Arm::ALL {
+                let _ = metrics.served.remove_label_values(&series(a));
+                let _ = metrics.coverage.remove_label_values(&series(a));
+            }
+        }
         VersionBook {
-            served: Arm::ALL.map(|a| metrics.served.with_label_values(&series(a))),
-            coverage: Arm::ALL.map(|a| metrics.coverage.with_label_values(&series(a))),
+            served,
+            coverage,
             model: model.manifest.name.clone(),
             version: model.manifest.version.clone(),
             state: Mutex::new(BookState {
@@ -583,7 +647,7 @@ impl VersionBook {
                     .map(|r| DriftWindow::new(r, settings.drift.clone())),
                 pushes: 0,
                 last: None,
-                retired: false,
+                retired,
             }),
             kind,
             reference,
@@ -868,6 +932,66 @@ mod tests {
             arm(&r, "3", Arm::Primary).total.accuracy.unwrap().value,
             0.6
         );
+    }
+
+    /// The series of `q` naming `version` (as the version or the shadow).
+    fn series(q: &Quality, version: &str) -> usize {
+        use prometheus::core::Collector;
+        let m = q.metrics();
+        [
+            m.served.collect(),
+            m.coverage.collect(),
+            m.accuracy.collect(),
+            m.shadow_agreement.collect(),
+            m.shadow_runs.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            f.get_metric()
+                .iter()
+                .filter(|m| {
+                    m.get_label().iter().any(|l| {
+                        (l.name() == "version" || l.name() == "shadow") && l.value() == version
+                    })
+                })
+                .count()
+        })
+        .sum()
+    }
+
+    #[test]
+    fn a_forgotten_version_exports_nothing_until_it_is_loaded_again() {
+        let q = quality(1000, 1000);
+        let t = Duration::from_millis(1);
+        let (p, s) = (q.book(&classifier("3")), q.book(&classifier("2")));
+        q.record(&p, Arm::Primary, "a", &[said("ham", 0.1)], None, t);
+        q.record(&s, Arm::Shadow, "a", &[said("spam", 0.9)], None, t);
+        q.count_shadow("spam", "3", "2", "ran");
+        q.feedback("a", 0, Feedback::Label("ham")).unwrap();
+        assert!(series(&q, "2") > 0);
+        q.forget("spam", "2");
+        assert_eq!(series(&q, "2"), 0);
+        // Still in flight: the old book, a book asked for after the unload,
+        // a shadow run counted, a label joining both.
+        let late = q.book(&classifier("2"));
+        q.record(&p, Arm::Primary, "b", &[said("ham", 0.1)], None, t);
+        q.record(&s, Arm::Shadow, "b", &[said("spam", 0.9)], None, t);
+        q.record(&late, Arm::Shadow, "b", &[said("spam", 0.9)], None, t);
+        q.count_shadow("spam", "3", "2", "ran");
+        q.feedback("b", 0, Feedback::Label("ham")).unwrap();
+        assert_eq!(series(&q, "2"), 0);
+        let r = q.report("spam").unwrap();
+        assert!(r.comparisons.is_empty(), "{:?}", r.comparisons);
+        assert!(r.versions.iter().all(|a| a.version == "3"));
+        assert!(series(&q, "3") > 0, "the primary keeps its own series");
+        // Loaded again: a fresh book that exports.
+        q.remember("spam", "2");
+        let again = q.book(&classifier("2"));
+        q.record(&again, Arm::Primary, "c", &[said("ham", 0.1)], None, t);
+        assert!(series(&q, "2") > 0);
+        let r = q.report("spam").unwrap();
+        assert_eq!(arm(&r, "2", Arm::Primary).served, 1);
     }
 
     #[test]
