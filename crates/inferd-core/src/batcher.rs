@@ -853,6 +853,16 @@ mod formation_tests {
             assert!(st.batch_time.is_some(), "the first batch was measured");
             (st.gap, st.last) = (None, None);
         }
+        // The slot thread gives its slot back just after answering: wait
+        // for that (CI once submitted first and found none free).
+        let t = Instant::now();
+        while r.admission.slots().try_take().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let mut second = r.submit(2.0, Duration::from_secs(10));
         let (out, _, _) = second
             .try_recv()
