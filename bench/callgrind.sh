@@ -46,5 +46,6 @@ kill -INT "$pid"
 wait "$pid" || true
 trap - EXIT
 n=$((after - before))
-total=$(callgrind_annotate "$out/$label.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+# No early exit in awk: callgrind_annotate would die of SIGPIPE, and pipefail end the script.
+total=$(callgrind_annotate "$out/$label.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
 echo "$label: $n requests, $((total / n)) instructions per request (target/callgrind/$label.out.1)"

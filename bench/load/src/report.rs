@@ -38,6 +38,14 @@ pub struct Report {
     pub rps: f64,
     /// 2xx answers per second (the rest were refused or failed).
     pub goodput_rps: f64,
+    /// Answers received while measuring, per second of the measured time.
+    /// `rps` and `goodput_rps` count requests by when they were scheduled, so
+    /// when a server falls behind an open loop (its requests answered after
+    /// the run's end), they read as the rate asked; these read as what the
+    /// server delivered.
+    pub delivered_rps: f64,
+    /// 2xx answers received while measuring, per second.
+    pub delivered_goodput_rps: f64,
     pub latency_ms: Latency,
     /// The same percentiles per HTTP status (or `timeout` / `connect_error`).
     pub latency_ms_by_status: BTreeMap<String, Latency>,
@@ -131,6 +139,10 @@ pub struct Samples {
     in_flight_waits: u64,
     /// Per schedule step (empty without a schedule).
     steps: Vec<StepSamples>,
+    /// Answers of measured requests received before measuring ended, and how
+    /// many of them were 2xx.
+    delivered: u64,
+    delivered_ok: u64,
 }
 
 /// What one schedule step recorded.
@@ -177,6 +189,8 @@ impl Samples {
                     answered_ok: 0,
                 })
                 .collect(),
+            delivered: 0,
+            delivered_ok: 0,
         }
     }
 
@@ -210,6 +224,12 @@ impl Samples {
             s.answered += 1;
             s.answered_ok += u64::from(ok);
         }
+    }
+
+    /// An answer received before measuring ended.
+    pub fn record_delivered(&mut self, ok: bool) {
+        self.delivered += 1;
+        self.delivered_ok += u64::from(ok);
     }
 
     /// An admitted request's latency less its queue wait, in microseconds.
@@ -365,6 +385,8 @@ pub fn summarize(
         error_rate,
         rps,
         goodput_rps: ok as f64 / secs,
+        delivered_rps: samples.delivered as f64 / secs,
+        delivered_goodput_rps: samples.delivered_ok as f64 / secs,
         latency_ms: latency,
         latency_ms_by_status,
         admitted_ms_less_queue: (!samples.less_queue.is_empty())
@@ -495,6 +517,13 @@ pub fn print_table(r: &Report) {
             ),
         }
     }
+    if r.mode == "open" {
+        println!(
+            "  answered while measuring: {:.1}/s, 2xx {:.1}/s (what the server delivered; \
+             req/s above counts requests by when they were due)",
+            r.delivered_rps, r.delivered_goodput_rps
+        );
+    }
     print_steps(&r.steps);
     for t in &r.targets {
         println!(
@@ -616,6 +645,29 @@ mod tests {
         assert_eq!(
             r.in_flight_waits, None,
             "closed loop: no schedule to wait on"
+        );
+    }
+
+    #[test]
+    fn a_server_behind_the_schedule_delivers_less_than_was_due() {
+        // An open loop of 100 requests due in 2 s; the server answered 60 of
+        // them (54 with 200) before the end, the rest after.
+        let c = cfg(&["--rate", "50"]);
+        let mut s = Samples::new();
+        for i in 0..100u64 {
+            let status = if i % 10 == 9 { "429" } else { "200" };
+            s.record(i / 5, 1000 + i * 100, status.into());
+            if i < 60 {
+                s.record_delivered(status == "200");
+            }
+        }
+        let r = summarize(&c, &s, Duration::from_secs(2), 1);
+        assert!((r.rps - 50.0).abs() < 1e-9 && (r.goodput_rps - 45.0).abs() < 1e-9);
+        assert!((r.delivered_rps - 30.0).abs() < 1e-9, "{}", r.delivered_rps);
+        assert!(
+            (r.delivered_goodput_rps - 27.0).abs() < 1e-9,
+            "{}",
+            r.delivered_goodput_rps
         );
     }
 

@@ -80,6 +80,9 @@ impl Recorder {
                 samples.record_answer(step, ok);
             }
         }
+        if answered <= self.stop_at {
+            samples.record_delivered(ok);
+        }
         samples.record(window, latency_us, outcome.status);
         self.measured.fetch_add(1, Ordering::Relaxed);
     }

@@ -382,6 +382,9 @@ async fn a_schedule_reports_each_step_at_its_rate() {
     }
     assert_eq!(report["requests"].as_u64(), Some(160));
     assert!((report["duration_s"].as_f64().unwrap() - 2.0).abs() < 1e-6);
+    // What was answered before the end: some, and no more than was due.
+    let delivered = report["delivered_rps"].as_f64().expect("delivered_rps");
+    assert!(delivered > 0.0 && delivered <= 80.0, "{delivered}");
     assert!(!report["timeline"].as_array().unwrap().is_empty());
     // The table has a row per step, and the plot marks the second step.
     let rows: Vec<&str> = out
