@@ -44,7 +44,7 @@ def free_port():
 class Server:
     """The server on core 0 with one model and the binary's defaults."""
 
-    def __init__(self, model, mode, log_dir):
+    def __init__(self, model, mode, log_dir, extra_env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -59,6 +59,7 @@ class Server:
             INFERD_ADMISSION=mode,
             RUST_LOG="warn",
         )
+        env.update(extra_env or {})
         if "ORT_DYLIB_PATH" not in env:
             lib = os.path.join(ROOT, ".ort/lib")
             found = sorted(f for f in os.listdir(lib) if f.startswith("libonnxruntime.so"))

@@ -682,6 +682,85 @@ async fn a_full_queue_refuses_before_reading_the_body() {
     s.stop().await.unwrap();
 }
 
+/// `/predict` names its model in the body, so with both models loaded the
+/// door cannot refuse it unread. With the text model's queue over its
+/// adaptive limit, a body naming that model is refused (429 `overloaded`) as
+/// soon as its model resolves, before its instances are decoded: instances
+/// the model would reject (422) are never looked at. A request naming the
+/// other model goes on, and once the queue drains the same body is decoded
+/// and gets its 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_names_its_model_in_the_body_and_is_refused_before_decoding() {
+    let mut cfg = uncached();
+    cfg.limits.max_concurrency = Some(1);
+    let gate = Gate::closed();
+    gate.open();
+    let _open = gate.open_on_drop();
+    let s = TestServer::start_with_loader(cfg, held(&gate)).await;
+    let fill = json!({"model": "text-classifier", "instances": long_texts(64)});
+    let limit_series = "inferd_queue_limit{model=\"text-classifier\",version=\"2\"}";
+    let queued_series = "inferd_queue_instances{model=\"text-classifier\",version=\"2\"}";
+    // Measured first: the limit follows what the model did.
+    for _ in 0..3 {
+        assert_eq!(s.post_json("/predict", &fill).await.0, 200);
+    }
+    common::eventually("the text model's queue limit measured", || async {
+        metric(&s.metrics().await, limit_series) > 0.0
+    })
+    .await;
+    gate.close();
+    let send = |body: Value| {
+        let (client, url) = (s.client.clone(), s.url("/predict"));
+        tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            r.status().as_u16()
+        })
+    };
+    let mut admitted = vec![send(fill.clone())];
+    gate.until_waiting(1, "a text batch in the model").await;
+    // Queue requests until the queue is over its limit.
+    loop {
+        let m = s.metrics().await;
+        let (queued, limit) = (metric(&m, queued_series), metric(&m, limit_series));
+        if queued > limit {
+            break;
+        }
+        admitted.push(send(fill.clone()));
+        common::eventually("the request queued", || async {
+            metric(&s.metrics().await, queued_series) > queued
+        })
+        .await;
+    }
+    let invalid = json!({"model": "text-classifier", "instances": [42]});
+    let (st, _, v) = s.post_json("/predict", &invalid).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (429, Some("overloaded")),
+        "{v}"
+    );
+    let window = golden("lstm-forecaster")["cases"][0]["input"].clone();
+    let other = send(json!({"model": "lstm-forecaster", "instances": [window]}));
+    gate.open();
+    for t in admitted {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(other.await.unwrap(), 200, "the other model is not refused");
+    let (st, _, v) = s.post_json("/predict", &invalid).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("invalid_input")),
+        "{v}"
+    );
+    assert_eq!(
+        metric(
+            &s.metrics().await,
+            "inferd_rejections_total{reason=\"queue_time\"}"
+        ),
+        1.0
+    );
+    s.stop().await.unwrap();
+}
+
 /// A request past its deadline gets 504, and its inference slot comes back: with
 /// one slot, a leaked one would make every later prediction wait and time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
