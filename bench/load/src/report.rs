@@ -139,8 +139,8 @@ pub struct Samples {
     in_flight_waits: u64,
     /// Per schedule step (empty without a schedule).
     steps: Vec<StepSamples>,
-    /// Answers of measured requests received before measuring ended, and how
-    /// many of them were 2xx.
+    /// Answers received while measuring (to requests of the warm-up too),
+    /// and how many of them were 2xx.
     delivered: u64,
     delivered_ok: u64,
 }

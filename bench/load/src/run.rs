@@ -50,17 +50,25 @@ impl Recorder {
     /// in the open loop, `lag` how late it did and whether it waited for one of
     /// the requests in flight to finish (`--max-in-flight`).
     fn observe(&self, scheduled: Instant, outcome: Outcome, lag: Option<(Duration, bool)>) {
+        let answered = Instant::now();
+        let ok = outcome.status.starts_with('2');
+        // Every answer received while measuring counts as delivered, the
+        // warm-up's late ones too: behind schedule, they are what the server
+        // was doing then.
+        let delivered = self.start <= answered && answered <= self.stop_at;
         if scheduled < self.start {
+            if delivered {
+                let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                samples.record_delivered(ok);
+            }
             return;
         }
-        let answered = Instant::now();
         let latency_us = answered
             .saturating_duration_since(scheduled)
             .as_micros()
             .max(1) as u64;
         let offset = scheduled - self.start;
         let window = offset.as_millis() as u64 / WINDOW_MS;
-        let ok = outcome.status.starts_with('2');
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         if let (true, Some(q)) = (ok, outcome.queue_us) {
             samples.record_less_queue(latency_us.saturating_sub(q));
@@ -80,7 +88,7 @@ impl Recorder {
                 samples.record_answer(step, ok);
             }
         }
-        if answered <= self.stop_at {
+        if delivered {
             samples.record_delivered(ok);
         }
         samples.record(window, latency_us, outcome.status);
