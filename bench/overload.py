@@ -133,6 +133,17 @@ def summary(r):
     }
 
 
+def prepare(json_path):
+    """Checks the binaries are built and makes the output folder, where the
+    servers' logs go too; returns it."""
+    for exe in (SERVER, BENCH):
+        if not os.path.exists(exe):
+            sys.exit(f"{exe} missing: run cargo build --release --bins")
+    log_dir = os.path.dirname(json_path)
+    os.makedirs(log_dir, exist_ok=True)
+    return log_dir
+
+
 def run_mode(model, mode, secs, cap, log_dir):
     server = Server(model, mode, log_dir)
     rows = {}
@@ -165,11 +176,7 @@ def main():
     ap.add_argument("--models", default="text-classifier,lstm-forecaster")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench/out/overload.json"))
     args = ap.parse_args()
-    for exe in (SERVER, BENCH):
-        if not os.path.exists(exe):
-            sys.exit(f"{exe} missing: run cargo build --release --bins")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    log_dir = os.path.dirname(args.json)
+    log_dir = prepare(args.json)
     results = {}
     for model in args.models.split(","):
         cap, static = run_mode(model, "static", args.seconds, None, log_dir)

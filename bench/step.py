@@ -40,7 +40,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overload import BENCH, ROOT, SERVER, Server, bench  # noqa: E402
+from overload import BENCH, ROOT, Server, bench, prepare  # noqa: E402
 
 
 class Hog:
@@ -119,11 +119,7 @@ def main():
     ap.add_argument("--bounds", default="8,32,128,512")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench/out/step.json"))
     args = ap.parse_args()
-    for exe in (SERVER, BENCH):
-        if not os.path.exists(exe):
-            sys.exit(f"{exe} missing: run cargo build --release --bins")
-    log_dir = os.path.dirname(args.json)
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir = prepare(args.json)
 
     server = Server(args.model, "adaptive", log_dir)
     hog = None
