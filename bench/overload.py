@@ -82,12 +82,16 @@ class Server:
         self.stop()
         sys.exit(f"server not ready in 120 s; see {self.log.name}")
 
-    def metric(self, name):
+    def series(self, name, where=""):
+        """The values (as text) of the series whose line starts with `name`
+        and contains `where` (a label, say), in /metrics order."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name):
-                    return line.rsplit(" ", 1)[1]
-        return None
+            return [line.rsplit(" ", 1)[1] for line in r.read().decode().splitlines()
+                    if line.startswith(name) and where in line]
+
+    def metric(self, name):
+        values = self.series(name)
+        return values[0] if values else None
 
     def stop(self):
         self.proc.terminate()

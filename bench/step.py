@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overload import BENCH, ROOT, Server, bench, prepare  # noqa: E402
@@ -65,10 +64,7 @@ def open_loop(server, model, rate, secs, out):
 def queue_limit(server, model):
     """The model's adaptive queue limit: the largest over its versions (only
     the version served has traffic; the others read -1, unmeasured)."""
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
-        values = [float(line.rsplit(" ", 1)[1])
-                  for line in r.read().decode().splitlines()
-                  if line.startswith("inferd_queue_limit{") and f'model="{model}"' in line]
+    values = [float(v) for v in server.series("inferd_queue_limit{", f'model="{model}"')]
     return max(values) if values else None
 
 

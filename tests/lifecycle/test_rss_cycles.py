@@ -26,7 +26,7 @@ Each test runs twice: with glibc's allocator as the process runs by default
 (the figure that matters), and with glibc pinned down (one arena, fixed 128 KiB
 mmap and trim thresholds), which tells a leak (grows under both) from glibc
 keeping freed memory (grows only under the default). Since issue 27 the
-binary's Rust blocks of up to 4 KiB come from mimalloc (`src/main.rs`); the
+binary's Rust blocks of up to 4 KiB come from mimalloc (`src/alloc.rs`); the
 sessions' memory, ONNX Runtime's and every larger block are still glibc's.
 
 History: before the server trimmed the heap when a version retires and fixed
