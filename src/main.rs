@@ -3,8 +3,6 @@
 //! listener and hands everything to `inferd::run`; or runs `healthcheck`, or
 //! `preprocess` (a model's preprocessing over JSON lines, for training).
 
-mod alloc;
-
 use clap::Parser;
 
 use std::io::{BufRead, Write};
@@ -15,7 +13,6 @@ use inferd_core::preprocess::email;
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
     inferd_core::memory::fix_mmap_threshold();
-    inferd_core::memory::on_trim(alloc::release_mimalloc);
     let cli = Cli::parse();
     let reactor_nice = match &cli.command {
         None => cli.serve.runtime.reactor_nice,

@@ -25,9 +25,7 @@ few cycles.
 Each test runs twice: with glibc's allocator as the process runs by default
 (the figure that matters), and with glibc pinned down (one arena, fixed 128 KiB
 mmap and trim thresholds), which tells a leak (grows under both) from glibc
-keeping freed memory (grows only under the default). Since issue 27 the
-binary's Rust blocks of up to 4 KiB come from mimalloc (`src/alloc.rs`); the
-sessions' memory, ONNX Runtime's and every larger block are still glibc's.
+keeping freed memory (grows only under the default).
 
 History: before the server trimmed the heap when a version retires and fixed
 glibc's mmap threshold (`core::memory`), the default allocator grew 38%

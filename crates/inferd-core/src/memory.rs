@@ -29,26 +29,10 @@ impl Drop for TrimOnDrop {
     }
 }
 
-/// The global allocator's own release call, where the binary chose one
-/// other than glibc's (the core does not know which; see `on_trim`).
-static ALLOCATOR_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Registers `release`, which hands the global allocator's free memory back
-/// to the system, to run at every `trim`. The binary calls it once when its
-/// `#[global_allocator]` is not glibc's: Rust's heap then lives in that
-/// allocator, and `malloc_trim` reaches only what C and C++ code (ONNX
-/// Runtime, libtorch) allocated.
-pub fn on_trim(release: fn()) {
-    let _ = ALLOCATOR_TRIM.set(release);
-}
-
 /// Returns free heap pages to the system.
 // Unsafe: a libc call with no Rust wrapper; see SAFETY.
 #[allow(unsafe_code)]
 pub fn trim() {
-    if let Some(release) = ALLOCATOR_TRIM.get() {
-        release();
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory the allocator holds free; it
     // touches no live allocation.
