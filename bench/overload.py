@@ -3,7 +3,8 @@
 
 For each model and each admission mode it starts the release server pinned
 to core 0 with the binary's defaults (cache and prediction log off, so every
-request reaches the model), and drives it with inferd-bench pinned to core 1:
+request reaches the model; in static mode, as before adaptive admission, no
+pause after a refusal either), and drives it with inferd-bench pinned to core 1:
 
 - capacity: closed loop, 16 connections (measured once per model, in static
   mode; every later rate is a multiple of it);
@@ -148,8 +149,13 @@ def prepare(json_path):
     return log_dir
 
 
+# The "before" beside adaptive admission: static limits as they were, with no
+# pause after a refusal either (`INFERD_REFUSED_PAUSE_MAX_MS`).
+BEFORE_ENV = {"static": {"INFERD_REFUSED_PAUSE_MAX_MS": "0"}}
+
+
 def run_mode(model, mode, secs, cap, log_dir):
-    server = Server(model, mode, log_dir)
+    server = Server(model, mode, log_dir, extra_env=BEFORE_ENV.get(mode))
     rows = {}
     try:
         if cap is None:

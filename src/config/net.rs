@@ -100,6 +100,15 @@ pub struct NetArgs {
     #[arg(long, env = "INFERD_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
     pub idle_timeout_ms: u64,
 
+    /// After a request is shed (429 `queue_full` or `overloaded`), the
+    /// connection's next request is left unread for a while: 1 ms, doubled
+    /// for each refusal on the connection and halved for each other answer,
+    /// at most this (jittered down by up to half). A client that resends at
+    /// once then waits in the kernel instead of spending the core on
+    /// refusals. HTTP/1 only; 0: never pause. Below the idle timeout.
+    #[arg(long, env = "INFERD_REFUSED_PAUSE_MAX_MS", default_value_t = 20)]
+    pub refused_pause_max_ms: u64,
+
     /// After SIGTERM/SIGINT, how long in-flight requests may take before exit.
     #[arg(long, env = "INFERD_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -123,6 +132,12 @@ impl NetArgs {
         )?;
         check("body-read-timeout-ms", self.body_read_timeout_ms, 1, DAY_MS)?;
         check("idle-timeout-ms", self.idle_timeout_ms, 1, DAY_MS)?;
+        check(
+            "refused-pause-max-ms",
+            self.refused_pause_max_ms,
+            0,
+            self.idle_timeout_ms.saturating_sub(1).min(60_000),
+        )?;
         check("shutdown-grace-ms", self.shutdown_grace_ms, 0, HOUR_MS)?;
         check("drain-delay-ms", self.drain_delay_ms, 0, HOUR_MS)
     }
@@ -148,6 +163,7 @@ impl NetArgs {
             max_connections: crate::listen::effective_cap(self.max_connections, fds),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            refused_pause_max: Duration::from_millis(self.refused_pause_max_ms),
         }
     }
 }

@@ -7,6 +7,7 @@ fn limits() -> ConnLimits {
         max_connections: 10,
         header_read_timeout: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(1_000),
+        refused_pause_max: Duration::from_millis(64),
     }
 }
 
@@ -89,4 +90,130 @@ async fn the_backlog_holds_what_the_cap_turns_away() {
     }
     assert_eq!(held.len(), n);
     drop(listener);
+}
+
+#[test]
+fn pauses_double_with_each_refusal_and_halve_with_each_answer() {
+    let s = ConnState::new();
+    let max = Duration::from_millis(64);
+    // Each pause is jittered to between half and all of its step.
+    let within = |pause: Duration, step_ms: u64| {
+        let step = Duration::from_millis(step_ms);
+        assert!(
+            pause >= step / 2 && pause <= step,
+            "{pause:?} for a step of {step:?}"
+        );
+    };
+    for step in [1, 2, 4, 8, 16, 32, 64, 64, 64] {
+        within(s.shed(max), step);
+        assert!(s.paused_until().is_some());
+    }
+    // Levels stop at the cap's: one answer brings the pause below it.
+    s.served();
+    within(s.shed(max), 32);
+    s.served();
+    s.served();
+    within(s.shed(max), 16);
+    for _ in 0..10 {
+        s.served();
+    }
+    within(s.shed(max), 1);
+    // Off: no pause, and nothing marked.
+    let off = ConnState::new();
+    assert_eq!(off.shed(Duration::ZERO), Duration::ZERO);
+    assert!(off.paused_until().is_none());
+}
+
+/// Raw HTTP/1.1 on one kept-alive connection: the pause is the connection's.
+async fn post(conn: &mut TcpStream) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"POST /p HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The handlers answer with empty bodies: the head ends the response.
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap()
+}
+
+/// The next request on a connection whose last one was shed is read only
+/// after the pause: in the handler's (paused, auto-advancing) clock, each
+/// request after a refusal arrives at least half a step later, the steps
+/// doubling; an answer that is not a refusal is followed by none.
+#[tokio::test(start_paused = true)]
+async fn a_shed_request_pauses_the_connection_before_its_next_one() {
+    use axum::response::IntoResponse;
+    let seen: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let refuse = Arc::new(AtomicU32::new(5));
+    let app = Router::new().route(
+        "/p",
+        axum::routing::post({
+            let (seen, refuse) = (seen.clone(), refuse.clone());
+            move || async move {
+                seen.lock().unwrap().push(tokio::time::Instant::now());
+                let shed = refuse
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+                if shed {
+                    let mut r = axum::http::StatusCode::TOO_MANY_REQUESTS.into_response();
+                    r.extensions_mut().insert(inferd_api::Shed);
+                    r
+                } else {
+                    axum::http::StatusCode::OK.into_response()
+                }
+            }
+        }),
+    );
+    let listener = bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registry = Registry::new();
+    let metrics = Arc::new(ConnMetrics::new(&registry));
+    let stop = CancellationToken::new();
+    let limits = ConnLimits {
+        max_connections: 10,
+        // Far beyond every pause: the auto-advancing clock must reach the
+        // pauses' ends, never these.
+        header_read_timeout: Duration::from_secs(3_600),
+        idle_timeout: Duration::from_secs(3_600),
+        refused_pause_max: Duration::from_millis(8),
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        stop.clone().cancelled_owned(),
+        CancellationToken::new(),
+    ));
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(post(&mut conn).await);
+    }
+    assert_eq!(statuses, [429, 429, 429, 429, 429, 200, 200, 200]);
+    assert_eq!(metrics.connection_pauses.get(), 5);
+    let seen = seen.lock().unwrap().clone();
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    // After refusals 1..5: steps of 1, 2, 4, 8 and 8 ms (the cap), each
+    // jittered down by at most half.
+    for (gap, step_ms) in gaps.iter().zip([1u64, 2, 4, 8, 8]) {
+        assert!(
+            *gap >= Duration::from_millis(step_ms) / 2,
+            "{gap:?} after a refusal whose step is {step_ms} ms: {gaps:?}"
+        );
+    }
+    // After a 200 nothing pauses: the clock has no timer of ours to jump to
+    // (the connection's deadlines are an hour away), so no time passes.
+    assert!(
+        gaps[5..].iter().all(|g| *g < Duration::from_secs(1)),
+        "{gaps:?}"
+    );
+    drop(conn);
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }

@@ -61,6 +61,13 @@ pub enum ApiError {
     Label(StatusCode, String),
 }
 
+/// Marks a response that shed load (429 `queue_full` or `overloaded`, in any
+/// HTTP format). The accept loop reads it: it leaves the connection's next
+/// request unread for a while, so that a client resending at once does not
+/// spend the core on refusals (`inferd::listen`).
+#[derive(Debug, Clone, Copy)]
+pub struct Shed;
+
 /// Core messages, with a pointer to the listing route where one helps.
 /// `Retry-After` in whole seconds (the header has no finer unit), rounded
 /// up from the core's estimate and at least 1.
@@ -171,6 +178,25 @@ impl ApiError {
         }
     }
 
+    /// Whether this error sheds load: a refusal because the model's queue is
+    /// full or its wait is over the target, which the same request may pass
+    /// moments later.
+    pub(crate) fn sheds(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Core(CoreError::QueueFull(_) | CoreError::Overloaded { .. })
+        )
+    }
+
+    /// The headers, and the [`Shed`] mark, that go with this error in every
+    /// format.
+    pub(crate) fn finish(&self, resp: &mut Response) {
+        self.set_headers(resp.headers_mut());
+        if self.sheds() {
+            resp.extensions_mut().insert(Shed);
+        }
+    }
+
     /// The headers that go with this error in every format: when to retry
     /// (load shedding and restarts are transient) and how to authenticate.
     pub fn set_headers(&self, headers: &mut HeaderMap) {
@@ -263,7 +289,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status(), Json(body)).into_response();
-        self.set_headers(resp.headers_mut());
+        self.finish(&mut resp);
         resp
     }
 }

@@ -42,7 +42,7 @@ pub(crate) fn error_response(e: ApiError) -> Response {
         _ => e.to_string(),
     };
     let mut resp = (status, Json(V2Error { error: message })).into_response();
-    e.set_headers(resp.headers_mut());
+    e.finish(&mut resp);
     resp
 }
 
