@@ -41,6 +41,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ErrorFormat};
+use super::extract::Arrival;
 use super::grpc::status::Grpc;
 use super::state::AppState;
 
@@ -265,7 +266,10 @@ async fn hold<F: ErrorFormat>(
                 drop(held);
                 response
             }
-            None => refuse::<F>(st, req.into_body(), &budget, protocol).await,
+            None => {
+                let (arrival, body) = super::door::body_alone(req);
+                refuse::<F>(st, arrival, body, &budget, protocol).await
+            }
         },
         None => chunked::<F>(st, req, next, &budget, (max, overflow), protocol).await,
     }
@@ -282,11 +286,33 @@ async fn chunked<F: ErrorFormat>(
     protocol: &'static str,
 ) -> Response {
     let Some(mut held) = budget.reserve(BASE_COST).await else {
-        return refuse::<F>(st, req.into_body(), budget, protocol).await;
+        let (arrival, body) = super::door::body_alone(req);
+        return refuse::<F>(st, arrival, body, budget, protocol).await;
     };
     let (parts, mut body) = req.into_parts();
+    // The body's deadline, as `extract::read_body` keeps it for a body with
+    // a length: a client that stops sending is answered 408, not waited for.
+    let deadline = parts.extensions.get::<Arrival>().cloned().map(|a| {
+        let at = tokio::time::Instant::from_std(a.at + st.settings.body_read_timeout);
+        (at, a.body_timed_out)
+    });
     let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next_frame = body.frame();
+        let frame = match &deadline {
+            Some((at, timed_out)) => match tokio::time::timeout_at(*at, next_frame).await {
+                Ok(f) => f,
+                Err(_) => {
+                    timed_out.store(true, Ordering::Release);
+                    let ms = st.settings.body_read_timeout.as_millis() as u64;
+                    return F::render(ApiError::BodyTimeout(ms));
+                }
+            },
+            None => next_frame.await,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let Ok(frame) = frame else {
             return F::render(ApiError::MalformedJson("the request body failed".into()));
         };
@@ -312,7 +338,8 @@ async fn chunked<F: ErrorFormat>(
             .grow(&mut held, data.len() as u64 * COST_FACTOR)
             .is_none()
         {
-            return refuse::<F>(st, body, budget, protocol).await;
+            let arrival = parts.extensions.get::<Arrival>().cloned();
+            return refuse::<F>(st, arrival, body, budget, protocol).await;
         }
         buf.extend_from_slice(data);
     }
@@ -325,14 +352,15 @@ async fn chunked<F: ErrorFormat>(
 
 /// 429 `memory_budget`, after draining what is left of the body (answering a
 /// client still sending would reset its connection), chunk by chunk, holding
-/// nothing.
+/// nothing, until the body's deadline (`door::drain`).
 async fn refuse<F: ErrorFormat>(
     st: &AppState,
+    arrival: Option<Arrival>,
     body: Body,
     budget: &MemoryBudget,
     protocol: &'static str,
 ) -> Response {
-    super::door::drain(body, st.settings.max_body_bytes).await;
+    let drained = super::door::drain(st, arrival, body).await;
     st.metrics
         .rejections
         .with_label_values(&["memory_budget"])
@@ -341,5 +369,8 @@ async fn refuse<F: ErrorFormat>(
         .requests
         .with_label_values(&["", "", "429", protocol])
         .inc();
-    F::render(ApiError::MemoryBudget(budget.total_bytes()))
+    super::door::closing(
+        F::render(ApiError::MemoryBudget(budget.total_bytes())),
+        drained,
+    )
 }

@@ -291,6 +291,72 @@ async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }
 
+/// A prediction whose client sends `first` and then nothing more, with the
+/// accept loop's `Arrival` (now) so that the body's deadline applies.
+fn stalled(first: &'static str, length: Option<usize>) -> (Request<Body>, crate::Arrival) {
+    let arrival = crate::Arrival {
+        // tokio's (paused) clock, which the deadlines are kept by.
+        at: tokio::time::Instant::now().into_std(),
+        body_timed_out: Arc::default(),
+    };
+    use futures::StreamExt;
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(
+        first.as_bytes(),
+    ))])
+    .chain(futures::stream::pending());
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/predict")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(n) = length {
+        req = req.header(header::CONTENT_LENGTH, n);
+    }
+    let mut req = req.body(Body::from_stream(body)).expect("request");
+    req.extensions_mut().insert(arrival.clone());
+    (req, arrival)
+}
+
+/// A client that stops sending does not keep its connection past the body's
+/// deadline (5 s here) on the memory budget's paths either: refused for
+/// memory, its body is drained only until then and the 429 closes the
+/// connection; let in without a length, its body is read only until then
+/// and answered 408.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_body_is_given_up_at_its_deadline_on_the_budgets_paths() {
+    let st = state_with(true, Some(20 * 1024));
+    let budget = st.budget.clone().expect("a budget");
+    let held = budget.reserve(8 * 1024).await.expect("room");
+    let start = tokio::time::Instant::now();
+    let (req, arrival) = stalled(r#"{"model": "m", "#, Some(100));
+    let refused = router(st.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()[header::CONNECTION], "close");
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(arrival
+        .body_timed_out
+        .load(std::sync::atomic::Ordering::Acquire));
+    drop(held);
+
+    let start = tokio::time::Instant::now();
+    let (req, arrival) = stalled(r#"{"model": "m", "#, None);
+    let timed_out = router(st.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(timed_out.headers()[header::CONNECTION], "close");
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(arrival
+        .body_timed_out
+        .load(std::sync::atomic::Ordering::Acquire));
+    assert_eq!(st.doors.memory_budget_used.get(), 0, "its room came back");
+}
+
 #[tokio::test]
 async fn labels_fed_back_by_request_id_score_the_version_that_answered() {
     let st = state(true);
