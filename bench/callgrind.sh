@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per request on the LSTM path, counted by callgrind: repeatable whatever else
+# Instructions per request on the LSTM path (or CALLGRIND_MODEL's), counted by callgrind: repeatable whatever else
 # the machine is doing (a shared 2-core VM moves wall-clock figures by 10-20% between runs).
 # The release server runs under valgrind with instrumentation off; after start-up and a
 # 3 s warm-up it is switched on for 15 s of `inferd-bench -c 4` (golden windows, round
@@ -9,6 +9,7 @@
 #   bench/callgrind.sh hit-logged --predlog jsonl          # defaults: cache hits, JSON-lines log
 #   bench/callgrind.sh hit --predlog off
 #   bench/callgrind.sh miss --cache off --predlog off
+#   CALLGRIND_MODEL=text-classifier bench/callgrind.sh text-miss --cache off --predlog off
 #
 # Prints LABEL, the requests counted and instructions per request; the profile is
 # target/callgrind/LABEL.out.1 (`callgrind_annotate --inclusive=yes` reads it). Under
@@ -34,7 +35,7 @@ for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null &&
 requests() {
   curl -s "http://127.0.0.1:$port/metrics" | awk '/^inferd_requests_total/ {s += $2} END {print s + 0}'
 }
-bench() { ./target/release/inferd-bench --url "http://127.0.0.1:$port" --model lstm-forecaster -c 4 "$@"; }
+bench() { ./target/release/inferd-bench --url "http://127.0.0.1:$port" --model "${CALLGRIND_MODEL:-lstm-forecaster}" -c 4 "$@"; }
 bench --duration 3s >/dev/null 2>&1
 callgrind_control -i on "$pid" >/dev/null 2>&1
 before=$(requests)

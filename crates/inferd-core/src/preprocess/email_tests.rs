@@ -398,8 +398,63 @@ fn config() -> ProptestConfig {
     c
 }
 
+/// The character-at-a-time rule `normalize` copies runs of ASCII by.
+fn normalize_by_char(text: &str, limit: usize) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut pending_space = false;
+    for c in text.chars() {
+        if c == '\0' {
+            continue;
+        }
+        if is_space(c) {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            if count + 1 >= limit {
+                break;
+            }
+            out.push(' ');
+            count += 1;
+            pending_space = false;
+        }
+        if count >= limit {
+            break;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
+}
+
+#[test]
+fn normalize_cuts_runs_where_the_character_rule_does() {
+    for (text, limit) in [
+        ("abc def", 0),
+        ("abc def", 3),
+        ("abc def", 4),
+        ("abc def", 5),
+        ("  a\0b \u{a0} c\u{1c}d  ", 4),
+        ("héllo wörld", 7),
+        ("\0\0 x", 1),
+    ] {
+        assert_eq!(
+            normalize(text, limit),
+            normalize_by_char(text, limit),
+            "{text:?} {limit}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn normalize_keeps_the_character_rule(lines in prop::collection::vec(message_line(), 0..20), limit in 0usize..300) {
+        let text = lines.concat();
+        prop_assert_eq!(normalize(&text, limit), normalize_by_char(&text, limit));
+    }
 
     #[test]
     fn random_bytes_never_break_it(bytes in prop::collection::vec(any::<u8>(), 0..600), limit in 0usize..300) {
