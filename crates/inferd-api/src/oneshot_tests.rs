@@ -316,44 +316,37 @@ fn stalled(first: &'static str, length: Option<usize>) -> (Request<Body>, crate:
     (req, arrival)
 }
 
+/// The status a prediction gets whose client sends its first bytes and then
+/// nothing (`length`: its `Content-Length`, or none), after checking that it
+/// came no sooner than the body's deadline (5 s here) and closes the
+/// connection as a body timeout.
+async fn given_up(st: &Arc<AppState>, length: Option<usize>) -> StatusCode {
+    let start = tokio::time::Instant::now();
+    let (req, arrival) = stalled(r#"{"model": "m", "#, length);
+    let response = router(st.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(response.headers()[header::CONNECTION], "close");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    let timed_out = &arrival.body_timed_out;
+    assert!(timed_out.load(std::sync::atomic::Ordering::Acquire));
+    response.status()
+}
+
 /// A client that stops sending does not keep its connection past the body's
-/// deadline (5 s here) on the memory budget's paths either: refused for
-/// memory, its body is drained only until then and the 429 closes the
-/// connection; let in without a length, its body is read only until then
-/// and answered 408.
+/// deadline on the memory budget's paths either: refused for memory, its body
+/// is drained only until then and the 429 closes the connection; let in
+/// without a length, its body is read only until then and answered 408.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_body_is_given_up_at_its_deadline_on_the_budgets_paths() {
     let st = state_with(true, Some(20 * 1024));
     let budget = st.budget.clone().expect("a budget");
     let held = budget.reserve(8 * 1024).await.expect("room");
-    let start = tokio::time::Instant::now();
-    let (req, arrival) = stalled(r#"{"model": "m", "#, Some(100));
-    let refused = router(st.clone()).oneshot(req).await.expect("infallible");
-    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(refused.headers()[header::CONNECTION], "close");
-    assert!(
-        start.elapsed() >= Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
+    assert_eq!(
+        given_up(&st, Some(100)).await,
+        StatusCode::TOO_MANY_REQUESTS
     );
-    assert!(arrival
-        .body_timed_out
-        .load(std::sync::atomic::Ordering::Acquire));
     drop(held);
-
-    let start = tokio::time::Instant::now();
-    let (req, arrival) = stalled(r#"{"model": "m", "#, None);
-    let timed_out = router(st.clone()).oneshot(req).await.expect("infallible");
-    assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
-    assert_eq!(timed_out.headers()[header::CONNECTION], "close");
-    assert!(
-        start.elapsed() >= Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(arrival
-        .body_timed_out
-        .load(std::sync::atomic::Ordering::Acquire));
+    assert_eq!(given_up(&st, None).await, StatusCode::REQUEST_TIMEOUT);
     assert_eq!(st.doors.memory_budget_used.get(), 0, "its room came back");
 }
 
