@@ -338,6 +338,39 @@ mod tests {
         );
     }
 
+    /// Only load shedding marks its response for the accept loop's pause
+    /// (`Shed`), in the JSON API's format and in KServe v2's: a refusal for
+    /// memory, or a restart, says nothing about how soon the same client's
+    /// next request would be refused.
+    #[test]
+    fn only_shed_load_is_marked_for_the_pause() {
+        let shed = [
+            ApiError::from(CoreError::QueueFull(3)),
+            ApiError::from(CoreError::Overloaded {
+                model: "m".into(),
+                wait_ms: 30,
+                target_ms: 12,
+                retry_after_ms: 100,
+            }),
+        ];
+        let not = [
+            ApiError::MemoryBudget(1 << 20),
+            ApiError::from(CoreError::Draining),
+            ApiError::from(CoreError::NotReady),
+            ApiError::from(CoreError::invalid("instances", "bad")),
+        ];
+        let cases = shed
+            .map(|e| (e, true))
+            .into_iter()
+            .chain(not.map(|e| (e, false)));
+        for (e, marked) in cases {
+            let v2 = crate::v2::error::error_response(e.clone());
+            assert_eq!(v2.extensions().get::<Shed>().is_some(), marked, "{e:?}");
+            let json = e.clone().into_response();
+            assert_eq!(json.extensions().get::<Shed>().is_some(), marked, "{e:?}");
+        }
+    }
+
     #[test]
     fn retry_after_is_the_drain_time_rounded_up_to_whole_seconds() {
         let overloaded = |ms| CoreError::Overloaded {
