@@ -41,7 +41,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ErrorFormat};
-use super::extract::Arrival;
+use super::extract::{by_body_deadline, Arrival};
 use super::grpc::status::Grpc;
 use super::state::AppState;
 
@@ -290,25 +290,14 @@ async fn chunked<F: ErrorFormat>(
         return refuse::<F>(st, arrival, body, budget, protocol).await;
     };
     let (parts, mut body) = req.into_parts();
-    // The body's deadline, as `extract::read_body` keeps it for a body with
-    // a length: a client that stops sending is answered 408, not waited for.
-    let deadline = parts.extensions.get::<Arrival>().cloned().map(|a| {
-        let at = tokio::time::Instant::from_std(a.at + st.settings.body_read_timeout);
-        (at, a.body_timed_out)
-    });
+    // The body's deadline, as for a body with a length: a client that stops
+    // sending is answered 408, not waited for.
+    let arrival = parts.extensions.get::<Arrival>();
+    let timeout = st.settings.body_read_timeout;
     let mut buf = bytes::BytesMut::new();
     loop {
-        let next_frame = body.frame();
-        let frame = match &deadline {
-            Some((at, timed_out)) => match tokio::time::timeout_at(*at, next_frame).await {
-                Ok(f) => f,
-                Err(_) => {
-                    timed_out.store(true, Ordering::Release);
-                    let ms = st.settings.body_read_timeout.as_millis() as u64;
-                    return F::render(ApiError::BodyTimeout(ms));
-                }
-            },
-            None => next_frame.await,
+        let Some(frame) = by_body_deadline(arrival, timeout, body.frame()).await else {
+            return F::render(ApiError::BodyTimeout(timeout.as_millis() as u64));
         };
         let Some(frame) = frame else {
             break;

@@ -15,14 +15,12 @@
 //! refused too while the queue is full; telling them apart would mean reading
 //! and hashing the body, which is the cost this saves.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::Response;
 use http_body_util::BodyExt;
 
-use super::extract::Arrival;
+use super::extract::{by_body_deadline, Arrival};
 
 use super::error::{ApiError, ErrorFormat};
 use super::state::AppState;
@@ -80,17 +78,10 @@ pub(crate) async fn drain(
         }
         true
     };
-    let Some(arrival) = arrival else {
-        return read.await;
-    };
-    let deadline = tokio::time::Instant::from_std(arrival.at + st.settings.body_read_timeout);
-    match tokio::time::timeout_at(deadline, read).await {
-        Ok(drained) => drained,
-        Err(_) => {
-            arrival.body_timed_out.store(true, Ordering::Release);
-            false
-        }
-    }
+    let timeout = st.settings.body_read_timeout;
+    by_body_deadline(arrival.as_ref(), timeout, read)
+        .await
+        .unwrap_or(false)
 }
 
 /// A refused request's body and arrival, the rest dropped at once: the

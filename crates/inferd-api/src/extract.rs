@@ -7,9 +7,10 @@
 //! trailing characters after the document included) and the shape of the
 //! document (422, naming the offending field through `serde_path_to_error`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -46,24 +47,38 @@ impl Arrival {
     }
 }
 
+/// `read`, a step of reading a request's body, if it ends by the body's
+/// deadline (`--body-read-timeout-ms` from the header's `arrival`); `None`
+/// past it, with the connection marked to close as a body timeout. Without
+/// an arrival (a router called directly), no deadline. Every path that reads
+/// a body keeps it: the extractors, the memory budget's chunked reads, and the
+/// drain after a refusal.
+pub(crate) async fn by_body_deadline<T>(
+    arrival: Option<&Arrival>,
+    timeout: Duration,
+    read: impl Future<Output = T>,
+) -> Option<T> {
+    let Some(a) = arrival else {
+        return Some(read.await);
+    };
+    let deadline = tokio::time::Instant::from_std(a.at + timeout);
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            a.body_timed_out.store(true, Ordering::Release);
+            None
+        }
+    }
+}
+
 /// The body, within `--max-body-bytes` and `--body-read-timeout-ms`.
 pub(crate) async fn read_body(req: Request, state: &Arc<AppState>) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
     let timeout = state.settings.body_read_timeout;
     let arrival = req.extensions().get::<Arrival>().cloned();
     let read = Bytes::from_request(req, state);
-    let res = match arrival {
-        Some(a) => {
-            let deadline = tokio::time::Instant::from_std(a.at + timeout);
-            match tokio::time::timeout_at(deadline, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    a.body_timed_out.store(true, Ordering::Release);
-                    return Err(ApiError::BodyTimeout(timeout.as_millis() as u64));
-                }
-            }
-        }
-        None => read.await,
+    let Some(res) = by_body_deadline(arrival.as_ref(), timeout, read).await else {
+        return Err(ApiError::BodyTimeout(timeout.as_millis() as u64));
     };
     res.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
