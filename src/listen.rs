@@ -25,6 +25,11 @@
 //!   limit's 12,000 refusals a second took a third of it. The request waits
 //!   in the kernel's socket buffer meanwhile, costing nothing. HTTP/2 and
 //!   gRPC connections are not paused: one carries many clients' streams;
+//! - a lingering close after an answer that refused a body it left unread
+//!   (marked [`inferd_api::Linger`]: a large body refused before it was
+//!   read): hyper's state and buffers are dropped, and the socket is read
+//!   and dropped until the client closes its side or the body's deadline,
+//!   so that a client still sending sees the refusal instead of a reset;
 //! - graceful shutdown: on the signal, stop accepting, let each connection
 //!   finish the request it is serving, and return when all have closed.
 //!
@@ -209,6 +214,13 @@ struct ConnState {
     /// Until when (microseconds since the connection opened; 0: not paused)
     /// the next request is left unread.
     pause_until: AtomicU64,
+    /// Until when (microseconds since the connection opened; 0: no lingering)
+    /// what the client still sends is read and dropped after the connection's
+    /// last answer, which refused a body it left unread (`inferd_api::Linger`).
+    linger_until: AtomicU64,
+    /// The stream, handed over by the I/O wrapper as hyper drops it, when the
+    /// connection is to linger: hyper's buffers are freed, the socket is not.
+    parked: std::sync::Mutex<Option<TcpStream>>,
 }
 
 impl ConnState {
@@ -222,7 +234,30 @@ impl ConnState {
             changed: Notify::new(),
             refusals: AtomicU32::new(0),
             pause_until: AtomicU64::new(0),
+            linger_until: AtomicU64::new(0),
+            parked: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The answer just given left a body unread: once hyper is done with the
+    /// connection, linger on it until `until`.
+    fn linger(&self, until: Instant) {
+        let until = tokio::time::Instant::from_std(until).saturating_duration_since(self.opened);
+        self.linger_until
+            .store(until.as_micros().max(1) as u64, Ordering::Release);
+    }
+
+    /// Until when to linger, if the connection is to.
+    fn lingers_until(&self) -> Option<tokio::time::Instant> {
+        match self.linger_until.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(self.opened + Duration::from_micros(us)),
+        }
+    }
+
+    /// The stream `Tracked` parked as hyper dropped it, if it did.
+    fn take_parked(&self) -> Option<TcpStream> {
+        self.parked.lock().ok().and_then(|mut p| p.take())
     }
 
     /// A request was shed: pauses reading the next one, `PAUSE_FIRST`
@@ -367,10 +402,32 @@ const PAUSE_FIRST: Duration = Duration::from_millis(1);
 /// The TCP stream, telling the connection's state when bytes arrive, and
 /// leaving them unread while the connection is paused after a refusal.
 struct Tracked {
-    inner: TcpStream,
+    /// Always there until dropped: taken only by `drop`, to park it.
+    inner: Option<TcpStream>,
     state: Arc<ConnState>,
     /// The timer of the pause in progress, kept for the next one.
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Tracked {
+    fn io(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
+        match &mut self.inner {
+            Some(s) => Ok(Pin::new(s)),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    /// Parks the stream for the lingering close instead of closing it, when
+    /// the connection's last answer left a body unread.
+    fn drop(&mut self) {
+        if self.state.lingers_until().is_some() {
+            if let (Some(s), Ok(mut parked)) = (self.inner.take(), self.state.parked.lock()) {
+                *parked = Some(s);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -398,7 +455,10 @@ impl AsyncRead for Tracked {
             this.state.resume(until);
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = match self.io() {
+            Ok(io) => io.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        };
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.state.on_read();
         }
@@ -412,7 +472,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.io()?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -420,19 +480,19 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.io()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.io()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.io()?.poll_shutdown(cx)
     }
 }
 
@@ -655,7 +715,7 @@ async fn serve_one(
 ) -> Closed {
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Tracked {
-        inner: tcp,
+        inner: Some(tcp),
         state: state.clone(),
         pause: None,
     });
@@ -678,6 +738,9 @@ async fn serve_one(
             async move {
                 let resp = app.oneshot(req).await;
                 if let (true, Ok(r)) = (h1, &resp) {
+                    if let Some(l) = r.extensions().get::<inferd_api::Linger>() {
+                        state.linger(l.until);
+                    }
                     if r.extensions().get::<inferd_api::Shed>().is_some() {
                         if !state.shed(limits.refused_pause_max).is_zero() {
                             pauses.inc();
@@ -694,30 +757,78 @@ async fn serve_one(
             }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
     let mut stopping = *stop.borrow();
-    if stopping {
-        conn.as_mut().graceful_shutdown();
-    }
-    let why = loop {
-        tokio::select! {
-            res = conn.as_mut() => break match res {
-                _ if state.body_timed_out.load(Ordering::Acquire) => Closed::BodyTimeout,
-                Ok(()) if stopping => Closed::Shutdown,
-                Ok(()) => Closed::Client,
-                Err(_) => Closed::Error,
-            },
-            why = state.watchdog(limits) => break why,
-            changed = stop.changed(), if !stopping => {
-                stopping = true;
-                if changed.is_ok() {
-                    conn.as_mut().graceful_shutdown();
+    // In a block of its own, so that hyper's connection, with its buffers, is
+    // dropped before a lingering close (`Tracked` parks the stream then).
+    let why = {
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => break match res {
+                    _ if state.body_timed_out.load(Ordering::Acquire) => Closed::BodyTimeout,
+                    Ok(()) if stopping => Closed::Shutdown,
+                    Ok(()) => Closed::Client,
+                    Err(_) => Closed::Error,
+                },
+                why = state.watchdog(limits) => break why,
+                changed = stop.changed(), if !stopping => {
+                    stopping = true;
+                    if changed.is_ok() {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     };
+    if let (Some(stream), Some(until)) = (state.take_parked(), state.lingers_until()) {
+        if !linger(stream, until, &mut stop).await {
+            return Closed::BodyTimeout;
+        }
+    }
     why
+}
+
+/// The lingering close of a connection whose last answer refused a body it
+/// left unread (`inferd_api::Linger`): hyper has sent the answer and shut
+/// the write side, and what the client still sends is read and dropped until
+/// it closes its side, `until` (the body's deadline) or shutdown. Closing
+/// with the rest unread would reset the connection, and a client still
+/// sending would see the reset instead of the answer. Meanwhile the
+/// connection holds its socket and its task, not hyper's buffers. Returns
+/// false when `until` came first.
+async fn linger(
+    stream: TcpStream,
+    until: tokio::time::Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let read = async {
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match discard(&stream) {
+                Ok(0) => return,
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = read => true,
+        _ = stop.wait_for(|stopping| *stopping) => true,
+        _ = tokio::time::sleep_until(until) => false,
+    }
+}
+
+/// One read of what the socket holds, dropped: the buffer is on the thread's
+/// stack for the call, not in every lingering connection's task.
+fn discard(stream: &TcpStream) -> std::io::Result<usize> {
+    let mut buf = [0u8; 16 * 1024];
+    stream.try_read(&mut buf)
 }
 
 #[cfg(test)]

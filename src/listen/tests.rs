@@ -217,3 +217,131 @@ async fn a_shed_request_pauses_the_connection_before_its_next_one() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// A server whose one route refuses at once, leaving the body unread and
+/// marking the answer for the lingering close until `linger` from now, as
+/// `inferd_api` does for a refused body larger than it drains.
+async fn refusing_server(
+    linger: Duration,
+) -> (
+    SocketAddr,
+    Arc<ConnMetrics>,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    use axum::response::IntoResponse;
+    let app = Router::new().route(
+        "/p",
+        axum::routing::post(move || async move {
+            let mut r = (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::CONNECTION, "close")],
+                "refused",
+            )
+                .into_response();
+            let until = tokio::time::Instant::now().into_std() + linger;
+            r.extensions_mut().insert(inferd_api::Linger { until });
+            r
+        }),
+    );
+    let listener = bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(ConnMetrics::new(&Registry::new()));
+    let stop = CancellationToken::new();
+    let limits = ConnLimits {
+        max_connections: 10,
+        header_read_timeout: Duration::from_secs(3_600),
+        idle_timeout: Duration::from_secs(3_600),
+        refused_pause_max: Duration::ZERO,
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        stop.clone().cancelled_owned(),
+        CancellationToken::new(),
+    ));
+    (addr, metrics, stop, server)
+}
+
+/// Sends a header announcing a 16 MiB body and its first 64 KiB, and reads
+/// the answer, which comes before the rest is sent.
+async fn refused_early(addr: SocketAddr) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST /p HTTP/1.1\r\nhost: t\r\ncontent-length: 16777216\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"refused") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    conn
+}
+
+async fn closed_as(metrics: &ConnMetrics, reason: &str) {
+    while metrics.connections_open.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .get(),
+        1
+    );
+}
+
+/// After an answer that refused a body it left unread, the connection is read
+/// and dropped until the client closes its side: the client sends the rest
+/// of its body (16 MiB, far more than the sockets' buffers take, so every
+/// write needs the server reading) and then sees the connection end cleanly,
+/// not reset. Without the lingering close the writes failed with a reset.
+#[tokio::test(start_paused = true)]
+async fn a_refused_body_left_unread_is_read_and_dropped_until_the_client_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, metrics, stop, server) = refusing_server(Duration::from_secs(60)).await;
+    let mut conn = refused_early(addr).await;
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..16 {
+        conn.write_all(&chunk)
+            .await
+            .expect("the server reads the rest");
+    }
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(conn.read_to_end(&mut rest).await.expect("a clean end"), 0);
+    closed_as(&metrics, "client").await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A client that stops sending after such an answer is not waited for past
+/// the body's deadline (the mark's `until`): its connection is closed then,
+/// and counted as a body timeout.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_connection_is_closed_at_the_bodys_deadline() {
+    use tokio::io::AsyncReadExt;
+    let (addr, metrics, stop, server) = refusing_server(Duration::from_secs(5)).await;
+    let start = tokio::time::Instant::now();
+    let mut conn = refused_early(addr).await;
+    // The server shut its side after the answer: the client reads the end.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.expect("a clean end");
+    closed_as(&metrics, "body_timeout").await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -339,9 +339,10 @@ async fn chunked<F: ErrorFormat>(
     response
 }
 
-/// 429 `memory_budget`, after draining what is left of the body (answering a
-/// client still sending would reset its connection), chunk by chunk, holding
-/// nothing, until the body's deadline (`door::drain`).
+/// 429 `memory_budget`, after draining what is left of the body if it is
+/// small, chunk by chunk, holding nothing, until the body's deadline; a
+/// larger one is left to the accept loop's lingering close (`door::drain`):
+/// answering a client still sending must not reset its connection.
 async fn refuse<F: ErrorFormat>(
     st: &AppState,
     arrival: Option<Arrival>,

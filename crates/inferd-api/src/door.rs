@@ -8,12 +8,14 @@
 //! needed, so goodput fell to a few percent of capacity at 64 times the
 //! saturating load. Here a refusal costs the routing and one atomic load. The
 //! check is advisory: a request let in while the queue fills is still refused
-//! by `Admission::enter` after decoding, exactly as before. The body is still
-//! drained (read and dropped, up to `INFERD_MAX_BODY_BYTES`): answering while
-//! a client is still sending makes the server close the connection on unread
-//! data, and the client would see a reset instead of the 429. Cache hits are
-//! refused too while the queue is full; telling them apart would mean reading
-//! and hashing the body, which is the cost this saves.
+//! by `Admission::enter` after decoding, exactly as before. A small body is
+//! still drained (read and dropped, up to `DRAIN_AT_MOST`), so that the
+//! connection can carry the client's next request; a larger one is left to
+//! the accept loop's lingering close ([`Linger`]): closing a connection on
+//! unread data resets it, and the client would see a reset instead of the
+//! 429. Cache hits are refused too while the queue is full; telling them
+//! apart would mean reading and hashing the body, which is the cost this
+//! saves.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method};
@@ -22,7 +24,7 @@ use http_body_util::BodyExt;
 
 use super::extract::{by_body_deadline, Arrival};
 
-use super::error::{ApiError, ErrorFormat};
+use super::error::{ApiError, ErrorFormat, Linger};
 use super::state::AppState;
 use inferd_core::CoreError;
 
@@ -53,24 +55,53 @@ pub(crate) async fn check<F: ErrorFormat>(
     Err(closing(F::render(ApiError::Core(e)), drained))
 }
 
-/// Reads and drops a refused request's body, chunk by chunk, up to
-/// `INFERD_MAX_BODY_BYTES`: answering a client still sending would make the
-/// server close the connection on unread data, and the client would see a
-/// reset instead of the refusal. Only until the body's deadline
+/// The most of a refused request's body that is read here (and dropped):
+/// a few reads of the connection's buffer, after which the connection carries
+/// the client's next request. A larger body is not read (`Drained::Left`).
+pub(crate) const DRAIN_AT_MOST: u64 = 16 * 1024;
+
+/// What became of a refused request's body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Drained {
+    /// Read to its end: the connection stays open for the next request.
+    Whole,
+    /// Its deadline passed first, and the connection is marked as a body
+    /// timeout: the answer closes it.
+    Stalled,
+    /// More than `DRAIN_AT_MOST` was left unread: the answer closes the
+    /// connection, which the accept loop reads and drops until the client
+    /// closes its side or the body's deadline (given here) passes.
+    Left(std::time::Instant),
+}
+
+/// Reads and drops a refused request's body if it is small (at most
+/// `DRAIN_AT_MOST` bytes), so that the connection stays usable; a larger
+/// body is left unread for the accept loop's lingering close. Reading it
+/// here, through hyper, held the connection's read buffers (two of up to
+/// 16 KiB each, measured) while it came in: with 10,000 clients sending
+/// 2 MiB bodies and refused for memory, 270 MB outside the memory budget.
+/// A small body is read only until the body's deadline
 /// (`INFERD_BODY_READ_TIMEOUT_MS` from the header's arrival, as for a body
 /// that is read): a client that stops sending must not hold its connection
-/// for good, and without a deadline 2,200 of 6,667 such clients, refused for
-/// memory, held theirs until they gave up. Returns whether the body was
-/// drained; if not, the answer must close the connection (`closing`).
+/// for good.
 pub(crate) async fn drain(
     st: &AppState,
     arrival: Option<Arrival>,
     mut body: axum::body::Body,
-) -> bool {
-    let mut left = st.settings.max_body_bytes;
+) -> Drained {
+    use axum::body::HttpBody;
+    let timeout = st.settings.body_read_timeout;
+    let until = arrival
+        .as_ref()
+        .map_or_else(std::time::Instant::now, |a| a.at)
+        + timeout;
+    if body.size_hint().lower() > DRAIN_AT_MOST {
+        return Drained::Left(until);
+    }
+    let mut left = DRAIN_AT_MOST;
     let read = async {
         while let Some(Ok(frame)) = body.frame().await {
-            let n = frame.data_ref().map_or(0, |d| d.len());
+            let n = frame.data_ref().map_or(0, |d| d.len()) as u64;
             if n > left {
                 return false;
             }
@@ -78,10 +109,11 @@ pub(crate) async fn drain(
         }
         true
     };
-    let timeout = st.settings.body_read_timeout;
-    by_body_deadline(arrival.as_ref(), timeout, read)
-        .await
-        .unwrap_or(false)
+    match by_body_deadline(arrival.as_ref(), timeout, read).await {
+        Some(true) => Drained::Whole,
+        Some(false) => Drained::Left(until),
+        None => Drained::Stalled,
+    }
 }
 
 /// A refused request's body and arrival, the rest dropped at once: the
@@ -94,13 +126,19 @@ pub(crate) fn body_alone(req: Request) -> (Option<Arrival>, axum::body::Body) {
 }
 
 /// `response`, closing the connection after it unless the request's body was
-/// `drained`: the rest of it may still come, and would be read as the next
-/// request.
-pub(crate) fn closing(mut response: Response, drained: bool) -> Response {
-    if !drained {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+/// drained whole: the rest of it may still come, and would be read as the
+/// next request. A body left unread is marked for the lingering close.
+pub(crate) fn closing(mut response: Response, drained: Drained) -> Response {
+    let linger = match drained {
+        Drained::Whole => return response,
+        Drained::Stalled => None,
+        Drained::Left(until) => Some(Linger { until }),
+    };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if let Some(l) = linger {
+        response.extensions_mut().insert(l);
     }
     response
 }

@@ -48,7 +48,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{ApiKeys, KeySources};
 pub use budget::MemoryBudget;
 use error::{method_not_allowed, route_not_found, ErrorFormat, JsonApi};
-pub use error::{ApiError, Shed};
+pub use error::{ApiError, Linger, Shed};
 pub use extract::Arrival;
 pub use grpc::router as grpc_router;
 pub use routes::document;

@@ -259,6 +259,9 @@ async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_
         .expect("infallible");
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+    // A small body is drained here: the connection carries the next request.
+    assert!(!refused.headers().contains_key(header::CONNECTION));
+    assert!(refused.extensions().get::<crate::Linger>().is_none());
     let body = refused
         .into_body()
         .collect()
@@ -448,4 +451,103 @@ async fn labels_fed_back_by_request_id_score_the_version_that_answered() {
     assert_eq!(v["drift"][0]["profile"], Value::Null);
     let (status, _) = call(&st, Method::GET, "/v1/models/nope/quality", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A body hyper would give for a `Content-Length` (its size hint exact) that
+/// records whether anyone read from it, and never sends.
+struct Unread {
+    len: u64,
+    polled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Unread {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.polled
+            .store(true, std::sync::atomic::Ordering::Release);
+        std::task::Poll::Pending
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+/// A refused prediction whose body is larger than a drain takes is answered
+/// at once, its body not read: the answer closes the connection and is
+/// marked for the accept loop's lingering close until the body's deadline.
+/// Both doors that refuse before reading: the memory budget and the queue's.
+#[tokio::test(start_paused = true)]
+async fn a_refused_large_body_is_answered_at_once_and_left_for_the_lingering_close() {
+    for full_queue in [false, true] {
+        // Room for one request (its reservation counts the body up to the
+        // size limit), unless the budget is to refuse it.
+        let st = state_with(true, Some(20 * 1024));
+        let budget = st.budget.clone().expect("a budget");
+        let _held = match full_queue {
+            false => Some(budget.reserve(8 * 1024).await.expect("room")),
+            true => None,
+        };
+        let _queued: Vec<_> = if full_queue {
+            let a = &st.pipeline.admission;
+            std::iter::from_fn(|| a.enter().ok()).collect()
+        } else {
+            Vec::new()
+        };
+        let code = if full_queue {
+            "queue_full"
+        } else {
+            "memory_budget"
+        };
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let len = 1 << 20;
+        let arrival = crate::Arrival {
+            at: tokio::time::Instant::now().into_std(),
+            body_timed_out: Arc::default(),
+        };
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/predict")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::new(Unread {
+                len,
+                polled: polled.clone(),
+            }))
+            .expect("request");
+        req.extensions_mut().insert(arrival.clone());
+        let start = tokio::time::Instant::now();
+        let response = router(st.clone()).oneshot(req).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        let linger = response
+            .extensions()
+            .get::<crate::Linger>()
+            .expect("marked");
+        assert_eq!(linger.until, arrival.at + Duration::from_secs(5));
+        assert!(
+            !polled.load(std::sync::atomic::Ordering::Acquire),
+            "the body was read"
+        );
+        // Answered without waiting for the body (the memory budget's own
+        // wait for room aside: 50 ms by default).
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
 }
