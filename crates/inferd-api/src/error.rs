@@ -69,7 +69,7 @@ pub enum ApiError {
 pub struct Shed;
 
 /// Marks a refusal answered before the rest of its body was read (a body
-/// larger than [`DRAIN_AT_MOST`](crate::door) bytes): the answer closes the
+/// larger than 16 KiB, the most a refusal drains): the answer closes the
 /// connection, and the accept loop then reads and drops what the client still
 /// sends, until it closes its side or `until` (the body's deadline), rather
 /// than closing at once on unread data, which resets the connection and can
