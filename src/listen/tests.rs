@@ -11,6 +11,24 @@ fn limits() -> ConnLimits {
     }
 }
 
+/// The accept loop on `listener`, until `stop` is cancelled.
+fn serving(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    metrics: &Arc<ConnMetrics>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        stop.clone().cancelled_owned(),
+        CancellationToken::new(),
+    ))
+}
+
 #[test]
 fn deadlines_follow_what_the_connection_is_doing() {
     let s = ConnState::new();
@@ -182,14 +200,7 @@ async fn a_shed_request_pauses_the_connection_before_its_next_one() {
         idle_timeout: Duration::from_secs(3_600),
         refused_pause_max: Duration::from_millis(8),
     };
-    let server = tokio::spawn(serve(
-        listener,
-        app,
-        limits,
-        metrics.clone(),
-        stop.clone().cancelled_owned(),
-        CancellationToken::new(),
-    ));
+    let server = serving(listener, app, limits, &metrics, &stop);
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let mut statuses = Vec::new();
     for _ in 0..8 {
@@ -254,14 +265,7 @@ async fn refusing_server(
         idle_timeout: Duration::from_secs(3_600),
         refused_pause_max: Duration::ZERO,
     };
-    let server = tokio::spawn(serve(
-        listener,
-        app,
-        limits,
-        metrics.clone(),
-        stop.clone().cancelled_owned(),
-        CancellationToken::new(),
-    ));
+    let server = serving(listener, app, limits, &metrics, &stop);
     (addr, metrics, stop, server)
 }
 

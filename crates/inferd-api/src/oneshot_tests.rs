@@ -113,11 +113,14 @@ async fn call(
         .body(Body::from(body.unwrap_or("").to_string()))
         .expect("request");
     let resp = router(st.clone()).oneshot(req).await.expect("infallible");
-    let status = resp.status();
+    (resp.status(), json_of(resp).await)
+}
+
+/// A response's body as JSON, or as a JSON string when it is not JSON.
+async fn json_of(resp: axum::response::Response) -> Value {
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, v)
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 #[tokio::test]
@@ -262,13 +265,7 @@ async fn a_body_without_room_in_the_memory_budget_is_refused_and_the_room_comes_
     // A small body is drained here: the connection carries the next request.
     assert!(!refused.headers().contains_key(header::CONNECTION));
     assert!(refused.extensions().get::<crate::Linger>().is_none());
-    let body = refused
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&body).expect("json");
+    let v = json_of(refused).await;
     assert_eq!(v["error"]["code"], "memory_budget");
     // A body without a length reserves as it arrives: refused the same way.
     let (status, v) = call(&st, Method::POST, "/predict", Some(WINDOW)).await;
@@ -541,13 +538,7 @@ async fn a_refused_large_body_is_answered_at_once_and_left_for_the_lingering_clo
             "{:?}",
             start.elapsed()
         );
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let v: Value = serde_json::from_slice(&body).expect("json");
+        let v = json_of(response).await;
         assert_eq!(v["error"]["code"], code, "{v}");
     }
 }
