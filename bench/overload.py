@@ -185,10 +185,13 @@ def low_load_ab(model, secs, cap, log_dir):
     """Median low-load p50 per mode, from LOW_ROUNDS runs against each, taking
     turns, with both servers up at once on core 0 (the idle one costs nothing),
     so that both modes see the same machine at the same times."""
-    servers = {m: Server(model, m, log_dir, extra_env=BEFORE_ENV.get(m))
-               for m in ("static", "adaptive")}
-    p50s = {m: [] for m in servers}
+    servers = {}
+    p50s = {"static": [], "adaptive": []}
     try:
+        for m in p50s:
+            # Inside the `try`: a server that fails to start (it exits) must
+            # not leave the one started before it running.
+            servers[m] = Server(model, m, log_dir, extra_env=BEFORE_ENV.get(m))
         for m, s in servers.items():
             bench(s, model, 2, connections=16)
         for i in range(LOW_ROUNDS):
