@@ -66,40 +66,52 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A request that takes something and keeps it, and the test of the
+/// server's metrics that says it has.
+type Hold = (&'static [u8], fn(&str) -> bool);
+
 /// Sends `request` `n` times on one keep-alive connection, each after the
 /// previous answer, which must have the status `expect`, and returns the
-/// allocations counted meanwhile. `hold`, when given, is written first on a
-/// connection of its own that stays open until the count is taken, and
-/// requests are sent until the first answer has the expected status.
+/// allocations counted meanwhile. `hold`, when given, is a request written
+/// first on a connection of its own that stays open until the count is taken,
+/// and a test of the server's metrics that tells when that request is in place.
 fn allocations_for(
     addr: SocketAddr,
     request: &[u8],
     n: usize,
     expect: u16,
-    hold: Option<&'static [u8]>,
+    hold: Option<Hold>,
 ) -> u64 {
     let request = request.to_vec();
     std::thread::spawn(move || {
         UNCOUNTED.with(|u| u.set(true));
-        let _holder = hold.map(|head| {
-            let mut h = TcpStream::connect(addr).expect("connect");
-            h.write_all(head).expect("write");
-            h
-        });
         let mut conn = TcpStream::connect(addr).expect("connect");
         conn.set_nodelay(true).expect("nodelay");
         let mut buf = vec![0u8; 64 * 1024];
+        let _holder = hold.map(|(head, until)| {
+            let mut h = TcpStream::connect(addr).expect("connect");
+            h.write_all(head).expect("write");
+            // Nothing else is sent until the holder's request is where it
+            // holds (read on the server's own time).
+            let mut tries = 0;
+            loop {
+                conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+                    .expect("write");
+                let (status, body) = read_response(&mut conn, &mut buf);
+                assert_eq!(status, 200);
+                if until(body) {
+                    break;
+                }
+                tries += 1;
+                assert!(tries < 10_000, "the holder never got its place");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            h
+        });
         let mut exchange = |conn: &mut TcpStream| {
             conn.write_all(&request).expect("write");
-            read_response(conn, &mut buf)
+            read_response(conn, &mut buf).0
         };
-        // The holder's request is read on the server's own time.
-        let mut tries = 0;
-        while exchange(&mut conn) != expect {
-            tries += 1;
-            assert!(tries < 10_000, "never answered {expect}");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         // Warm-up: the connection's buffers, the metrics' label sets, the
         // allocator's arenas and the model's first runs are not per request.
         for _ in 0..200 {
@@ -115,8 +127,9 @@ fn allocations_for(
     .expect("client thread")
 }
 
-/// Reads one HTTP/1.1 response with a `Content-Length`; returns its status.
-fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> u16 {
+/// Reads one HTTP/1.1 response with a `Content-Length`; returns its status
+/// and its body.
+fn read_response<'a>(conn: &mut TcpStream, buf: &'a mut [u8]) -> (u16, &'a str) {
     let mut len = 0;
     loop {
         let n = conn.read(&mut buf[len..]).expect("read");
@@ -141,7 +154,8 @@ fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> u16 {
             .expect("content-length");
         if len >= end + 4 + body {
             assert_eq!(len, end + 4 + body, "one response at a time");
-            return status;
+            let text = std::str::from_utf8(&buf[end + 4..len]).unwrap_or("");
+            return (status, text);
         }
     }
 }
@@ -225,6 +239,16 @@ const SMALL_BODY: usize = 4096;
 const HOLDER: &[u8] = b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\n\
 content-type: application/json\r\ncontent-length: 4000\r\n\r\n";
 
+/// Whether the metrics say the whole budget is taken, by the holder alone.
+/// Waiting for it matters: a holder whose header arrived while a request held
+/// room was refused itself, and every later request served.
+fn holds(metrics: &str) -> bool {
+    let budget = (3 * SMALL_BODY + 16 * 1024).to_string();
+    metrics
+        .lines()
+        .any(|l| l.strip_prefix("inferd_memory_budget_used_bytes ") == Some(budget.as_str()))
+}
+
 /// Allocations per refused request, on a server of its own.
 async fn per_refusal() -> f64 {
     let mut c = config();
@@ -235,7 +259,7 @@ async fn per_refusal() -> f64 {
     let server = TestServer::start(c).await;
     let addr = server.addr;
     let total = tokio::task::spawn_blocking(move || {
-        allocations_for(addr, &lstm_request(), REQUESTS, 429, Some(HOLDER))
+        allocations_for(addr, &lstm_request(), REQUESTS, 429, Some((HOLDER, holds)))
     })
     .await
     .expect("client");
